@@ -1,0 +1,207 @@
+"""Assembling a run: the Accelerator, loaders, optimizer and schedule from a Config."""
+
+import os
+
+import torch
+from accelerate import Accelerator
+from accelerate.utils import GradientAccumulationPlugin, broadcast_object_list
+from torch.utils.data import DataLoader, Subset
+
+from cifar.errors import UserError
+from cifar.loaders import (
+    IMAGENET_MEAN,
+    IMAGENET_STD,
+    DeviceLoader,
+    InputTransform,
+    dataset_statistics,
+    image_folder_transforms,
+)
+
+
+def make_accelerator(config, project_dir: str | None = None) -> Accelerator:
+    """The one Accelerator of a run; precision and accumulation from flags or accelerate config."""
+    kwargs = {"step_scheduler_with_optimizer": False, "project_dir": project_dir}
+    if config.mixed_precision:
+        kwargs["mixed_precision"] = config.mixed_precision
+    if config.gradient_accumulation_steps:
+        kwargs["gradient_accumulation_plugin"] = GradientAccumulationPlugin(
+            num_steps=config.gradient_accumulation_steps
+        )
+    if config.tracker != "none":
+        kwargs["log_with"] = config.tracker
+    try:
+        accelerator = Accelerator(**kwargs)
+    except ValueError as error:  # e.g. bf16 asked of a device without it
+        raise UserError(f"Accelerate refused the settings: {error}") from None
+    if accelerator.mixed_precision == "fp16" and accelerator.device.type == "cpu":
+        raise UserError(
+            "fp16 mixed precision needs a GPU; on the CPU Accelerate would silently train in "
+            "fp32. Use --mixed-precision bf16 (or `accelerate launch --mixed_precision bf16`), "
+            "or no for fp32."
+        )
+    return accelerator
+
+
+def on_main_first(accelerator: Accelerator, build):
+    """Run build() on the main process, then on the others (it may download or create files).
+
+    A UserError on the main process is raised on every process, so none waits forever.
+    """
+    result, error = None, None
+    if accelerator.is_main_process:
+        try:
+            result = build()
+        except UserError as raised:
+            error = str(raised)
+    error = broadcast(accelerator, error)
+    if error:
+        raise UserError(error)
+    if not accelerator.is_main_process:
+        result = build()
+    return result
+
+
+def broadcast(accelerator: Accelerator, value):
+    """The main process's value, on every process."""
+    if accelerator.num_processes == 1:
+        return value
+    return broadcast_object_list([value])[0]
+
+
+def input_transform(config, train_images, device) -> InputTransform:
+    """Normalisation (dataset statistics for SimpleCNN, ImageNet's for ResNet-50) and resize."""
+    channels_last = config.channels_last and device.type == "cuda"
+    if config.model == "resnet50":
+        return InputTransform(IMAGENET_MEAN, IMAGENET_STD, config.image_size, channels_last)
+    if train_images is None:  # ImageFolder: statistics unknown up front, use ImageNet's
+        return InputTransform(IMAGENET_MEAN, IMAGENET_STD, None, channels_last)
+    mean, std = dataset_statistics(train_images)
+    return InputTransform(mean, std, None, channels_last)
+
+
+def build_loaders(config, accelerator: Accelerator, train, test):
+    """(train_loader, test_loader) of device batches for this process."""
+    shard = {"rank": accelerator.process_index, "world_size": accelerator.num_processes}
+    steps = accelerator.gradient_accumulation_steps
+    if config.dataset != "imagefolder":
+        if len(train) < config.batch_size * accelerator.num_processes * steps:
+            raise UserError(
+                f"the training set has {len(train)} images, fewer than one optimizer step "
+                f"needs ({config.batch_size} per process x {accelerator.num_processes} processes "
+                f"x {steps} accumulation steps). Lower --batch-size or raise --train-subset."
+            )
+        train_loader = DeviceLoader(
+            train.images,
+            train.labels,
+            batch_size=config.batch_size,
+            device=accelerator.device,
+            train=True,
+            shuffle=config.shuffle,
+            augment=config.augment,
+            seed=config.seed,
+            accumulation_steps=steps,
+            **shard,
+        )
+        test_loader = DeviceLoader(
+            test.images,
+            test.labels,
+            batch_size=config.batch_size,
+            device=accelerator.device,
+            train=False,
+            **shard,
+        )
+        return train_loader, test_loader
+    size = config.image_size if config.model == "resnet50" else 32
+    train.transform = image_folder_transforms(size, config.augment)
+    test.transform = image_folder_transforms(size, "none")
+    if len(train) < config.batch_size * accelerator.num_processes:
+        raise UserError(
+            f"the training folder has {len(train)} images, fewer than one batch "
+            f"({config.batch_size} x {accelerator.num_processes} processes). Lower --batch-size."
+        )
+    workers = {
+        "num_workers": config.num_workers,
+        "pin_memory": accelerator.device.type == "cuda",
+        "persistent_workers": config.num_workers > 0,
+    }
+    train_loader = accelerator.prepare_data_loader(
+        DataLoader(
+            train, batch_size=config.batch_size, shuffle=config.shuffle, drop_last=True, **workers
+        )
+    )
+    # Contiguous, uneven shards: each test image is evaluated exactly once.
+    n, rank, world = len(test), shard["rank"], shard["world_size"]
+    lo, hi = rank * n // world, (rank + 1) * n // world
+    test_loader = OnDevice(
+        DataLoader(Subset(test, range(lo, hi)), batch_size=config.batch_size, **workers),
+        accelerator.device,
+    )
+    return train_loader, test_loader
+
+
+class OnDevice:
+    """Wraps a DataLoader so its batches arrive on the device (non-blocking from pinned memory)."""
+
+    def __init__(self, loader, device):
+        self.loader, self.device = loader, device
+
+    def __len__(self) -> int:
+        return len(self.loader)
+
+    def __iter__(self):
+        for images, labels in self.loader:
+            yield (
+                images.to(self.device, non_blocking=True),
+                labels.to(self.device, non_blocking=True),
+            )
+
+
+def build_optimizer(config, model: torch.nn.Module) -> torch.optim.Optimizer:
+    """SGD (Nesterov) or AdamW over trainable parameters only; no decay on biases and norms."""
+    trainable = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
+    groups = [
+        {"params": [p for _, p in trainable if p.ndim > 1], "weight_decay": config.weight_decay},
+        {"params": [p for _, p in trainable if p.ndim <= 1], "weight_decay": 0.0},
+    ]
+    if config.optimizer == "sgd":
+        return torch.optim.SGD(groups, lr=config.lr, momentum=config.momentum, nesterov=True)
+    return torch.optim.AdamW(groups, lr=config.lr)
+
+
+def build_scheduler(config, optimizer, total_steps: int):
+    """Per-optimizer-step schedule over the whole run (total_steps optimizer steps)."""
+    if config.scheduler == "onecycle":
+        return torch.optim.lr_scheduler.OneCycleLR(
+            optimizer,
+            max_lr=config.lr,
+            total_steps=total_steps + 1,
+            pct_start=0.25,
+            anneal_strategy="linear",
+            div_factor=10.0,
+            final_div_factor=100.0,
+        )
+    if config.scheduler == "cosine":
+        return torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=max(total_steps, 1))
+    return torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: 1.0)
+
+
+def default_run_dir(config) -> str:
+    import time
+
+    job = os.environ.get("SLURM_JOB_ID")
+    stamp = f"job{job}" if job else time.strftime("%Y%m%d-%H%M%S")
+    return os.path.join("runs", f"{config.model}-{config.dataset}-{stamp}")
+
+
+def decide_on_main(accelerator: Accelerator, decide):
+    """decide() runs on the main process only; its result (or UserError) reaches every process."""
+    result, error = None, None
+    if accelerator.is_main_process:
+        try:
+            result = decide()
+        except UserError as raised:
+            error = str(raised)
+    result, error = broadcast(accelerator, (result, error))
+    if error:
+        raise UserError(error)
+    return result

@@ -1,0 +1,211 @@
+"""Every knob of a run in one dataclass, its command line, and its config-file loading.
+
+Precedence: dataclass defaults < ``--config FILE`` (YAML or JSON) < flags on the command line.
+"""
+
+import argparse
+import json
+import os
+from dataclasses import MISSING, asdict, dataclass, field, fields
+
+import yaml
+
+from cifar.errors import UserError
+
+MODELS = ("cnn", "resnet50")
+DATASETS = ("cifar10", "cifar100", "fashion-mnist", "imagefolder", "synthetic")
+OPTIMIZERS = ("sgd", "adamw")
+SCHEDULERS = ("none", "cosine", "onecycle")
+FREEZE_MODES = ("backbone", "layer4", "none")
+AUGMENTATIONS = ("crop-flip", "flip", "none")
+TRACKERS = ("wandb", "tensorboard", "none")
+PRECISIONS = ("no", "fp16", "bf16")
+
+
+def knob(default, help, choices=None, metavar=None):
+    """A Config field with the help text and choices its command-line flag shows."""
+    meta = {"help": help, "choices": choices, "metavar": metavar}
+    if isinstance(default, list):
+        return field(default_factory=lambda: list(default), metadata=meta)
+    return field(default=default, metadata=meta)
+
+
+@dataclass
+class Config:
+    # What to train on what.
+    model: str = knob("cnn", "model to train", MODELS)
+    dataset: str = knob("cifar10", "dataset", DATASETS)
+    data_dir: str = knob("data", "dataset folder (downloads land here for cifar10/100)")
+    train_subset: int = knob(0, "train on the first N training images only (0: all)", None, "N")
+    test_subset: int = knob(0, "evaluate on the first N test images only (0: all)", None, "N")
+    synthetic_train_size: int = knob(10000, "training images of --dataset synthetic")
+    synthetic_test_size: int = knob(2000, "test images of --dataset synthetic")
+    # Model.
+    image_size: int = knob(224, "ResNet-50 input size; images are resized on the device")
+    freeze: str = knob("backbone", "ResNet-50 parameters kept frozen", FREEZE_MODES)
+    pretrained: bool = knob(True, "ResNet-50 starts from torchvision's IMAGENET1K_V2 weights")
+    width: int = knob(32, "SimpleCNN channels of the first conv (doubled per layer)")
+    batch_norm: bool = knob(True, "SimpleCNN: BatchNorm after each conv")
+    dropout: float = knob(0.0, "dropout before the last layer of the classifier head")
+    head_hidden: int = knob(512, "hidden units of the classifier head")
+    # Optimisation; batch size and learning rate are per process / for the global batch.
+    epochs: int = knob(5, "training epochs")
+    batch_size: int = knob(256, "images per process per step")
+    lr: float = knob(0.05, "peak learning rate")
+    optimizer: str = knob("sgd", "optimizer (sgd: Nesterov momentum)", OPTIMIZERS)
+    momentum: float = knob(0.9, "SGD momentum")
+    weight_decay: float = knob(5e-4, "weight decay (not applied to biases and norms)")
+    scheduler: str = knob("onecycle", "learning-rate schedule (per optimizer step)", SCHEDULERS)
+    label_smoothing: float = knob(0.1, "label smoothing of the cross-entropy loss")
+    augment: str = knob("crop-flip", "training augmentation (crop: padding 4)", AUGMENTATIONS)
+    shuffle: bool = knob(True, "shuffle the training set each epoch (seeded)")
+    gradient_accumulation_steps: int = knob(
+        0, "batches per optimizer step (0: from the accelerate config, else 1)"
+    )
+    mixed_precision: str = knob(
+        "", "no/fp16/bf16 (empty: from accelerate launch --mixed_precision or its config)", None
+    )
+    seed: int = knob(0, "random seed: same seed and process count give the same run")
+    deterministic: bool = knob(False, "use deterministic algorithms only (slower)")
+    # Speed.
+    num_workers: int = knob(4, "DataLoader workers (imagefolder only; others live on the device)")
+    cache_features: bool = knob(
+        False,
+        "ResNet-50 with a frozen backbone: compute backbone features once, then train the "
+        "head on them. Much faster per epoch, but disables augmentation (needs --augment none "
+        "and --freeze backbone) and holds N x 2048 floats in memory",
+    )
+    compile: bool = knob(False, "torch.compile the model (slow start, faster steps on GPUs)")
+    channels_last: bool = knob(True, "channels_last memory format on CUDA")
+    # Output, checkpoints and tracking.
+    output_dir: str = knob("", "run folder (default: runs/<model>-<dataset>-<timestamp>)")
+    resume: str = knob("", "'auto': newest checkpoint in the run folder if any; or a PATH")
+    checkpoint_every: int = knob(0, "also checkpoint every N optimizer steps (0: per epoch only)")
+    keep_checkpoints: int = knob(2, "checkpoints kept (oldest deleted first)")
+    log_every: int = knob(50, "optimizer steps between step-level tracker logs")
+    tracker: str = knob("wandb", "experiment tracker", TRACKERS)
+    wandb_project: str = knob("cifar-accelerate", "W&B project")
+    wandb_entity: str = knob("", "W&B entity (team or user); empty: your default")
+    wandb_group: str = knob("", "W&B group (default: <dataset>-<comparison study>)")
+    run_name: str = knob("", "run name in the tracker (default: the run folder's name)")
+    tags: list = knob([], "tracker tags", None, "TAG")
+    prepare_only: bool = knob(
+        False, "download the dataset and weights, then exit (run on a login node with network)"
+    )
+    config: str = knob("", "YAML or JSON file of settings; command-line flags win", None, "FILE")
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+def flag_name(name: str) -> str:
+    return "--" + name.replace("_", "-")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """Flags for every Config field; defaults are SUPPRESSed so we know what was given."""
+    parser = argparse.ArgumentParser(
+        prog="train.py",
+        description="Train SimpleCNN or ResNet-50 on CIFAR-10 and friends with Accelerate.",
+        argument_default=argparse.SUPPRESS,
+    )
+    for f in fields(Config):
+        default = f.default if f.default is not MISSING else f.default_factory()
+        help_text = f"{f.metadata['help']} (default: {default!r})"
+        kwargs = {"help": help_text, "dest": f.name}
+        if f.metadata["choices"]:
+            kwargs["choices"] = f.metadata["choices"]
+        if f.metadata["metavar"]:
+            kwargs["metavar"] = f.metadata["metavar"]
+        if f.type is bool:
+            kwargs["action"] = argparse.BooleanOptionalAction
+        elif f.type is list:
+            kwargs["nargs"] = "*"
+        else:
+            kwargs["type"] = f.type
+        parser.add_argument(flag_name(f.name), **kwargs)
+    return parser
+
+
+def read_config_file(path: str) -> dict:
+    """Settings from a YAML or JSON file; keys may use dashes or underscores."""
+    if not os.path.isfile(path):
+        raise UserError(f"config file {path!r} does not exist. Pass an existing YAML or JSON file.")
+    try:
+        with open(path) as f:
+            text = f.read()
+        data = json.loads(text) if path.endswith(".json") else yaml.safe_load(text)
+    except (json.JSONDecodeError, yaml.YAMLError) as error:
+        raise UserError(
+            f"config file {path!r} is not valid {'JSON' if path.endswith('.json') else 'YAML'}: "
+            f"{' '.join(str(error).split())}. Fix the file or pass the settings as flags."
+        ) from None
+    if data is None:
+        return {}
+    if not isinstance(data, dict):
+        raise UserError(f"config file {path!r} must hold a mapping of setting: value.")
+    known = {f.name: f for f in fields(Config)}
+    settings = {}
+    for key, value in data.items():
+        name = str(key).replace("-", "_")
+        if name not in known:
+            raise UserError(
+                f"config file {path!r} has an unknown setting {key!r}. "
+                f"Known settings are the flags of `python train.py --help`."
+            )
+        settings[name] = coerce(name, value, known[name].type, path)
+    return settings
+
+
+def coerce(name: str, value, kind, source: str):
+    if kind is float and isinstance(value, int) and not isinstance(value, bool):
+        return float(value)
+    if kind is list and isinstance(value, str):
+        return [value]
+    expected = {bool: (bool,), int: (int,), float: (float,), str: (str,), list: (list,)}[kind]
+    if not isinstance(value, expected) or (kind is int and isinstance(value, bool)):
+        raise UserError(
+            f"setting {name!r} in {source!r} should be a {kind.__name__}, got {value!r}."
+        )
+    return value
+
+
+def parse_config(argv: list[str] | None = None) -> Config:
+    """Config from defaults, then the --config file, then the command line; validated."""
+    given = vars(build_parser().parse_args(argv))
+    settings = read_config_file(given["config"]) if given.get("config") else {}
+    settings.update(given)
+    config = Config(**settings)
+    validate(config)
+    return config
+
+
+def validate(config: Config) -> None:
+    for f in fields(Config):
+        choices = f.metadata["choices"]
+        value = getattr(config, f.name)
+        if choices and value not in choices:
+            raise UserError(
+                f"unknown {f.name.replace('_', ' ')} {value!r}. "
+                f"Choose one of: {', '.join(choices)} ({flag_name(f.name)})."
+            )
+    if config.mixed_precision and config.mixed_precision not in PRECISIONS:
+        raise UserError(
+            f"unknown mixed precision {config.mixed_precision!r}. Choose one of: no, fp16, bf16."
+        )
+    positive = ("epochs", "batch_size", "image_size", "width", "head_hidden", "keep_checkpoints")
+    for name in positive:
+        if getattr(config, name) < 1:
+            raise UserError(f"{flag_name(name)} must be at least 1, got {getattr(config, name)}.")
+    for name in ("train_subset", "test_subset", "checkpoint_every", "gradient_accumulation_steps"):
+        if getattr(config, name) < 0:
+            raise UserError(f"{flag_name(name)} must be 0 or more, got {getattr(config, name)}.")
+    if config.lr <= 0:
+        raise UserError(f"--lr must be positive, got {config.lr}.")
+    if config.cache_features and (
+        config.model != "resnet50" or config.freeze != "backbone" or config.augment != "none"
+    ):
+        raise UserError(
+            "--cache-features needs a fixed backbone input: use it with --model resnet50 "
+            "--freeze backbone --augment none."
+        )

@@ -1,0 +1,236 @@
+"""Datasets as uint8 tensors (N x 3 x H x W) plus labels, or an ImageFolder for your own images.
+
+build_datasets(config) is called on the main process first (it may download), then on the
+others, which find the files in place.
+"""
+
+import gzip
+import os
+import shutil
+import socket
+import tempfile
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+import torchvision
+
+from cifar.errors import UserError
+
+IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".ppm", ".bmp", ".pgm", ".tif", ".tiff", ".webp")
+FASHION_FILES = (
+    "train-images-idx3-ubyte",
+    "train-labels-idx1-ubyte",
+    "t10k-images-idx3-ubyte",
+    "t10k-labels-idx1-ubyte",
+)
+DEBIAN_FASHION_DIR = "/usr/share/datasets/fashion-mnist"
+OFFLINE_HINT = (
+    "For a run without downloads use --dataset synthetic (a learnable CIFAR-shaped set), "
+    f"--dataset fashion-mnist --data-dir {DEBIAN_FASHION_DIR} (Debian package "
+    "dataset-fashion-mnist), or --dataset imagefolder with your own images."
+)
+
+
+@dataclass
+class TensorImages:
+    """A whole image set: images uint8 N x 3 x H x W, labels int64 N."""
+
+    images: torch.Tensor
+    labels: torch.Tensor
+    classes: list
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+    def head(self, n: int) -> "TensorImages":
+        """The first n images (all when n is 0)."""
+        if not n:
+            return self
+        return TensorImages(self.images[:n], self.labels[:n], self.classes)
+
+
+def build_datasets(config):
+    """(train, test) for config.dataset, cut to --train-subset / --test-subset."""
+    builders = {
+        "cifar10": load_cifar,
+        "cifar100": load_cifar,
+        "fashion-mnist": load_fashion_mnist,
+        "synthetic": make_synthetic,
+        "imagefolder": load_image_folders,
+    }
+    train, test = builders[config.dataset](config)
+    if config.dataset == "imagefolder":
+        return train, test
+    return train.head(config.train_subset), test.head(config.test_subset)
+
+
+def download_guarded(fetch, what: str, folder: str, expected: str):
+    """Run a torchvision download; turn a network failure into a clear UserError."""
+    previous_timeout = socket.getdefaulttimeout()
+    socket.setdefaulttimeout(60)
+    try:
+        return fetch()
+    except (OSError, RuntimeError) as error:
+        raise UserError(
+            f"{what} is not in {os.path.abspath(folder)} (expected {expected}) and could not be "
+            f"downloaded ({type(error).__name__}: {error}). Run the same command once on a "
+            f"machine with network (or `python train.py --dataset ... --prepare-only` on a login "
+            f"node) and copy the folder, or point --data-dir at it. {OFFLINE_HINT}"
+        ) from None
+    finally:
+        socket.setdefaulttimeout(previous_timeout)
+
+
+def load_cifar(config):
+    if config.dataset == "cifar10":
+        cls, archive = torchvision.datasets.CIFAR10, "cifar-10-batches-py/ (cifar-10-python.tar.gz)"
+    else:
+        cls, archive = torchvision.datasets.CIFAR100, "cifar-100-python/ (cifar-100-python.tar.gz)"
+    root = config.data_dir
+
+    def open_split(train: bool):
+        try:
+            return cls(root, train=train, download=False)
+        except RuntimeError:
+            name = config.dataset.upper()
+            return download_guarded(
+                lambda: cls(root, train=train, download=True), name, root, archive
+            )
+
+    splits = [open_split(True), open_split(False)]
+    return tuple(
+        TensorImages(
+            torch.from_numpy(split.data).permute(0, 3, 1, 2).contiguous(),
+            torch.tensor(split.targets, dtype=torch.long),
+            list(split.classes),
+        )
+        for split in splits
+    )
+
+
+def fashion_raw_folder(data_dir: str) -> str:
+    """A folder where torchvision's FashionMNIST finds <root>/FashionMNIST/raw/<idx files>.
+
+    Accepts torchvision's own layout or a folder of the four IDX files, gzipped or not (as
+    Debian's dataset-fashion-mnist installs them); gzipped ones are unpacked once into a cache.
+    """
+    if all(os.path.exists(os.path.join(data_dir, "FashionMNIST", "raw", f)) for f in FASHION_FILES):
+        return data_dir
+
+    def find(name):
+        for candidate in (name, name + ".gz"):
+            if os.path.exists(os.path.join(data_dir, candidate)):
+                return os.path.join(data_dir, candidate)
+        return None
+
+    found = {name: find(name) for name in FASHION_FILES}
+    if not all(found.values()):
+        return ""
+    cache_home = os.environ.get("XDG_CACHE_HOME", os.path.expanduser("~/.cache"))
+    key = os.path.abspath(data_dir).strip("/").replace("/", "_")
+    root = os.path.join(cache_home, "cifar-accelerate", "fashion-mnist", key)
+    raw = os.path.join(root, "FashionMNIST", "raw")
+    os.makedirs(raw, exist_ok=True)
+    for name, source in found.items():
+        target = os.path.join(raw, name)
+        if os.path.exists(target):
+            continue
+        opener = gzip.open if source.endswith(".gz") else open
+        with opener(source, "rb") as src, tempfile.NamedTemporaryFile(dir=raw, delete=False) as tmp:
+            shutil.copyfileobj(src, tmp)
+        os.replace(tmp.name, target)
+    return root
+
+
+def load_fashion_mnist(config):
+    """Fashion-MNIST, 28x28 grey, zero-padded to 32x32 and repeated to 3 channels."""
+    root = fashion_raw_folder(config.data_dir)
+    cls = torchvision.datasets.FashionMNIST
+    if not root:
+        root = config.data_dir
+        expected = "the four IDX files (train-images-idx3-ubyte[.gz], ...) or FashionMNIST/raw/"
+        download_guarded(
+            lambda: cls(root, train=True, download=True), "Fashion-MNIST", root, expected
+        )
+    splits = [cls(root, train=train, download=False) for train in (True, False)]
+    return tuple(
+        TensorImages(
+            F.pad(split.data, (2, 2, 2, 2)).unsqueeze(1).expand(-1, 3, -1, -1).contiguous(),
+            split.targets.clone().long(),
+            list(split.classes),
+        )
+        for split in splits
+    )
+
+
+def make_synthetic(config):
+    """A learnable CIFAR-shaped set: 10 smooth class patterns plus noise, from --seed.
+
+    Same seed, same images. Train and test share the patterns and differ in the noise.
+    """
+    generator = torch.Generator().manual_seed(config.seed)
+    patterns = F.interpolate(
+        torch.randn(10, 3, 8, 8, generator=generator), size=32, mode="bilinear", align_corners=False
+    )
+    patterns = patterns / patterns.std(dim=(1, 2, 3), keepdim=True)
+
+    def sample(n):
+        labels = torch.randint(0, 10, (n,), generator=generator)
+        noise = torch.randn(n, 3, 32, 32, generator=generator)
+        brightness = torch.rand(n, 1, 1, 1, generator=generator) * 40 - 20
+        images = 128 + 35 * patterns[labels] + 45 * noise + brightness
+        return TensorImages(
+            images.round().clamp(0, 255).to(torch.uint8), labels, [f"pattern{i}" for i in range(10)]
+        )
+
+    return sample(config.synthetic_train_size), sample(config.synthetic_test_size)
+
+
+def load_image_folders(config):
+    """torchvision ImageFolders from DATA_DIR/train and DATA_DIR/test (or DATA_DIR/val).
+
+    Transforms are attached later by the loader builder; here we check the folders can be read.
+    """
+    root = config.data_dir
+    test_name = "test" if os.path.isdir(os.path.join(root, "test")) else "val"
+    splits = []
+    for split in ("train", test_name):
+        folder = os.path.join(root, split)
+        if not os.path.isdir(folder):
+            raise UserError(
+                f"image folder {os.path.abspath(folder)} does not exist. --dataset imagefolder "
+                f"expects DATA_DIR/train/<class>/<images> and DATA_DIR/test/<class>/<images> "
+                f"(or val/); set --data-dir to that DATA_DIR."
+            )
+        try:
+            dataset = torchvision.datasets.ImageFolder(folder)
+        except (FileNotFoundError, OSError) as error:
+            raise UserError(
+                f"image folder {os.path.abspath(folder)} holds no images in class sub-folders "
+                f"({error}). Put images ({', '.join(IMAGE_SUFFIXES[:3])}, ...) in "
+                f"{folder}/<class name>/."
+            ) from None
+        check_images_readable(dataset.samples)
+        splits.append(dataset)
+    train, test = splits
+    if train.classes != test.classes:
+        raise UserError(
+            f"the train and {test_name} folders of {os.path.abspath(root)} have different "
+            f"classes ({train.classes} vs {test.classes}). Give both the same class sub-folders."
+        )
+    return train, test
+
+
+def check_images_readable(samples) -> None:
+    """Open each image's header now, so a bad file is named before training starts."""
+    from PIL import Image
+
+    for path, _ in samples:
+        try:
+            with Image.open(path) as image:
+                image.size  # noqa: B018 - reading the header is the check
+        except Exception as error:  # PIL raises many types for bad files
+            raise UserError(
+                f"cannot read image {path} ({type(error).__name__}). Remove or replace the file."
+            ) from None

@@ -1,0 +1,18 @@
+"""User mistakes: one clear paragraph and exit code 2, never a traceback."""
+
+import os
+import sys
+
+USAGE_EXIT_CODE = 2
+# EX_TEMPFAIL from sysexits.h: "try again later". Job scripts requeue on it.
+REQUEUE_EXIT_CODE = 75
+
+
+class UserError(Exception):
+    """A problem the user can fix; the message says what is wrong and how to fix it."""
+
+
+def report_user_error(error: UserError) -> None:
+    """Print the message once (on the main process only when several run)."""
+    if int(os.environ.get("RANK", "0")) == 0:
+        print(f"error: {error}", file=sys.stderr, flush=True)

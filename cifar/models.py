@@ -1,0 +1,163 @@
+"""SimpleCNN and ResNet50Transfer. Plain nn.Modules: no devices, precision or processes here."""
+
+import os
+import socket
+
+import torch
+from torch import nn
+from torchvision.models import ResNet50_Weights, resnet50
+
+from cifar.errors import UserError
+
+RESNET_WEIGHTS = ResNet50_Weights.IMAGENET1K_V2
+RESNET_FEATURES = 2048
+
+
+def classifier_head(in_features: int, hidden: int, num_classes: int, dropout: float):
+    """The small MLP both models end with."""
+    return nn.Sequential(
+        nn.Linear(in_features, hidden),
+        nn.ReLU(inplace=True),
+        nn.Dropout(dropout),
+        nn.Linear(hidden, num_classes),
+    )
+
+
+class SimpleCNN(nn.Module):
+    """Three conv layers (conv, optional BatchNorm, ReLU, 2x2 max pool), then an MLP head.
+
+    Input: N x 3 x 32 x 32. Channels: width, 2 x width, 4 x width.
+    """
+
+    def __init__(
+        self,
+        num_classes: int = 10,
+        width: int = 32,
+        batch_norm: bool = True,
+        hidden: int = 512,
+        dropout: float = 0.0,
+    ):
+        super().__init__()
+        layers = []
+        in_channels = 3
+        for out_channels in (width, 2 * width, 4 * width):
+            layers.append(nn.Conv2d(in_channels, out_channels, 3, padding=1, bias=not batch_norm))
+            if batch_norm:
+                layers.append(nn.BatchNorm2d(out_channels))
+            layers += [nn.ReLU(inplace=True), nn.MaxPool2d(2)]
+            in_channels = out_channels
+        self.features = nn.Sequential(*layers)
+        self.head = nn.Sequential(
+            nn.Flatten(), classifier_head(in_channels * 4 * 4, hidden, num_classes, dropout)
+        )
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(self.features(x))
+
+
+class ResNet50Transfer(nn.Module):
+    """torchvision's ResNet-50 with its fc layer replaced by an MLP head.
+
+    freeze: "backbone" trains the head only, "layer4" also the last stage, "none" everything.
+    Frozen parameters get requires_grad=False and their BatchNorm layers stay in eval mode, so
+    the frozen part computes the same features in training and evaluation.
+    """
+
+    def __init__(
+        self,
+        num_classes: int = 10,
+        freeze: str = "backbone",
+        hidden: int = 512,
+        dropout: float = 0.0,
+        backbone_state: dict | None = None,
+    ):
+        super().__init__()
+        self.net = resnet50(weights=None)
+        if backbone_state is not None:
+            self.net.load_state_dict(backbone_state)
+        self.net.fc = classifier_head(RESNET_FEATURES, hidden, num_classes, dropout)
+        trainable = {"backbone": ("fc",), "layer4": ("fc", "layer4"), "none": None}[freeze]
+        self.frozen = (
+            []
+            if trainable is None
+            else [module for name, module in self.net.named_children() if name not in trainable]
+        )
+        for module in self.frozen:
+            module.requires_grad_(False)
+
+    @property
+    def head(self) -> nn.Sequential:
+        return self.net.fc
+
+    def train(self, mode: bool = True):
+        super().train(mode)
+        for module in self.frozen:
+            module.eval()
+        return self
+
+    def features(self, x: torch.Tensor) -> torch.Tensor:
+        """Pooled backbone features, N x 2048 (everything but the head)."""
+        n = self.net
+        x = n.maxpool(n.relu(n.bn1(n.conv1(x))))
+        x = n.layer4(n.layer3(n.layer2(n.layer1(x))))
+        return torch.flatten(n.avgpool(x), 1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(self.features(x))
+
+
+def pretrained_weights_path() -> str:
+    """Where torchvision's weights API caches the ResNet-50 weights (under TORCH_HOME)."""
+    filename = os.path.basename(RESNET_WEIGHTS.url)
+    return os.path.join(torch.hub.get_dir(), "checkpoints", filename)
+
+
+def offline() -> bool:
+    return any(os.environ.get(v, "") in ("1", "true") for v in ("CIFAR_OFFLINE", "HF_HUB_OFFLINE"))
+
+
+def load_pretrained_state() -> dict:
+    """ImageNet weights through torchvision's weights API: cache first, else download.
+
+    Loaded with weights_only=True, so a tampered file cannot run code.
+    """
+    path = pretrained_weights_path()
+    fetch = (
+        'python -c "from torchvision.models import resnet50, ResNet50_Weights; '
+        'resnet50(weights=ResNet50_Weights.IMAGENET1K_V2)"'
+    )
+    if not os.path.exists(path) and offline():
+        raise UserError(
+            f"the ResNet-50 ImageNet weights are not cached at {path} and downloads are off "
+            f"(CIFAR_OFFLINE/HF_HUB_OFFLINE). On a machine with network run {fetch} (or "
+            f"`python train.py --model resnet50 --prepare-only`) and copy the file there, or "
+            f"train from scratch with --no-pretrained."
+        )
+    previous_timeout = socket.getdefaulttimeout()
+    socket.setdefaulttimeout(60)
+    try:
+        return RESNET_WEIGHTS.get_state_dict(progress=False, weights_only=True)
+    except (OSError, RuntimeError) as error:
+        if os.path.exists(path):
+            raise UserError(
+                f"the cached ResNet-50 weights at {path} could not be loaded ({error}). "
+                f"Delete the file and fetch it again with {fetch}."
+            ) from None
+        raise UserError(
+            f"the ResNet-50 ImageNet weights are not cached at {path} and could not be "
+            f"downloaded ({type(error).__name__}). On a machine with network run {fetch} (or "
+            f"`python train.py --model resnet50 --prepare-only`) and copy the file there (set "
+            f"TORCH_HOME to move the cache), or train from scratch with --no-pretrained."
+        ) from None
+    finally:
+        socket.setdefaulttimeout(previous_timeout)
+
+
+def build_model(config, num_classes: int) -> nn.Module:
+    """The model the config names, on the CPU in float32."""
+    if config.model == "cnn":
+        return SimpleCNN(
+            num_classes, config.width, config.batch_norm, config.head_hidden, config.dropout
+        )
+    state = load_pretrained_state() if config.pretrained else None
+    return ResNet50Transfer(num_classes, config.freeze, config.head_hidden, config.dropout, state)
