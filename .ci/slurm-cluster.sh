@@ -12,58 +12,12 @@ die() { log "ERROR: $*"; exit 1; }
 HOST=$(hostname)
 CONF=/etc/slurm/slurm.conf
 
-node_state() { sinfo -h -N -n "$HOST" -o %t 2>/dev/null | head -n1 | tr -d '*~#!%$@^-'; }
+# Is a live (not zombie) process with this exact name running?
+running() { ps -C "$1" -o stat= | grep -qv '^Z'; }
+# Node state as sinfo prints it (idle, alloc, down, drain, ...), without suffixes like '*'.
+node_state() { { sinfo -h -N -n "$HOST" -o %t 2>/dev/null || true; } | head -n1 | tr -d '*~#!%$@^-'; }
 
-# Fast path: everything is up already.
-if pgrep -x slurmctld >/dev/null && pgrep -x slurmd >/dev/null && pgrep -x munged >/dev/null \
-    && [[ $(node_state) == idle || $(node_state) == mix || $(node_state) == alloc ]]; then
-    log "cluster already up (node $HOST $(node_state))"
-    exit 0
-fi
-
-# --- 1. packages -------------------------------------------------------------------------
-dpkg_busy() {
-    pgrep -x apt-get >/dev/null || pgrep -x apt >/dev/null || pgrep -x dpkg >/dev/null \
-        || { command -v fuser >/dev/null && fuser /var/lib/dpkg/lock-frontend >/dev/null 2>&1; }
-}
-if ! command -v slurmctld >/dev/null || ! command -v munged >/dev/null; then
-    # Another shell may be installing them right now (it logs to /work/apt.log, ending 'done').
-    for _ in $(seq 600); do
-        if command -v slurmctld >/dev/null && command -v munged >/dev/null && ! dpkg_busy; then
-            break
-        fi
-        if [[ -f /work/apt.log ]] && grep -qx done /work/apt.log && ! dpkg_busy; then break; fi
-        dpkg_busy || break
-        sleep 1
-    done
-    if ! command -v slurmctld >/dev/null || ! command -v munged >/dev/null; then
-        log "installing slurm-wlm and munge"
-        apt-get -o DPkg::Lock::Timeout=600 update
-        DEBIAN_FRONTEND=noninteractive apt-get -o DPkg::Lock::Timeout=600 install -y \
-            slurm-wlm munge
-    fi
-fi
-command -v slurmctld >/dev/null && command -v slurmd >/dev/null && command -v munged >/dev/null \
-    || die "slurmctld/slurmd/munged still missing after install"
-
-# --- 2. munge ----------------------------------------------------------------------------
-if [[ ! -s /etc/munge/munge.key ]]; then
-    log "creating /etc/munge/munge.key"
-    install -d -o munge -g munge -m 700 /etc/munge
-    dd if=/dev/urandom of=/etc/munge/munge.key bs=1024 count=1 status=none
-    chown munge:munge /etc/munge/munge.key
-    chmod 400 /etc/munge/munge.key
-fi
-install -d -o munge -g munge -m 755 /run/munge
-install -d -o munge -g munge -m 700 /var/log/munge /var/lib/munge
-if ! pgrep -x munged >/dev/null; then
-    log "starting munged"
-    runuser -u munge -- munged --force
-fi
-for _ in $(seq 50); do munge -n </dev/null >/dev/null 2>&1 && break; sleep 0.1; done
-munge -n </dev/null | unmunge >/dev/null || die "munge does not work"
-
-# --- 3. slurm.conf -----------------------------------------------------------------------
+# The wanted slurm.conf.
 CPUS=$(nproc)
 MEM_MB=$(awk '/^MemTotal:/ {print int($2 / 1024)}' /proc/meminfo)
 REAL_MB=$((MEM_MB * 95 / 100))
@@ -73,8 +27,8 @@ ClusterName=ci
 SlurmctldHost=$HOST
 AuthType=auth/munge
 CredType=cred/munge
-# A requeued batch job gets BeginTime = requeue time + cred_expire + 1 s (default 120 s);
-# 5 s is the smallest value slurmctld accepts.
+# A requeued batch job gets BeginTime = requeue time + cred_expire + 1 s (default 120 s, so
+# about 2 min between runs); 5 is the smallest value accepted (below it: back to 120).
 AuthInfo=cred_expire=5
 ProctrackType=proctrack/linuxproc
 TaskPlugin=task/none
@@ -87,6 +41,9 @@ SlurmdPidFile=/run/slurmd.pid
 SlurmctldLogFile=/var/log/slurm/slurmctld.log
 SlurmdLogFile=/var/log/slurm/slurmd.log
 SchedulerType=sched/backfill
+# Once that BeginTime passes nothing wakes the scheduler: the main loop (every sched_interval,
+# default 60 s) picks the job up. With 2 s a requeued job runs again about 6-7 s later.
+SchedulerParameters=sched_interval=2
 SelectType=select/cons_tres
 SelectTypeParameters=CR_Core_Memory
 ReturnToService=2
@@ -95,10 +52,69 @@ JobAcctGatherType=jobacct_gather/none
 # No accounting DB (sacct does not work): keep finished jobs in 'scontrol show job' for 10 min.
 MinJobAge=600
 JobRequeue=1
+MailProg=/bin/true
+# Without a default, CR_Core_Memory gives every job all the node's memory, so jobs run one at
+# a time. (Memory is not enforced: no task/cgroup, no jobacct_gather.)
+DefMemPerCPU=$((REAL_MB / CPUS))
 NodeName=$HOST CPUs=$CPUS RealMemory=$REAL_MB State=UNKNOWN
 PartitionName=debug Nodes=$HOST Default=YES MaxTime=INFINITE State=UP
 EOF
 )
+# Fast path: config unchanged, daemons running, node usable.
+if [[ -f $CONF && $(cat "$CONF") == "$new_conf" ]] \
+    && running slurmctld && running slurmd && running munged
+then
+    state=$(node_state)
+    if [[ $state == idle || $state == mix || $state == alloc || $state == comp ]]; then
+        log "cluster already up (node $HOST $state)"
+        exit 0
+    fi
+fi
+
+# --- 1. packages -------------------------------------------------------------------------
+have_binaries() { command -v slurmctld && command -v slurmd && command -v munged; } >/dev/null
+apt_busy() {
+    pgrep -x apt-get || pgrep -x apt || pgrep -x dpkg || pgrep -x unattended-upgr
+} >/dev/null
+# Another shell may be installing the packages right now, logging to /work/apt.log (whose last
+# line is 'done' when it finished): wait for it (at most 10 min) rather than fight the lock.
+apt_log_pending() {
+    [[ -f /work/apt.log ]] && ! grep -qx done /work/apt.log \
+        && (($(date +%s) - $(stat -c %Y /work/apt.log) < 120))
+}
+if ! have_binaries; then
+    for _ in $(seq 600); do
+        have_binaries && ! apt_busy && break
+        apt_busy || apt_log_pending || break
+        sleep 1
+    done
+    if ! have_binaries; then
+        log "installing slurm-wlm and munge"
+        apt-get -o DPkg::Lock::Timeout=600 update
+        DEBIAN_FRONTEND=noninteractive apt-get -o DPkg::Lock::Timeout=600 install -y \
+            slurm-wlm munge
+    fi
+fi
+have_binaries || die "slurmctld/slurmd/munged still missing after install"
+
+# --- 2. munge ----------------------------------------------------------------------------
+if [[ ! -s /etc/munge/munge.key ]]; then
+    log "creating /etc/munge/munge.key"
+    install -d -o munge -g munge -m 700 /etc/munge
+    dd if=/dev/urandom of=/etc/munge/munge.key bs=1024 count=1 status=none
+    chown munge:munge /etc/munge/munge.key
+    chmod 400 /etc/munge/munge.key
+fi
+install -d -o munge -g munge -m 755 /run/munge
+install -d -o munge -g munge -m 700 /var/log/munge /var/lib/munge
+if ! running munged; then
+    log "starting munged"
+    runuser -u munge -- munged --force
+fi
+for _ in $(seq 50); do munge -n </dev/null >/dev/null 2>&1 && break; sleep 0.1; done
+munge -n </dev/null | unmunge >/dev/null || die "munge does not work"
+
+# --- 3. slurm.conf (written from the text built above) ---------------------------------
 conf_changed=0
 if [[ ! -f $CONF ]] || [[ $(cat "$CONF") != "$new_conf" ]]; then
     log "writing $CONF"
@@ -112,28 +128,36 @@ install -d -m 755 /var/spool/slurmctld /var/spool/slurmd /var/log/slurm
 if [[ $conf_changed -eq 1 ]]; then
     # Running daemons would keep the old config: restart them.
     for d in slurmd slurmctld; do
-        if pid=$(pgrep -x "$d"); then
+        if running "$d"; then
             log "stopping $d (config changed)"
-            kill $pid
-            for _ in $(seq 50); do kill -0 $pid 2>/dev/null || break; sleep 0.1; done
+            pids=$(cat "/run/$d.pid" 2>/dev/null || pgrep -x "$d" || true)
+            # shellcheck disable=SC2086
+            kill $pids 2>/dev/null || true
+            for _ in $(seq 100); do running "$d" || break; sleep 0.1; done
         fi
     done
 fi
-if ! pgrep -x slurmctld >/dev/null; then
+dump_logs() {
+    local f
+    for f in /var/log/slurm/slurmctld.log /var/log/slurm/slurmd.log; do
+        log "last lines of $f:"; tail -n 20 "$f" >&2 || true
+    done
+}
+if ! running slurmctld; then
     log "starting slurmctld"
-    slurmctld
+    slurmctld || { dump_logs; die "slurmctld failed to start"; }
 fi
 for _ in $(seq 100); do scontrol ping 2>/dev/null | grep -q UP && break; sleep 0.2; done
-if ! pgrep -x slurmd >/dev/null; then
+if ! running slurmd; then
     log "starting slurmd"
-    slurmd
+    slurmd || { dump_logs; die "slurmd failed to start"; }
 fi
 
 state=
 for i in $(seq 60); do
     state=$(node_state)
     case $state in
-        idle | mix | alloc) log "node $HOST is $state"; exit 0 ;;
+        idle | mix | alloc | comp) log "node $HOST is $state"; exit 0 ;;
         down | drain | drng | fail | failg)
             if ((i % 5 == 1)); then
                 log "node $HOST is $state: resuming"
@@ -143,6 +167,5 @@ for i in $(seq 60); do
     esac
     sleep 0.5
 done
-log "slurmctld log tail:"; tail -n 20 /var/log/slurm/slurmctld.log >&2 || true
-log "slurmd log tail:"; tail -n 20 /var/log/slurm/slurmd.log >&2 || true
+dump_logs
 die "node $HOST never became idle (last state: '${state:-none}')"
