@@ -13,6 +13,7 @@ from tqdm.auto import tqdm
 from cifar.checkpoint import StopRequest, save_checkpoint
 from cifar.errors import REQUEUE_EXIT_CODE
 from cifar.experiment import setup_run
+from cifar.tracking import log_run_end, wandb_sync_hint
 
 
 @dataclass
@@ -213,7 +214,10 @@ def run_experiment(config) -> dict:
             config, accelerator, progress, time.perf_counter() - started, run.classes
         )
         run.files.write_summary(summary)
-        log_summary(accelerator, summary)
+        log_run_end(accelerator, config, run, summary)
+        hint = wandb_sync_hint(accelerator, config)
+        if hint:
+            accelerator.print(hint)
         return summary
     finally:
         stop.uninstall()
@@ -280,13 +284,3 @@ def summarize(config, accelerator, progress: dict, wall_seconds: float, classes)
             sum(r["train_images_per_second"] for r in history) / len(history)
         ),
     }
-
-
-def log_summary(accelerator, summary: dict) -> None:
-    accelerator.log(
-        {
-            f"summary/{k}": v
-            for k, v in summary.items()
-            if isinstance(v, (int, float)) and not isinstance(v, bool)
-        }
-    )

@@ -124,3 +124,17 @@ def wandb_sync_hint(accelerator, config) -> str:
     run = accelerator.get_tracker("wandb", unwrap=True)
     folder = getattr(run, "dir", "") or ""
     return f"W&B run saved offline; upload it with: wandb sync {os.path.dirname(folder)}"
+
+
+def log_run_end(accelerator, config, run, summary: dict) -> None:
+    """Final tracker entries: the summary values (equal to summary.json)."""
+    if config.tracker == "none":
+        return
+    accelerator.log(
+        {
+            f"summary/{k}": v
+            for k, v in summary.items()
+            if isinstance(v, (int, float)) and not isinstance(v, bool)
+        },
+        step=run.progress["global_step"],
+    )

@@ -39,20 +39,46 @@ def train_env(**extra) -> dict:
     return env
 
 
-def run_train(args, *, kind: str = "python", processes: int = 1, env: dict | None = None,
-              check: bool = True, timeout: int = 600) -> subprocess.CompletedProcess:
+def run_train(
+    args,
+    *,
+    kind: str = "python",
+    processes: int = 1,
+    env: dict | None = None,
+    check: bool = True,
+    timeout: int = 600,
+) -> subprocess.CompletedProcess:
     """Run train.py in a subprocess; fail the test with its output when it fails unexpectedly."""
     command = launcher(kind, processes) + [str(ROOT / "train.py"), *map(str, args)]
-    result = subprocess.run(command, cwd=ROOT, env=train_env(**(env or {})), text=True,
-                            capture_output=True, timeout=timeout)
+    result = subprocess.run(
+        command,
+        cwd=ROOT,
+        env=train_env(**(env or {})),
+        text=True,
+        capture_output=True,
+        timeout=timeout,
+    )
     if check and result.returncode != 0:
-        pytest.fail(f"{' '.join(command)} exited {result.returncode}\n{result.stdout}\n"
-                    f"{result.stderr}")
+        pytest.fail(
+            f"{' '.join(command)} exited {result.returncode}\n{result.stdout}\n{result.stderr}"
+        )
     return result
 
 
-SMOKE = ["--dataset", "synthetic", "--tracker", "none", "--synthetic-train-size", "1024",
-         "--synthetic-test-size", "256", "--batch-size", "64", "--epochs", "1"]
+SMOKE = [
+    "--dataset",
+    "synthetic",
+    "--tracker",
+    "none",
+    "--synthetic-train-size",
+    "1024",
+    "--synthetic-test-size",
+    "256",
+    "--batch-size",
+    "64",
+    "--epochs",
+    "1",
+]
 
 
 def read_json(path) -> dict:

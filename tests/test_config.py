@@ -12,11 +12,29 @@ def test_defaults_without_flags():
 
 def test_help_lists_every_flag_with_its_default():
     text = build_parser().format_help()
-    for flag in ("--model", "--dataset", "--data-dir", "--epochs", "--batch-size", "--lr",
-                 "--optimizer", "--scheduler", "--weight-decay", "--label-smoothing", "--seed",
-                 "--output-dir", "--train-subset", "--image-size", "--freeze",
-                 "--pretrained", "--no-pretrained", "--num-workers", "--tracker", "--resume",
-                 "--config"):
+    for flag in (
+        "--model",
+        "--dataset",
+        "--data-dir",
+        "--epochs",
+        "--batch-size",
+        "--lr",
+        "--optimizer",
+        "--scheduler",
+        "--weight-decay",
+        "--label-smoothing",
+        "--seed",
+        "--output-dir",
+        "--train-subset",
+        "--image-size",
+        "--freeze",
+        "--pretrained",
+        "--no-pretrained",
+        "--num-workers",
+        "--tracker",
+        "--resume",
+        "--config",
+    ):
         assert flag in text, flag
     assert "(default: 5)" in text and "(default: 'cifar10')" in text
 
@@ -26,7 +44,11 @@ def test_yaml_config_is_read_and_flags_win(tmp_path):
     path.write_text("model: resnet50\nepochs: 3\nbatch-size: 32\nlr: 1\npretrained: false\n")
     config = parse_config(["--config", str(path), "--epochs", "7"])
     assert (config.model, config.epochs, config.batch_size, config.pretrained) == (
-        "resnet50", 7, 32, False)
+        "resnet50",
+        7,
+        32,
+        False,
+    )
     assert config.lr == 1.0 and isinstance(config.lr, float)
 
 
@@ -35,7 +57,11 @@ def test_json_config(tmp_path):
     path.write_text(json.dumps({"dataset": "synthetic", "tags": ["a", "b"], "seed": 3}))
     config = parse_config(["--config", str(path), "--no-shuffle"])
     assert (config.dataset, config.tags, config.seed, config.shuffle) == (
-        "synthetic", ["a", "b"], 3, False)
+        "synthetic",
+        ["a", "b"],
+        3,
+        False,
+    )
 
 
 @pytest.mark.parametrize(

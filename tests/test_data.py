@@ -28,14 +28,15 @@ def test_synthetic_set_is_deterministic_from_the_seed_and_sized_by_flags():
 
 def test_subsets_take_the_first_images():
     full, _ = build_datasets(Config(dataset="synthetic", synthetic_train_size=300))
-    cut, test = build_datasets(Config(dataset="synthetic", synthetic_train_size=300,
-                                      train_subset=100, test_subset=7))
+    cut, test = build_datasets(
+        Config(dataset="synthetic", synthetic_train_size=300, train_subset=100, test_subset=7)
+    )
     assert torch.equal(cut.images, full.images[:100]) and len(test) == 7
 
 
 def reference_crop_flip(image, dy, dx, flip):
     padded = F.pad(image, (4, 4, 4, 4))
-    crop = padded[:, dy:dy + 32, dx:dx + 32]
+    crop = padded[:, dy : dy + 32, dx : dx + 32]
     return crop.flip(-1) if flip else crop
 
 
@@ -55,15 +56,23 @@ def test_input_transform_normalises_and_resizes():
     mean, std = (0.1, 0.2, 0.3), (0.5, 0.25, 0.125)
     out = InputTransform(mean, std, size=None)(images)
     expected = (images.float() / 255 - torch.tensor(mean).view(1, 3, 1, 1)) / torch.tensor(
-        std).view(1, 3, 1, 1)
+        std
+    ).view(1, 3, 1, 1)
     torch.testing.assert_close(out, expected, rtol=1e-6, atol=1e-5)
     assert InputTransform(mean, std, size=64)(images).shape == (4, 3, 64, 64)
 
 
 def loader(n, rank, world, train, batch=8):
-    return DeviceLoader(torch.arange(n).view(n, 1, 1, 1).expand(n, 3, 1, 1), torch.arange(n),
-                        batch_size=batch, rank=rank, world_size=world, device="cpu", train=train,
-                        seed=5)
+    return DeviceLoader(
+        torch.arange(n).view(n, 1, 1, 1).expand(n, 3, 1, 1),
+        torch.arange(n),
+        batch_size=batch,
+        rank=rank,
+        world_size=world,
+        device="cpu",
+        train=train,
+        seed=5,
+    )
 
 
 @pytest.mark.parametrize("world", [1, 2, 3])
@@ -86,8 +95,13 @@ def test_each_epoch_has_its_own_order():
 
 @pytest.mark.parametrize("world", [1, 2, 3])
 def test_evaluation_shards_count_every_image_exactly_once(world):
-    seen = torch.cat([labels for r in range(world) for _, labels in loader(10_001, r, world,
-                                                                          train=False, batch=64)])
+    seen = torch.cat(
+        [
+            labels
+            for r in range(world)
+            for _, labels in loader(10_001, r, world, train=False, batch=64)
+        ]
+    )
     assert sorted(seen.tolist()) == list(range(10_001))
 
 
@@ -98,10 +112,14 @@ def write_idx(folder, compress):
     for name, count in (("train", 40), ("t10k", 12)):
         images = rng.integers(0, 256, (count, 28, 28), dtype=np.uint8)
         labels = rng.integers(0, 10, count, dtype=np.uint8)
-        files = {f"{name}-images-idx3-ubyte": b"\x00\x00\x08\x03" + np.array(
-            [count, 28, 28], ">i4").tobytes() + images.tobytes(),
-            f"{name}-labels-idx1-ubyte": b"\x00\x00\x08\x01" + np.array([count], ">i4").tobytes()
-            + labels.tobytes()}
+        files = {
+            f"{name}-images-idx3-ubyte": b"\x00\x00\x08\x03"
+            + np.array([count, 28, 28], ">i4").tobytes()
+            + images.tobytes(),
+            f"{name}-labels-idx1-ubyte": b"\x00\x00\x08\x01"
+            + np.array([count], ">i4").tobytes()
+            + labels.tobytes(),
+        }
         for filename, data in files.items():
             opener = gzip.open if compress else open
             with opener(os.path.join(folder, filename + (".gz" if compress else "")), "wb") as f:
@@ -127,8 +145,10 @@ def test_fashion_mnist_in_torchvision_layout(tmp_path):
 
 
 def test_debian_fashion_mnist_package_loads(tmp_path, monkeypatch):
-    require(all(os.path.exists(f"{FASHION_DIR}/{f}.gz") for f in FASHION_FILES),
-            "apt-get install dataset-fashion-mnist")
+    require(
+        all(os.path.exists(f"{FASHION_DIR}/{f}.gz") for f in FASHION_FILES),
+        "apt-get install dataset-fashion-mnist",
+    )
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))
     train, test = build_datasets(Config(dataset="fashion-mnist", data_dir=FASHION_DIR))
     assert (len(train), len(test)) == (60_000, 10_000)

@@ -48,8 +48,11 @@ def test_resnet_transfer_shapes_and_parameter_count():
 @pytest.mark.parametrize("freeze", ["backbone", "layer4", "none"])
 def test_frozen_parameters_get_no_gradient_and_no_optimizer_state(freeze):
     model = ResNet50Transfer(freeze=freeze)
-    trainable_prefixes = {"backbone": ("net.fc.",), "layer4": ("net.fc.", "net.layer4."),
-                          "none": ("net.",)}[freeze]
+    trainable_prefixes = {
+        "backbone": ("net.fc.",),
+        "layer4": ("net.fc.", "net.layer4."),
+        "none": ("net.",),
+    }[freeze]
     for name, parameter in model.named_parameters():
         assert parameter.requires_grad == name.startswith(trainable_prefixes), name
     model.train()
