@@ -29,6 +29,8 @@ def make_accelerator(config, project_dir: str | None = None) -> Accelerator:
         )
     if config.tracker != "none":
         kwargs["log_with"] = config.tracker
+    if int(os.environ.get("WORLD_SIZE", "1")) > 1 and not torch.cuda.is_available():
+        kwargs["cpu"] = True  # several CPU processes (torchrun): Accelerate needs cpu=True for gloo
     try:
         accelerator = Accelerator(**kwargs)
     except ValueError as error:  # e.g. bf16 asked of a device without it

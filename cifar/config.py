@@ -200,6 +200,9 @@ def validate(config: Config) -> None:
     for name in ("train_subset", "test_subset", "checkpoint_every", "gradient_accumulation_steps"):
         if getattr(config, name) < 0:
             raise UserError(f"{flag_name(name)} must be 0 or more, got {getattr(config, name)}.")
+    for name in ("dropout", "label_smoothing"):
+        if not 0 <= getattr(config, name) < 1:
+            raise UserError(f"{flag_name(name)} must be in [0, 1), got {getattr(config, name)}.")
     if config.lr <= 0:
         raise UserError(f"--lr must be positive, got {config.lr}.")
     if config.cache_features and (

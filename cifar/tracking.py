@@ -9,6 +9,9 @@ import os
 import uuid
 import warnings
 
+import torch
+from accelerate.tracking import TensorBoardTracker
+
 from cifar.checkpoint import write_json
 from cifar.errors import UserError
 
@@ -91,6 +94,10 @@ def prepare_tracker(config, run_dir: str, is_main: bool) -> dict:
                 "(sync later with `wandb sync`)",
                 stacklevel=2,
             )
+    if os.environ.get("WANDB_MODE") == "offline":
+        # Logged tables (their images) are staged as artifacts in WANDB_DATA_DIR until `wandb
+        # sync` uploads them; keep them in the run folder rather than in ~/.local/share/wandb.
+        os.environ.setdefault("WANDB_DATA_DIR", os.path.join(os.path.abspath(run_dir), "wandb"))
     settings = {
         "dir": run_dir,
         "name": config.run_name or os.path.basename(os.path.abspath(run_dir)),
@@ -112,6 +119,10 @@ def start_tracker(accelerator, config, run_dir: str, init_kwargs: dict, flat_con
         init_kwargs["wandb"]["id"] = run_id
         accelerator.init_trackers(config.wandb_project, flat_config, init_kwargs=init_kwargs)
         return
+    # TensorBoard needs its folder when the Accelerator is made, before the run folder is known,
+    # so the tracker joins here instead of through Accelerator(log_with=...): run_dir/tensorboard.
+    if not any(str(getattr(t, "name", t)) == "tensorboard" for t in accelerator.log_with):
+        accelerator.log_with.append(TensorBoardTracker("tensorboard", run_dir))
     scalar_config = {
         k: v if isinstance(v, (int, float, str, bool)) else str(v) for k, v in flat_config.items()
     }
@@ -126,15 +137,118 @@ def wandb_sync_hint(accelerator, config) -> str:
     return f"W&B run saved offline; upload it with: wandb sync {os.path.dirname(folder)}"
 
 
+SAMPLE_IMAGES = 32  # test images in the end-of-run predictions table
+
+
 def log_run_end(accelerator, config, run, summary: dict) -> None:
-    """Final tracker entries: the summary values (equal to summary.json)."""
-    if config.tracker == "none":
+    """Final tracker entries, from the main process: the summary values (equal to summary.json),
+    per-class accuracy, the confusion matrix and a table of sample test predictions.
+
+    W&B also gets summary.json as its run summary. Nothing here is collective: only the main
+    process runs the model, on its own first test images, outside any DDP wrapper.
+    """
+    if config.tracker == "none" or not accelerator.is_main_process:
         return
-    accelerator.log(
-        {
-            f"summary/{k}": v
-            for k, v in summary.items()
-            if isinstance(v, (int, float)) and not isinstance(v, bool)
-        },
-        step=run.progress["global_step"],
+    step = run.progress["global_step"]
+    samples = predict_samples(accelerator, run, SAMPLE_IMAGES)
+    tracker = accelerator.get_tracker(config.tracker, unwrap=True)
+    if config.tracker == "wandb":
+        log_wandb_end(tracker, summary, samples, step)
+    else:
+        log_tensorboard_end(tracker, summary, samples, step)
+
+
+def summary_scalars(summary: dict) -> dict:
+    """summary/<key> for every number of summary.json, per-class accuracy included."""
+    scalars = {
+        f"summary/{k}": v
+        for k, v in summary.items()
+        if isinstance(v, (int, float)) and not isinstance(v, bool)
+    }
+    for name, accuracy in summary["per_class_accuracy"].items():
+        scalars[f"summary/per_class_accuracy/{name}"] = accuracy
+    return scalars
+
+
+@torch.no_grad()
+def predict_samples(accelerator, run, count: int) -> dict | None:
+    """The first `count` images of this process's test shard with label, prediction and its
+    softmax probability; None when the loader yields cached features instead of images."""
+    model = accelerator.unwrap_model(run.model, keep_torch_compile=False)
+    was_training = model.training
+    model.eval()
+    images, labels, predictions, confidences = [], [], [], []
+    seen = 0
+    for batch, batch_labels in run.test_loader:
+        if batch.dtype != torch.uint8 or batch.dim() != 4:
+            return None
+        batch, batch_labels = batch[: count - seen], batch_labels[: count - seen]
+        with accelerator.autocast():
+            logits = model(run.to_input(batch))
+        confidence, prediction = logits.float().softmax(dim=1).max(dim=1)
+        images.append(batch.permute(0, 2, 3, 1).cpu())  # N x H x W x C, as image libraries want
+        labels += batch_labels.tolist()
+        predictions += prediction.tolist()
+        confidences += confidence.tolist()
+        seen += len(batch)
+        if seen >= count:
+            break
+    model.train(was_training)
+    if not seen:
+        return None
+    return {
+        "images": torch.cat(images).numpy(),
+        "labels": [run.classes[i] for i in labels],
+        "predictions": [run.classes[i] for i in predictions],
+        "confidences": confidences,
+    }
+
+
+def log_wandb_end(wandb_run, summary: dict, samples: dict | None, step: int) -> None:
+    import wandb
+
+    classes = summary["classes"]
+    per_class = wandb.Table(
+        columns=["class", "accuracy"], data=[[c, summary["per_class_accuracy"][c]] for c in classes]
     )
+    matrix = summary["confusion_matrix"]
+    cells = [[a, p, matrix[i][j]] for i, a in enumerate(classes) for j, p in enumerate(classes)]
+    entries = {
+        **summary_scalars(summary),
+        "test/per_class_accuracy": wandb.plot.bar(
+            per_class, "class", "accuracy", title="Per-class test accuracy"
+        ),
+        # The chart wandb.plot.confusion_matrix makes, built from the counts in summary.json.
+        "test/confusion_matrix": wandb.plot_table(
+            "wandb/confusion_matrix/v1",
+            wandb.Table(columns=["Actual", "Predicted", "nPredictions"], data=cells),
+            {"Actual": "Actual", "Predicted": "Predicted", "nPredictions": "nPredictions"},
+            {"title": "Test confusion matrix"},
+        ),
+    }
+    if samples is not None:
+        rows = zip(
+            samples["images"],
+            samples["labels"],
+            samples["predictions"],
+            samples["confidences"],
+            strict=True,
+        )
+        entries["test/samples"] = wandb.Table(
+            columns=["image", "label", "prediction", "confidence", "correct"],
+            data=[[wandb.Image(im), lab, pred, conf, lab == pred] for im, lab, pred, conf in rows],
+        )
+    wandb_run.log(entries, step=step)
+    wandb_run.summary.update(summary)
+
+
+def log_tensorboard_end(writer, summary: dict, samples: dict | None, step: int) -> None:
+    from cifar.report import confusion_figure, samples_figure
+
+    for key, value in summary_scalars(summary).items():
+        writer.add_scalar(key, value, step)
+    writer.add_figure("test/confusion_matrix", confusion_figure(summary), step)
+    if samples is not None:
+        writer.add_figure("test/samples", samples_figure(samples), step)
+    writer.add_text("summary", "```\n" + json.dumps(summary, indent=1) + "\n```", step)
+    writer.flush()

@@ -1,0 +1,162 @@
+"""N processes give the answer of one: sharding, reduction, accumulation, precision, seeds."""
+
+import glob
+
+import pytest
+import torch
+from accelerate.commands.config.config_args import load_config_from_file
+from safetensors.torch import load_file
+
+from tests.conftest import ROOT, SMOKE, read_json, read_metrics, run_train
+
+TIMING_KEYS = ("epoch_seconds", "train_images_per_second")
+# BatchNorm normalises with per-process batch statistics, so N x b equals 1 x (N x b) only
+# without it; everything else (crop, flip, order, loss, schedule) is identical.
+EXACT = [
+    "--dataset",
+    "synthetic",
+    "--tracker",
+    "none",
+    "--synthetic-train-size",
+    "1024",
+    "--synthetic-test-size",
+    "257",
+    "--epochs",
+    "1",
+    "--no-batch-norm",
+]
+
+
+def final_weights(run_dir) -> dict:
+    newest = sorted(glob.glob(f"{run_dir}/checkpoints/step-*/model.safetensors"))[-1]
+    return load_file(newest)
+
+
+def max_difference(a: dict, b: dict) -> float:
+    assert a.keys() == b.keys()
+    return max((a[k].double() - b[k].double()).abs().max().item() for k in a)
+
+
+def test_two_processes_with_batch_b_equal_one_process_with_batch_2b(tmp_path):
+    one, two = tmp_path / "one", tmp_path / "two"
+    run_train([*EXACT, "--no-shuffle", "--batch-size", "64", "--output-dir", one])
+    run_train(
+        [*EXACT, "--no-shuffle", "--batch-size", "32", "--output-dir", two],
+        kind="torchrun",
+        processes=2,
+    )
+    assert max_difference(final_weights(one), final_weights(two)) < 1e-5
+    summary_one, summary_two = read_json(one / "summary.json"), read_json(two / "summary.json")
+    assert summary_two["world_size"] == 2 and summary_one["world_size"] == 1
+    assert summary_one["test_accuracy"] == summary_two["test_accuracy"]
+    assert summary_one["num_test_samples"] == summary_two["num_test_samples"] == 257
+
+
+def test_gradient_accumulation_of_two_batches_equals_one_double_batch(tmp_path):
+    accumulated, double = tmp_path / "accumulated", tmp_path / "double"
+    run_train(
+        [
+            *EXACT,
+            "--batch-size",
+            "32",
+            "--gradient-accumulation-steps",
+            "2",
+            "--output-dir",
+            accumulated,
+        ]
+    )
+    run_train([*EXACT, "--batch-size", "64", "--output-dir", double])
+    assert max_difference(final_weights(accumulated), final_weights(double)) < 1e-5
+    config = read_json(accumulated / "config.json")
+    assert config["gradient_accumulation_steps_used"] == 2
+    steps = [
+        read_json(p)["global_step"]
+        for p in glob.glob(f"{accumulated}/checkpoints/step-*/progress.json")
+    ]
+    assert max(steps) == 1024 // 64
+
+
+@pytest.mark.parametrize("processes", [2, 3])
+def test_evaluation_counts_every_test_image_once(tmp_path, processes):
+    run_train(
+        [
+            "--dataset",
+            "synthetic",
+            "--tracker",
+            "none",
+            "--synthetic-train-size",
+            "384",
+            "--synthetic-test-size",
+            "10001",
+            "--batch-size",
+            "32",
+            "--epochs",
+            "1",
+            "--output-dir",
+            tmp_path,
+        ],
+        kind="torchrun",
+        processes=processes,
+    )
+    summary = read_json(tmp_path / "summary.json")
+    assert summary["num_test_samples"] == 10_001
+    assert summary["world_size"] == processes
+    assert sum(map(sum, summary["confusion_matrix"])) == 10_001
+
+
+def test_same_seed_gives_identical_metrics(tmp_path):
+    args = [*SMOKE, "--epochs", "2", "--dropout", "0.2", "--seed", "7"]
+    run_train([*args, "--output-dir", tmp_path / "a"])
+    run_train([*args, "--output-dir", tmp_path / "b"])
+    run_train([*args[:-1], "8", "--output-dir", tmp_path / "c"])
+    strip = [
+        [{k: v for k, v in r.items() if k not in TIMING_KEYS} for r in read_metrics(d)]
+        for d in (tmp_path / "a", tmp_path / "b", tmp_path / "c")
+    ]
+    assert strip[0] == strip[1]
+    assert strip[0] != strip[2]
+
+
+def test_bf16_on_cpu_trains(tmp_path):
+    run_train([*SMOKE, "--mixed-precision", "bf16", "--output-dir", tmp_path])
+    summary = read_json(tmp_path / "summary.json")
+    assert summary["mixed_precision"] == "bf16" and summary["test_accuracy"] > 0.3
+
+
+def test_fp16_on_cpu_is_refused_clearly(tmp_path):
+    result = run_train([*SMOKE, "--mixed-precision", "fp16", "--output-dir", tmp_path], check=False)
+    assert result.returncode == 2
+    assert "fp16 mixed precision needs a GPU" in result.stderr and "bf16" in result.stderr
+    assert "Traceback" not in result.stderr
+
+
+@pytest.mark.parametrize(
+    "name", ["single_gpu_bf16", "multi_gpu", "multi_node", "cpu", "cpu_multi_process"]
+)
+def test_accelerate_configs_parse(name):
+    config = load_config_from_file(str(ROOT / "accelerate_configs" / f"{name}.yaml"))
+    assert config.mixed_precision in ("no", "bf16")
+    assert config.use_cpu == name.startswith("cpu")
+
+
+def test_cpu_multi_process_config_launches_two_processes(tmp_path):
+    import subprocess
+
+    from tests.conftest import BIN, train_env
+
+    command = [
+        str(BIN / "accelerate"),
+        "launch",
+        "--config_file",
+        str(ROOT / "accelerate_configs" / "cpu_multi_process.yaml"),
+        str(ROOT / "train.py"),
+        *SMOKE,
+        "--output-dir",
+        str(tmp_path),
+    ]
+    result = subprocess.run(
+        command, cwd=ROOT, env=train_env(), capture_output=True, text=True, timeout=300
+    )
+    assert result.returncode == 0, result.stderr
+    assert read_json(tmp_path / "summary.json")["world_size"] == 2
+    assert torch.tensor(read_json(tmp_path / "summary.json")["confusion_matrix"]).sum() == 256
