@@ -14,8 +14,9 @@ CONF=/etc/slurm/slurm.conf
 
 # Is a live (not zombie) process with this exact name running?
 running() { ps -C "$1" -o stat= | grep -qv '^Z'; }
-# Node state as sinfo prints it (idle, alloc, down, drain, ...), without suffixes like '*'.
-node_state() { { sinfo -h -N -n "$HOST" -o %t 2>/dev/null || true; } | head -n1 | tr -d '*~#!%$@^-'; }
+# Node state as sinfo prints it (idle, alloc, down, drain, ...) without flag suffixes, except
+# '*' (node not responding), so that "idle*" does not count as up.
+node_state() { { sinfo -h -N -n "$HOST" -o %t 2>/dev/null || true; } | head -n1 | tr -d '~#!%$@^-'; }
 
 # The wanted slurm.conf.
 CPUS=$(nproc)
@@ -27,8 +28,9 @@ ClusterName=ci
 SlurmctldHost=$HOST
 AuthType=auth/munge
 CredType=cred/munge
-# A requeued batch job gets BeginTime = requeue time + cred_expire + 1 s (default 120 s, so
-# about 2 min between runs); 5 is the smallest value accepted (below it: back to 120).
+# A requeued batch job may start again only cred_expire + 1 s after its old run has ended
+# (default 120 s, so over 2 min between runs); 5 is the smallest value accepted (below it,
+# slurmctld logs "AuthInfo=cred_expire=N invalid" and uses 120).
 AuthInfo=cred_expire=5
 ProctrackType=proctrack/linuxproc
 TaskPlugin=task/none
@@ -41,8 +43,9 @@ SlurmdPidFile=/run/slurmd.pid
 SlurmctldLogFile=/var/log/slurm/slurmctld.log
 SlurmdLogFile=/var/log/slurm/slurmd.log
 SchedulerType=sched/backfill
-# Once that BeginTime passes nothing wakes the scheduler: the main loop (every sched_interval,
-# default 60 s) picks the job up. With 2 s a requeued job runs again about 6-7 s later.
+# Once that delay is over nothing wakes the scheduler: the main loop (every sched_interval,
+# default 60 s) picks the job up. With 2 s a requeued job runs again 6-8 s after its old run
+# ended (the old run ends at once, or up to KillWait=30 s later if it traps SIGTERM).
 SchedulerParameters=sched_interval=2
 SelectType=select/cons_tres
 SelectTypeParameters=CR_Core_Memory
@@ -97,6 +100,9 @@ if ! have_binaries; then
 fi
 have_binaries || die "slurmctld/slurmd/munged still missing after install"
 
+# slurmd and the clients must resolve SlurmctldHost.
+getent hosts "$HOST" >/dev/null || echo "127.0.1.1 $HOST" >>/etc/hosts
+
 # --- 2. munge ----------------------------------------------------------------------------
 if [[ ! -s /etc/munge/munge.key ]]; then
     log "creating /etc/munge/munge.key"
@@ -130,9 +136,7 @@ if [[ $conf_changed -eq 1 ]]; then
     for d in slurmd slurmctld; do
         if running "$d"; then
             log "stopping $d (config changed)"
-            pids=$(cat "/run/$d.pid" 2>/dev/null || pgrep -x "$d" || true)
-            # shellcheck disable=SC2086
-            kill $pids 2>/dev/null || true
+            for pid in $(pgrep -x "$d"); do kill "$pid" 2>/dev/null || true; done
             for _ in $(seq 100); do running "$d" || break; sleep 0.1; done
         fi
     done
@@ -158,7 +162,7 @@ for i in $(seq 60); do
     state=$(node_state)
     case $state in
         idle | mix | alloc | comp) log "node $HOST is $state"; exit 0 ;;
-        down | drain | drng | fail | failg)
+        down* | drain* | drng* | fail*)
             if ((i % 5 == 1)); then
                 log "node $HOST is $state: resuming"
                 scontrol update nodename="$HOST" state=resume || true
