@@ -18,6 +18,7 @@ import matplotlib
 matplotlib.use("Agg")  # files only, never a window; also safe on nodes without a display
 
 from matplotlib.figure import Figure  # noqa: E402
+from matplotlib.ticker import MaxNLocator  # noqa: E402
 
 from cifar.errors import USAGE_EXIT_CODE, UserError, report_user_error  # noqa: E402
 
@@ -76,7 +77,7 @@ def run_labels(run_dirs: list[str]) -> list[str]:
     if len(set(labels)) < len(labels):
         paths = [os.path.abspath(d) for d in run_dirs]
         parent = os.path.commonpath(paths) if len(set(paths)) > 1 else os.path.dirname(paths[0])
-        labels = [os.path.relpath(p, os.path.dirname(parent)) for p in paths]
+        labels = [os.path.relpath(p, parent) for p in paths]
     seen: dict[str, int] = {}
     unique = []
     for label in labels:
@@ -97,6 +98,7 @@ def curves_figure(runs: list[dict], key: str, ylabel: str) -> Figure:
         epochs = [r["epoch"] for r in run["metrics"]]
         ax.plot(epochs, [r[key] for r in run["metrics"]], marker="o", label=run["label"])
     ax.set(xlabel="epoch", ylabel=ylabel, title=f"{ylabel} per epoch")
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     ax.grid(alpha=0.3)
     ax.legend(fontsize="small")
     fig.tight_layout()
@@ -117,6 +119,7 @@ def train_vs_test_figure(runs: list[dict]) -> Figure:
                 ax.plot(epochs, values, style, color=colour, marker="o", label=label)
     for ax, metric in zip(axes, ("accuracy", "loss"), strict=True):
         ax.set(xlabel="epoch", ylabel=metric, title=f"train vs test {metric}")
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
         ax.grid(alpha=0.3)
         ax.legend(fontsize="small")
     fig.tight_layout()

@@ -10,7 +10,7 @@ import uuid
 import warnings
 
 import torch
-from accelerate.tracking import TensorBoardTracker
+from accelerate.tracking import GeneralTracker, TensorBoardTracker
 
 from cifar.checkpoint import write_json
 from cifar.errors import UserError
@@ -121,7 +121,8 @@ def start_tracker(accelerator, config, run_dir: str, init_kwargs: dict, flat_con
         return
     # TensorBoard needs its folder when the Accelerator is made, before the run folder is known,
     # so the tracker joins here instead of through Accelerator(log_with=...): run_dir/tensorboard.
-    if not any(str(getattr(t, "name", t)) == "tensorboard" for t in accelerator.log_with):
+    names = [t.name if isinstance(t, GeneralTracker) else str(t) for t in accelerator.log_with]
+    if "tensorboard" not in names:
         accelerator.log_with.append(TensorBoardTracker("tensorboard", run_dir))
     scalar_config = {
         k: v if isinstance(v, (int, float, str, bool)) else str(v) for k, v in flat_config.items()
