@@ -16,6 +16,7 @@ import torch.nn.functional as F
 import torchvision
 
 from cifar.errors import UserError
+from cifar.models import offline
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".ppm", ".bmp", ".pgm", ".tif", ".tiff", ".webp")
 FASHION_FILES = (
@@ -70,6 +71,8 @@ def download_guarded(fetch, what: str, folder: str, expected: str):
     previous_timeout = socket.getdefaulttimeout()
     socket.setdefaulttimeout(60)
     try:
+        if offline():
+            raise OSError("downloads are off (CIFAR_OFFLINE/HF_HUB_OFFLINE)")
         return fetch()
     except (OSError, RuntimeError) as error:
         raise UserError(

@@ -143,6 +143,8 @@ def run_experiment(config) -> dict:
     show_progress = accelerator.is_main_process and sys.stderr.isatty()
 
     def checkpoint(partial: dict) -> None:
+        if not all(torch.isfinite(p).all() for p in run.model.parameters()):
+            raise NonFiniteLoss(progress["global_step"], what="weights")
         progress["partial"] = partial
         progress["wall_seconds"] = time.perf_counter() - started
         save_checkpoint(accelerator, run.checkpoints_dir, progress, config.keep_checkpoints)
@@ -227,8 +229,8 @@ def run_experiment(config) -> dict:
 class NonFiniteLoss(Exception):
     """The training loss became NaN or infinite; the last checkpoint is still the good one."""
 
-    def __init__(self, step: int):
-        super().__init__(f"the training loss is not finite at optimizer step {step}")
+    def __init__(self, step: int, what: str = "loss"):
+        super().__init__(f"the training {what} became NaN or infinite at optimizer step {step}")
         self.step = step
 
 

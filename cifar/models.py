@@ -137,10 +137,11 @@ def load_pretrained_state() -> dict:
     socket.setdefaulttimeout(60)
     try:
         return RESNET_WEIGHTS.get_state_dict(progress=False, weights_only=True)
-    except (OSError, RuntimeError) as error:
+    except Exception as error:  # network errors, torn files, refused pickles alike
         if os.path.exists(path):
             raise UserError(
-                f"the cached ResNet-50 weights at {path} could not be loaded ({error}). "
+                f"the cached ResNet-50 weights at {path} could not be loaded "
+                f"({type(error).__name__}; only plain tensors are accepted). "
                 f"Delete the file and fetch it again with {fetch}."
             ) from None
         raise UserError(

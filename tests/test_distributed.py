@@ -29,7 +29,7 @@ EXACT = [
 
 def final_weights(run_dir) -> dict:
     newest = sorted(glob.glob(f"{run_dir}/checkpoints/step-*/model.safetensors"))[-1]
-    return load_file(newest)
+    return {k: v.clone() for k, v in load_file(newest).items()}  # not backed by the file
 
 
 def max_difference(a: dict, b: dict) -> float:
