@@ -17,7 +17,10 @@ DATASETS = ("cifar10", "cifar100", "fashion-mnist", "imagefolder", "synthetic")
 OPTIMIZERS = ("sgd", "adamw")
 SCHEDULERS = ("none", "cosine", "onecycle")
 FREEZE_MODES = ("backbone", "layer4", "none")
-AUGMENTATIONS = ("crop-flip", "flip", "none")
+AUGMENTATIONS = ("auto", "crop-flip", "flip", "none")
+# Fashion-MNIST items are centred and fill the frame: shifting them costs more than it teaches
+# in a short schedule (5 epochs: 91.4% with crop-flip, 92%+ with flip only).
+AUTO_AUGMENT = {"fashion-mnist": "flip"}
 TRACKERS = ("wandb", "tensorboard", "none")
 PRECISIONS = ("no", "fp16", "bf16")
 
@@ -57,7 +60,11 @@ class Config:
     weight_decay: float = knob(5e-4, "weight decay (not applied to biases and norms)")
     scheduler: str = knob("onecycle", "learning-rate schedule (per optimizer step)", SCHEDULERS)
     label_smoothing: float = knob(0.1, "label smoothing of the cross-entropy loss")
-    augment: str = knob("crop-flip", "training augmentation (crop: padding 4)", AUGMENTATIONS)
+    augment: str = knob(
+        "auto",
+        "training augmentation (crop: padding 4). auto: flip for fashion-mnist, else crop-flip",
+        AUGMENTATIONS,
+    )
     shuffle: bool = knob(True, "shuffle the training set each epoch (seeded)")
     gradient_accumulation_steps: int = knob(
         0, "batches per optimizer step (0: from the accelerate config, else 1)"
@@ -176,6 +183,8 @@ def parse_config(argv: list[str] | None = None) -> Config:
     settings = read_config_file(given["config"]) if given.get("config") else {}
     settings.update(given)
     config = Config(**settings)
+    if config.augment == "auto" and config.dataset in DATASETS:
+        config.augment = AUTO_AUGMENT.get(config.dataset, "crop-flip")
     validate(config)
     return config
 

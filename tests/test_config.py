@@ -7,7 +7,13 @@ from cifar.errors import UserError
 
 
 def test_defaults_without_flags():
-    assert parse_config([]) == Config()
+    assert parse_config([]) == Config(augment="crop-flip")
+
+
+def test_auto_augmentation_follows_the_dataset():
+    assert parse_config(["--dataset", "fashion-mnist"]).augment == "flip"
+    assert parse_config(["--dataset", "cifar100"]).augment == "crop-flip"
+    assert parse_config(["--dataset", "fashion-mnist", "--augment", "none"]).augment == "none"
 
 
 def test_help_lists_every_flag_with_its_default():
