@@ -18,7 +18,7 @@ $(VENV)/.installed: pyproject.toml requirements-ci.txt
 	touch $@
 
 train: setup
-	$(BIN)/accelerate launch train.py $(ARGS)
+	$(BIN)/accelerate launch --quiet train.py $(ARGS)
 
 lint: setup
 	$(BIN)/ruff check .

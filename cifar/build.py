@@ -4,7 +4,11 @@ import os
 
 import torch
 from accelerate import Accelerator
-from accelerate.utils import GradientAccumulationPlugin, broadcast_object_list
+from accelerate.utils import (
+    DataLoaderConfiguration,
+    GradientAccumulationPlugin,
+    broadcast_object_list,
+)
 from torch.utils.data import DataLoader, Subset
 
 from cifar.errors import UserError
@@ -20,14 +24,21 @@ from cifar.loaders import (
 
 def make_accelerator(config, project_dir: str | None = None) -> Accelerator:
     """The one Accelerator of a run; precision and accumulation from flags or accelerate config."""
-    kwargs = {"step_scheduler_with_optimizer": False, "project_dir": project_dir}
+    kwargs = {
+        "step_scheduler_with_optimizer": False,
+        "project_dir": project_dir,
+        # ImageFolder shuffling from the seed and epoch, so a resumed epoch replays its order.
+        "dataloader_config": DataLoaderConfiguration(use_seedable_sampler=True),
+    }
     if config.mixed_precision:
         kwargs["mixed_precision"] = config.mixed_precision
     if config.gradient_accumulation_steps:
         kwargs["gradient_accumulation_plugin"] = GradientAccumulationPlugin(
             num_steps=config.gradient_accumulation_steps
         )
-    if config.tracker != "none":
+    if (
+        config.tracker == "wandb"
+    ):  # TensorBoard joins in start_tracker, once the run folder is known
         kwargs["log_with"] = config.tracker
     if int(os.environ.get("WORLD_SIZE", "1")) > 1 and not torch.cuda.is_available():
         kwargs["cpu"] = True  # several CPU processes (torchrun): Accelerate needs cpu=True for gloo
@@ -126,10 +137,17 @@ def build_loaders(config, accelerator: Accelerator, train, test):
         "pin_memory": accelerator.device.type == "cuda",
         "persistent_workers": config.num_workers > 0,
     }
-    train_loader = accelerator.prepare_data_loader(
-        DataLoader(
-            train, batch_size=config.batch_size, shuffle=config.shuffle, drop_last=True, **workers
-        )
+    train_loader = EpochLoader(
+        accelerator,
+        accelerator.prepare_data_loader(
+            DataLoader(
+                train,
+                batch_size=config.batch_size,
+                shuffle=config.shuffle,
+                drop_last=True,
+                **workers,
+            )
+        ),
     )
     # Contiguous, uneven shards: each test image is evaluated exactly once.
     n, rank, world = len(test), shard["rank"], shard["world_size"]
@@ -139,6 +157,25 @@ def build_loaders(config, accelerator: Accelerator, train, test):
         accelerator.device,
     )
     return train_loader, test_loader
+
+
+class EpochLoader:
+    """Accelerate's prepared DataLoader behind the DeviceLoader interface (epochs, resuming)."""
+
+    def __init__(self, accelerator: Accelerator, loader):
+        self.accelerator, self.loader, self.skip_batches = accelerator, loader, 0
+
+    def set_epoch(self, epoch: int, skip_batches: int = 0) -> None:
+        self.loader.set_epoch(epoch)
+        self.skip_batches = skip_batches
+
+    def __len__(self) -> int:
+        return len(self.loader)
+
+    def __iter__(self):
+        if not self.skip_batches:
+            return iter(self.loader)
+        return iter(self.accelerator.skip_first_batches(self.loader, self.skip_batches))
 
 
 class OnDevice:

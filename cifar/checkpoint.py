@@ -89,6 +89,12 @@ def resolve_resume(config, checkpoints_root: str) -> list[str]:
 
 def check_identity(config, progress: dict, folder: str) -> None:
     saved = progress.get("identity", {})
+    if saved.get("epochs", config.epochs) != config.epochs and config.scheduler != "none":
+        raise UserError(
+            f"cannot resume from {folder} with --epochs {config.epochs}: its {config.scheduler} "
+            f"schedule was built for {saved['epochs']} epochs. Resume with --epochs "
+            f"{saved['epochs']}, or use --scheduler none for runs you plan to extend."
+        )
     changed = [k for k in IDENTITY_KEYS if k in saved and saved[k] != getattr(config, k)]
     if changed:
         details = ", ".join(

@@ -53,7 +53,7 @@ class Config:
     head_hidden: int = knob(512, "hidden units of the classifier head")
     # Optimisation; batch size and learning rate are per process / for the global batch.
     epochs: int = knob(5, "training epochs")
-    batch_size: int = knob(256, "images per process per step")
+    batch_size: int = knob(128, "images per process per step")
     lr: float = knob(0.05, "peak learning rate")
     optimizer: str = knob("sgd", "optimizer (sgd: Nesterov momentum)", OPTIMIZERS)
     momentum: float = knob(0.9, "SGD momentum")

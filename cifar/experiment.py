@@ -56,7 +56,7 @@ def fresh_progress(config) -> dict:
         "partial": {"loss_sum": 0.0, "correct": 0, "seen": 0},
         "wall_seconds": 0.0,
         "last_eval": None,
-        "identity": {k: getattr(config, k) for k in IDENTITY_KEYS},
+        "identity": {k: getattr(config, k) for k in (*IDENTITY_KEYS, "epochs")},
     }
 
 

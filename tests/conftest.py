@@ -28,7 +28,7 @@ def launcher(kind: str, processes: int = 1) -> list[str]:
     if kind == "torchrun":
         return [str(BIN / "torchrun"), "--standalone", f"--nproc_per_node={processes}"]
     if kind == "accelerate":
-        return [str(BIN / "accelerate"), "launch", "--num_processes", "1", "--cpu"]
+        return [str(BIN / "accelerate"), "launch", "--quiet", "--num_processes", "1", "--cpu"]
     raise ValueError(kind)
 
 
