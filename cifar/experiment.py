@@ -151,7 +151,7 @@ def setup_run(config) -> Run:
 def describe_run(config, accelerator, run_dir: str) -> dict:
     """config.json: the resolved Config plus where and with what it ran."""
     device = accelerator.device
-    name = torch.cuda.get_device_name(device) if device.type == "cuda" else platform.processor()
+    name = torch.cuda.get_device_name(device) if device.type == "cuda" else cpu_name()
     return {
         **config.to_dict(),
         "output_dir": run_dir,
@@ -159,7 +159,7 @@ def describe_run(config, accelerator, run_dir: str) -> dict:
         "mixed_precision_used": accelerator.mixed_precision,
         "gradient_accumulation_steps_used": accelerator.gradient_accumulation_steps,
         "device": device.type,
-        "device_name": name or platform.machine(),
+        "device_name": name,
         "versions": {
             "python": platform.python_version(),
             "torch": torch.__version__,
@@ -167,6 +167,17 @@ def describe_run(config, accelerator, run_dir: str) -> dict:
             "accelerate": accelerate.__version__,
         },
     }
+
+
+def cpu_name() -> str:
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    return f"{line.split(':', 1)[1].strip()} ({os.cpu_count()} cores)"
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
 
 
 @torch.no_grad()
