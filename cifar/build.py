@@ -55,23 +55,30 @@ def make_accelerator(config, project_dir: str | None = None) -> Accelerator:
     return accelerator
 
 
-def on_main_first(accelerator: Accelerator, build):
-    """Run build() on the main process, then on the others (it may download or create files).
-
-    A UserError on the main process is raised on every process, so none waits forever.
-    """
+def run_on_main(accelerator: Accelerator, task):
+    """task() on the main process only; a UserError it raises is raised on every process, so
+    none waits forever. Returns task's result on the main process, None elsewhere."""
     result, error = None, None
     if accelerator.is_main_process:
         try:
-            result = build()
+            result = task()
         except UserError as raised:
             error = str(raised)
     error = broadcast(accelerator, error)
     if error:
         raise UserError(error)
-    if not accelerator.is_main_process:
-        result = build()
     return result
+
+
+def on_main_first(accelerator: Accelerator, build):
+    """build() on the main process first (it may download or create files), then the others."""
+    result = run_on_main(accelerator, build)
+    return result if accelerator.is_main_process else build()
+
+
+def decide_on_main(accelerator: Accelerator, decide):
+    """decide() on the main process only; its result reaches every process."""
+    return broadcast(accelerator, run_on_main(accelerator, decide))
 
 
 def broadcast(accelerator: Accelerator, value):
@@ -230,17 +237,3 @@ def default_run_dir(config) -> str:
     job = os.environ.get("SLURM_JOB_ID")
     stamp = f"job{job}" if job else time.strftime("%Y%m%d-%H%M%S")
     return os.path.join("runs", f"{config.model}-{config.dataset}-{stamp}")
-
-
-def decide_on_main(accelerator: Accelerator, decide):
-    """decide() runs on the main process only; its result (or UserError) reaches every process."""
-    result, error = None, None
-    if accelerator.is_main_process:
-        try:
-            result = decide()
-        except UserError as raised:
-            error = str(raised)
-    result, error = broadcast(accelerator, (result, error))
-    if error:
-        raise UserError(error)
-    return result

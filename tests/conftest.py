@@ -87,3 +87,11 @@ def read_json(path) -> dict:
 
 def read_metrics(run_dir) -> list[dict]:
     return [json.loads(line) for line in Path(run_dir, "metrics.jsonl").read_text().splitlines()]
+
+
+TIMING_KEYS = ("epoch_seconds", "train_images_per_second")
+
+
+def comparable_metrics(run_dir) -> list[dict]:
+    """metrics.jsonl without the wall-clock fields, which differ between any two runs."""
+    return [{k: v for k, v in r.items() if k not in TIMING_KEYS} for r in read_metrics(run_dir)]

@@ -7,9 +7,8 @@ import torch
 from accelerate.commands.config.config_args import load_config_from_file
 from safetensors.torch import load_file
 
-from tests.conftest import ROOT, SMOKE, read_json, read_metrics, run_train
+from tests.conftest import ROOT, SMOKE, comparable_metrics, read_json, run_train
 
-TIMING_KEYS = ("epoch_seconds", "train_images_per_second")
 # BatchNorm normalises with per-process batch statistics, so N x b equals 1 x (N x b) only
 # without it; everything else (crop, flip, order, loss, schedule) is identical.
 EXACT = [
@@ -109,12 +108,9 @@ def test_same_seed_gives_identical_metrics(tmp_path):
     run_train([*args, "--output-dir", tmp_path / "a"])
     run_train([*args, "--output-dir", tmp_path / "b"])
     run_train([*args[:-1], "8", "--output-dir", tmp_path / "c"])
-    strip = [
-        [{k: v for k, v in r.items() if k not in TIMING_KEYS} for r in read_metrics(d)]
-        for d in (tmp_path / "a", tmp_path / "b", tmp_path / "c")
-    ]
-    assert strip[0] == strip[1]
-    assert strip[0] != strip[2]
+    a, b, c = (comparable_metrics(tmp_path / name) for name in "abc")
+    assert a == b
+    assert a != c
 
 
 def test_bf16_on_cpu_trains(tmp_path):

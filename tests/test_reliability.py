@@ -13,6 +13,7 @@ import pytest
 from tests.conftest import (
     ROOT,
     SMOKE,
+    comparable_metrics,
     launcher,
     read_json,
     read_metrics,
@@ -21,7 +22,6 @@ from tests.conftest import (
 )
 from tests.test_distributed import final_weights, max_difference
 
-TIMING_KEYS = ("epoch_seconds", "train_images_per_second")
 # 16 steps per epoch (1 process, batch 64, or 2 processes, batch 32), checkpoints every 5.
 RESUMABLE = [
     "--dataset",
@@ -40,10 +40,6 @@ RESUMABLE = [
     "0.1",
     "--deterministic",
 ]
-
-
-def comparable(run_dir) -> list[dict]:
-    return [{k: v for k, v in r.items() if k not in TIMING_KEYS} for r in read_metrics(run_dir)]
 
 
 def start_train(args, kind="python", processes=1) -> subprocess.Popen:
@@ -89,7 +85,7 @@ def test_sigkill_in_epoch_two_then_resume_equals_an_uninterrupted_run(tmp_path, 
     run_train([*args, "--output-dir", killed, "--resume", "auto"], kind=kind, processes=processes)
 
     assert max_difference(final_weights(whole), final_weights(killed)) == 0.0
-    expected, resumed = comparable(whole), comparable(killed)
+    expected, resumed = comparable_metrics(whole), comparable_metrics(killed)
     assert [r["epoch"] for r in resumed] == [1, 2, 3]
     for a, b in zip(expected, resumed, strict=True):
         assert a == pytest.approx(b, rel=1e-12, abs=0)
