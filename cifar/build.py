@@ -40,6 +40,9 @@ def make_accelerator(config, project_dir: str | None = None) -> Accelerator:
         config.tracker == "wandb"
     ):  # TensorBoard joins in start_tracker, once the run folder is known
         kwargs["log_with"] = config.tracker
+    if config.deterministic:
+        os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")  # before CUDA starts
+        torch.use_deterministic_algorithms(True, warn_only=True)
     if int(os.environ.get("WORLD_SIZE", "1")) > 1 and not torch.cuda.is_available():
         kwargs["cpu"] = True  # several CPU processes (torchrun): Accelerate needs cpu=True for gloo
     try:

@@ -170,6 +170,7 @@ def run_experiment(config) -> dict:
         for epoch in range(progress["epoch"], config.epochs):
             run.train_loader.set_epoch(epoch, skip_batches=progress["step_in_epoch"])
             epoch_start = time.perf_counter()
+            seen_before = progress["partial"]["seen"] if progress["step_in_epoch"] else 0
             stopped = train_epoch(
                 accelerator,
                 run.model,
@@ -185,7 +186,7 @@ def run_experiment(config) -> dict:
             )
             if stopped:
                 accelerator.print(
-                    f"{stop.signal_name}: checkpoint saved at step "
+                    f"{stop.signal_name or 'stop request'}: checkpoint saved at step "
                     f"{progress['global_step']}; resume with --resume auto"
                 )
                 raise SystemExit(REQUEUE_EXIT_CODE)
@@ -196,7 +197,8 @@ def run_experiment(config) -> dict:
             test = eval_model(
                 accelerator, run.model, run.test_loader, run.to_input, run.num_classes
             )
-            record = epoch_record(epoch, train, test, run.scheduler.get_last_lr()[0], seconds)
+            rate = (train["seen"] - seen_before) / max(seconds, 1e-9)
+            record = epoch_record(epoch, train, test, run.scheduler.get_last_lr()[0], seconds, rate)
             progress["history"].append(record)
             progress.update(epoch=epoch + 1, step_in_epoch=0, last_eval=test)
             totals = Totals.zeros(accelerator.device)
@@ -208,7 +210,7 @@ def run_experiment(config) -> dict:
             accelerator.print(format_epoch(record, config.epochs))
             if epoch + 1 < config.epochs and stop.should_stop(0, force_check=True):
                 accelerator.print(
-                    f"{stop.signal_name}: stopped after epoch {epoch + 1}; "
+                    f"{stop.signal_name or 'stop request'}: stopped after epoch {epoch + 1}; "
                     f"resume with --resume auto"
                 )
                 raise SystemExit(REQUEUE_EXIT_CODE)
@@ -234,7 +236,9 @@ class NonFiniteLoss(Exception):
         self.step = step
 
 
-def epoch_record(epoch: int, train: dict, test: dict, lr: float, seconds: float) -> dict:
+def epoch_record(
+    epoch: int, train: dict, test: dict, lr: float, seconds: float, images_per_second: float
+) -> dict:
     """One line of metrics.jsonl."""
     return {
         "epoch": epoch + 1,
@@ -244,7 +248,7 @@ def epoch_record(epoch: int, train: dict, test: dict, lr: float, seconds: float)
         "test_accuracy": test["test_accuracy"],
         "lr": lr,
         "epoch_seconds": seconds,
-        "train_images_per_second": train["seen"] / max(seconds, 1e-9),
+        "train_images_per_second": images_per_second,
     }
 
 
