@@ -11,7 +11,7 @@ import os
 import shutil
 import subprocess
 import time
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 #: States a job does not leave by itself. REQUEUED, PENDING, RUNNING, COMPLETING, ... are not final:
@@ -64,23 +64,30 @@ def submit(
     *sbatch_args: str,
     env: Mapping[str, str] | None = None,
     cwd: str | os.PathLike[str] | None = None,
+    script_args: Sequence[str] = (),
 ) -> int:
     """Submit a batch script with ``sbatch --parsable`` and return its job id.
+
+    ``sbatch_args`` go before the script (they override its ``#SBATCH`` lines), ``script_args``
+    after it (the script's own arguments).
 
     ``env`` is merged over ``os.environ``; sbatch exports that environment into the job.
     ``cwd`` is the submission directory, which is also the job's working directory (and where
     ``slurm-<id>.out`` goes) unless ``--chdir``/``--output`` say otherwise.
     """
     full_env = {**os.environ, **env} if env is not None else None
-    cmd = ("sbatch", "--parsable", *sbatch_args, str(Path(script_path).resolve()))
+    cmd = ("sbatch", "--parsable", *sbatch_args, str(Path(script_path).resolve()), *script_args)
     out = _run(*cmd, env=full_env, cwd=cwd)
     if out.returncode != 0:
         raise RuntimeError(f"{' '.join(cmd)} failed ({out.returncode}): {out.stderr.strip()}")
     return int(out.stdout.strip().split(";")[0])
 
 
-def job_info(job_id: int) -> dict[str, str]:
-    """Return the ``Key=Value`` fields of ``scontrol show job -o`` (values with spaces are cut)."""
+def job_info(job_id: int | str) -> dict[str, str]:
+    """Return the ``Key=Value`` fields of ``scontrol show job -o`` (values with spaces are cut).
+
+    ``job_id`` may name one element of an array job as ``"<array job id>_<index>"``.
+    """
     out = _run("scontrol", "show", "job", "-o", str(job_id))
     if out.returncode != 0 or not out.stdout.strip():
         raise RuntimeError(f"scontrol show job {job_id} failed: {out.stderr.strip()}")
@@ -92,17 +99,17 @@ def job_info(job_id: int) -> dict[str, str]:
     return fields
 
 
-def job_state(job_id: int) -> str:
+def job_state(job_id: int | str) -> str:
     """Return the job's state, e.g. ``PENDING``, ``RUNNING``, ``REQUEUED``, ``COMPLETED``."""
     return job_info(job_id)["JobState"]
 
 
-def restart_count(job_id: int) -> int:
+def restart_count(job_id: int | str) -> int:
     """Return how many times the job was requeued (the job sees it as ``SLURM_RESTART_COUNT``)."""
     return int(job_info(job_id)["Restarts"])
 
 
-def wait_for_job(job_id: int, timeout_s: float, poll_s: float = 1.0) -> str:
+def wait_for_job(job_id: int | str, timeout_s: float, poll_s: float = 1.0) -> str:
     """Poll until the job reaches a state in :data:`FINAL_STATES` and return that state.
 
     Requeued jobs pass through REQUEUED and PENDING (a requeued job waits ~6 s before it runs

@@ -1,0 +1,43 @@
+#!/bin/bash
+# SimpleCNN on one node, one training process per GPU of the node, with `accelerate launch`.
+#
+#   python train.py --prepare-only                      # first, on a login node with network
+#   sbatch slurm/cnn.sh                                 # from the repository root
+#   sbatch slurm/cnn.sh --dataset cifar100 --epochs 30  # arguments go to train.py
+#   sbatch --gres=gpu:4 --time=30 -p gpu -A myproj slurm/cnn.sh  # resources: sbatch options
+#   CIFAR_VENV=~/venvs/cifar CIFAR_TRAIN_ARGS="--lr 0.1" sbatch slurm/cnn.sh
+#
+# Log: logs/<job name>-<job id>.out (logs/ is in the repository; requeued runs append to it).
+# Run folder: runs/<job name>-job<job id> (CIFAR_RUNS_DIR or CIFAR_RUN_DIR move it).
+# Near the time limit SLURM sends USR1; train.py checkpoints, the job requeues itself and the
+# next run resumes (--resume auto) in the same folder. All settings: slurm/common.sh, docs/slurm.md.
+#SBATCH --job-name=cnn
+#SBATCH --nodes=1
+#SBATCH --ntasks=1
+#SBATCH --gres=gpu:1
+#SBATCH --cpus-per-task=8
+#SBATCH --time=01:00:00
+#SBATCH --requeue
+#SBATCH --signal=B:USR1@120
+#SBATCH --output=logs/%x-%j.out
+#SBATCH --open-mode=append
+##SBATCH --partition=gpu
+##SBATCH --account=myproject
+set -euo pipefail
+
+# sbatch runs a copy of this file: find the repository ($CIFAR_REPO, else the folder the job
+# starts in, i.e. where sbatch was called, else the folder above this file).
+for CIFAR_REPO in "${CIFAR_REPO:-}" "$PWD" "$(dirname "$0")/.." ""; do
+    if [[ -f $CIFAR_REPO/slurm/common.sh ]]; then break; fi
+done
+if [[ -z $CIFAR_REPO ]]; then
+    echo "error: cannot find the repository: submit from its root (cd cifar-accelerate &&" \
+        "sbatch slurm/cnn.sh) or set CIFAR_REPO=/path/to/cifar-accelerate" >&2
+    exit 2
+fi
+cd "$CIFAR_REPO"
+# shellcheck source=slurm/common.sh
+source slurm/common.sh
+
+CIFAR_FIRST_ARGS=(--model cnn)
+cifar_single_node "$(cifar_job_label cnn)" "$@"

@@ -1,0 +1,91 @@
+#!/bin/bash
+# One run over several nodes: `srun` starts one `accelerate launch` per node, each with one
+# process per GPU of its node, all in one process group (rank 0's node is the rendezvous).
+#
+#   sbatch slurm/multinode.sh --model resnet50 --epochs 10          # 2 nodes (default)
+#   sbatch --nodes=4 --gres=gpu:8 slurm/multinode.sh --model cnn    # resources: sbatch options
+#   CIFAR_MIXED_PRECISION=bf16 sbatch slurm/multinode.sh --model resnet50
+#
+# The run folder (runs/<job name>-job<id>) must be on a file system every node sees: all
+# processes write their part of each checkpoint into it.
+# Without GPUs (tests; CIFAR_NUM_PROCESSES CPU processes per machine, gloo) several tasks on
+# one node can act as the machines:
+#   CIFAR_TASKS_AS_MACHINES=1 sbatch --nodes=1 --ntasks=2 --gres=none slurm/multinode.sh ...
+# Stop and requeue work as in cnn.sh: the warning signal reaches this shell, which passes
+# SIGTERM to every process of the srun step on all nodes; each node's processes checkpoint
+# together and exit 75; the job requeues and resumes. Settings: slurm/common.sh, docs/slurm.md.
+#SBATCH --job-name=multinode
+#SBATCH --nodes=2
+#SBATCH --ntasks-per-node=1
+#SBATCH --gres=gpu:4
+#SBATCH --cpus-per-task=16
+#SBATCH --time=04:00:00
+#SBATCH --requeue
+#SBATCH --signal=B:USR1@180
+#SBATCH --output=logs/%x-%j.out
+#SBATCH --open-mode=append
+##SBATCH --partition=gpu
+##SBATCH --account=myproject
+set -euo pipefail
+
+# sbatch runs a copy of this file: find the repository ($CIFAR_REPO, else the folder the job
+# starts in, i.e. where sbatch was called, else the folder above this file).
+for CIFAR_REPO in "${CIFAR_REPO:-}" "$PWD" "$(dirname "$0")/.." ""; do
+    if [[ -f $CIFAR_REPO/slurm/common.sh ]]; then break; fi
+done
+if [[ -z $CIFAR_REPO ]]; then
+    echo "error: cannot find the repository: submit from its root (cd cifar-accelerate &&" \
+        "sbatch slurm/multinode.sh) or set CIFAR_REPO=/path/to/cifar-accelerate" >&2
+    exit 2
+fi
+cd "$CIFAR_REPO"
+# shellcheck source=slurm/common.sh
+source slurm/common.sh
+
+if [[ -z ${SLURM_JOB_ID:-} && ${CIFAR_DRY_RUN:-0} != 1 ]]; then
+    cifar_die "multinode.sh runs under SLURM only: sbatch slurm/multinode.sh [train.py flags]"
+fi
+CIFAR_RUN_DIR=${CIFAR_RUN_DIR:-${CIFAR_RUNS_DIR:-runs}/$(cifar_job_label multinode)-$(cifar_stamp)}
+cifar_build_train_args "$@"
+cifar_activate
+cifar_banner
+if cifar_finished; then
+    cifar_log "$CIFAR_RUN_DIR/summary.json exists: this run finished already"
+    exit 0
+fi
+
+# What every node's launcher needs, computed once here (on the first node).
+CIFAR_GPUS=$(cifar_gpu_count)
+CIFAR_PER_MACHINE=$(cifar_processes_per_node "$CIFAR_GPUS")
+STEP=(srun --kill-on-bad-exit=1)
+if [[ ${CIFAR_TASKS_AS_MACHINES:-0} == 1 ]]; then
+    CIFAR_MACHINES=${SLURM_NTASKS:-1}
+    STEP+=(--ntasks="$CIFAR_MACHINES")
+else
+    CIFAR_MACHINES=${SLURM_NNODES:-1}
+    STEP+=(--nodes="$CIFAR_MACHINES" --ntasks="$CIFAR_MACHINES" --ntasks-per-node=1)
+fi
+if ((CIFAR_GPUS > 0)); then STEP+=(--gres="gpu:$CIFAR_GPUS"); fi
+# srun does not take --cpus-per-task over from sbatch (SLURM 22.05 to 23.02).
+if [[ -n ${SLURM_CPUS_PER_TASK:-} ]]; then STEP+=(--cpus-per-task="$SLURM_CPUS_PER_TASK"); fi
+if [[ -z ${CIFAR_MAIN_IP:-} && -n ${SLURM_JOB_NODELIST:-} ]]; then
+    CIFAR_MAIN_IP=$(scontrol show hostnames "$SLURM_JOB_NODELIST" | head -n1)
+fi
+CIFAR_MAIN_IP=${CIFAR_MAIN_IP:-127.0.0.1}
+CIFAR_PORT=$(cifar_port)
+export CIFAR_GPUS CIFAR_PER_MACHINE CIFAR_MACHINES CIFAR_MAIN_IP CIFAR_PORT CIFAR_RUN_DIR
+export CIFAR_TASKS_AS_MACHINES=${CIFAR_TASKS_AS_MACHINES:-0}
+cifar_log "$CIFAR_MACHINES machine(s) x $CIFAR_PER_MACHINE process(es) ($CIFAR_GPUS GPU(s) each)," \
+    "main $CIFAR_MAIN_IP:$CIFAR_PORT"
+
+# Each task expands its own rank (SLURM_NODEID, or SLURM_PROCID in test mode) in cifar_node.
+rc=0
+cifar_supervise steps "${STEP[@]}" bash -c 'source slurm/common.sh && cifar_node "$@"' \
+    cifar-node "${CIFAR_TRAIN[@]}" || rc=$?
+if [[ ${CIFAR_DRY_RUN:-0} == 1 ]]; then exit 0; fi
+case $rc in
+    0) cifar_log "done: $CIFAR_RUN_DIR/summary.json" ;;
+    75) cifar_requeue ;;
+    *) cifar_log "training failed (exit $rc); run folder $CIFAR_RUN_DIR" ;;
+esac
+exit "$rc"

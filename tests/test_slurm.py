@@ -1,0 +1,365 @@
+"""The SLURM job scripts, submitted with sbatch to the one-node cluster of .ci/slurm-cluster.sh.
+
+The templates ask for GPUs and 8 CPUs; this cluster has 2 CPUs and no GPUs, so every job here is
+submitted with the command-line overrides a user would type (LOCAL). Jobs get this checkout's
+Python environment through CIFAR_VENV, write their run folders and logs under tmp_path, and
+train on synthetic data on the CPU. Without a cluster the tests skip (fail in CI).
+"""
+
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import ROOT, read_json, read_metrics, require, train_env
+from tests.slurm_helpers import cluster_available, job_state, restart_count, submit, wait_for_job
+
+SCRIPTS = sorted((ROOT / "slurm").glob("*.sh"))
+# The environment the tests run in (/work/venv, .venv in CI): the jobs activate it.
+VENV = Path(sys.executable).parent.parent
+# sbatch options beat the scripts' #SBATCH lines: no GPUs, 1 CPU, a short limit.
+LOCAL = ["--gres=none", "--cpus-per-task=1", "--time=10"]
+TINY = [
+    "--dataset",
+    "synthetic",
+    "--tracker",
+    "none",
+    "--synthetic-train-size",
+    "256",
+    "--synthetic-test-size",
+    "64",
+    "--batch-size",
+    "32",
+    "--epochs",
+    "1",
+]
+# Long enough to be stopped mid-epoch: 32 steps per epoch and process, checkpoints every 5.
+LONGER = [
+    "--dataset",
+    "synthetic",
+    "--tracker",
+    "none",
+    "--synthetic-train-size",
+    "2048",
+    "--synthetic-test-size",
+    "256",
+    "--batch-size",
+    "64",
+    "--epochs",
+    "2",
+    "--checkpoint-every",
+    "5",
+]
+TIMING = ("epoch_seconds", "train_images_per_second", "wall_seconds")
+JOB_TIMEOUT = 240
+
+
+def job_env(tmp_path: Path, **extra: str) -> dict:
+    """What a job needs here: this venv, offline, one thread, run folders under tmp_path."""
+    return train_env(CIFAR_VENV=str(VENV), CIFAR_RUNS_DIR=str(tmp_path / "runs"), **extra)
+
+
+def sbatch(script: str, tmp_path: Path, *options: str, args=(), **env: str) -> int:
+    """Submit slurm/<script> from the repository root (as users do), logs into tmp_path."""
+    return submit(
+        ROOT / "slurm" / script,
+        *LOCAL,
+        f"--output={tmp_path}/%x-%j.out",
+        *options,
+        env=job_env(tmp_path, **env),
+        cwd=ROOT,
+        script_args=[str(a) for a in args],
+    )
+
+
+def log_of(tmp_path: Path, name: str, job_id: int) -> str:
+    return (tmp_path / f"{name}-{job_id}.out").read_text()
+
+
+def wait_completed(job_id, tmp_path: Path, log: str) -> None:
+    state = wait_for_job(job_id, timeout_s=JOB_TIMEOUT)
+    if state != "COMPLETED":
+        text = (tmp_path / log).read_text() if (tmp_path / log).exists() else "(no log)"
+        pytest.fail(f"job {job_id} ended {state}; log {log}:\n{text}")
+
+
+def without_timing(record: dict) -> dict:
+    return {k: v for k, v in record.items() if k not in TIMING}
+
+
+def wait_for_checkpoint(job: int, run_dir: Path) -> None:
+    """Wait until training runs: its first checkpoint exists."""
+    deadline = time.monotonic() + JOB_TIMEOUT
+    while not list(run_dir.glob("checkpoints/step-*")):
+        assert job_state(job) in ("PENDING", "CONFIGURING", "RUNNING"), job_state(job)
+        assert time.monotonic() < deadline, "no checkpoint appeared"
+        time.sleep(0.2)
+
+
+def signal_after_first_checkpoint(job: int, run_dir: Path) -> None:
+    """Once training runs, send what SLURM sends before the time limit
+    (#SBATCH --signal=B:USR1@120): USR1 to the batch shell only."""
+    wait_for_checkpoint(job, run_dir)
+    subprocess.run(["scancel", "--batch", "--signal=USR1", str(job)], check=True)
+
+
+@pytest.fixture
+def cluster():
+    require(
+        cluster_available(), "no SLURM cluster: start one with `sudo bash .ci/slurm-cluster.sh`"
+    )
+
+
+def test_every_script_parses():
+    assert {p.name for p in SCRIPTS} >= {
+        "cnn.sh",
+        "resnet.sh",
+        "multinode.sh",
+        "sweep.sh",
+        "common.sh",
+    }
+    for script in SCRIPTS:
+        result = subprocess.run(["bash", "-n", str(script)], capture_output=True, text=True)
+        assert result.returncode == 0, f"{script.name}: {result.stderr}"
+
+
+def dry_run(command: list[str], **env: str) -> str:
+    """Run a script with CIFAR_DRY_RUN=1 (prints the launch command) in a fake SLURM job."""
+    base = {k: v for k, v in os.environ.items() if not k.startswith(("SLURM_", "CIFAR_", "CUDA_"))}
+    base.update(CIFAR_DRY_RUN="1", SLURM_JOB_ID="4242", **env)
+    result = subprocess.run(command, cwd=ROOT, env=base, capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr
+    return result.stdout
+
+
+def would_run(output: str) -> str:
+    (line,) = [x for x in output.splitlines() if x.startswith("would run: ")]
+    return line.removeprefix("would run: ")
+
+
+def test_launch_command_follows_the_gpus_of_the_node():
+    tail = "train.py --model cnn --epochs 1 --output-dir runs/cnn-job4242 --resume auto"
+    no_gpu = {"CUDA_VISIBLE_DEVICES": ""}  # whatever nvidia-smi says
+    one_cpu = dry_run(["bash", "slurm/cnn.sh", "--epochs", "1"], SLURM_JOB_NAME="cnn", **no_gpu)
+    assert would_run(one_cpu) == (
+        "accelerate launch --num_processes 1 --num_machines 1 --quiet --cpu "
+        f"--mixed_precision no --dynamo_backend no {tail}"
+    )
+    four_gpus = dry_run(
+        ["bash", "slurm/cnn.sh", "--epochs", "1"], SLURM_JOB_NAME="cnn", SLURM_GPUS_ON_NODE="4"
+    )
+    assert would_run(four_gpus) == (
+        "accelerate launch --num_processes 4 --num_machines 1 --multi_gpu "
+        f"--main_process_port 24242 --mixed_precision no --dynamo_backend no {tail}"
+    )
+    two_visible = dry_run(
+        ["bash", "slurm/resnet.sh"],
+        SLURM_JOB_NAME="big",
+        CUDA_VISIBLE_DEVICES="0,1",
+        CIFAR_MIXED_PRECISION="bf16",
+        CIFAR_TRAIN_ARGS="--epochs 3 --lr 0.01",
+    )
+    assert would_run(two_visible) == (
+        "accelerate launch --num_processes 2 --num_machines 1 --multi_gpu "
+        "--main_process_port 24242 --mixed_precision bf16 train.py --model resnet50 --epochs 3 "
+        "--lr 0.01 --output-dir runs/big-job4242 --resume auto"
+    )
+    cpu_group = dry_run(
+        ["bash", "slurm/cnn.sh"], CIFAR_NUM_PROCESSES="2", CIFAR_RUN_DIR="/x/y", **no_gpu
+    )
+    assert would_run(cpu_group).startswith(
+        "env ACCELERATE_USE_CPU=true accelerate launch --num_processes 2 --num_machines 1 "
+        "--multi_gpu "
+    )
+    assert would_run(cpu_group).endswith("--output-dir /x/y --resume auto")
+
+
+def test_multinode_command_per_node():
+    """Each node's `accelerate launch`, as cifar_node builds it inside `srun bash -c`."""
+    env = {
+        "CIFAR_GPUS": "4",
+        "CIFAR_PER_MACHINE": "4",
+        "CIFAR_MACHINES": "2",
+        "CIFAR_MAIN_IP": "node001",
+        "CIFAR_PORT": "29400",
+        "CIFAR_RUN_DIR": "runs/multinode-job4242",
+        "SLURM_NODEID": "1",
+        "SLURM_PROCID": "1",
+    }
+    node = dry_run(["bash", "-c", 'source slurm/common.sh && cifar_node "$@"', "x", "--a"], **env)
+    assert would_run(node) == (
+        "accelerate launch --num_processes 8 --num_machines 2 --multi_gpu --main_process_port "
+        "29400 --machine_rank 1 --main_process_ip node001 --rdzv_backend static "
+        "--mixed_precision no --dynamo_backend no train.py --a"
+    )
+    batch = dry_run(
+        ["bash", "slurm/multinode.sh", "--model", "resnet50"],
+        SLURM_JOB_NAME="multinode",
+        SLURM_NNODES="2",
+        SLURM_GPUS_ON_NODE="4",
+        SLURM_CPUS_PER_TASK="16",
+        CIFAR_MAIN_IP="node001",
+    )
+    assert would_run(batch).startswith(
+        "srun --kill-on-bad-exit=1 --nodes=2 --ntasks=2 --ntasks-per-node=1 --gres=gpu:4 "
+        '--cpus-per-task=16 bash -c source slurm/common.sh && cifar_node "$@" cifar-node '
+        "--model resnet50 --output-dir runs/multinode-job4242 --resume auto"
+    )
+    assert "2 machine(s) x 4 process(es) (4 GPU(s) each), main node001:24242" in batch
+
+
+def test_sweep_grid_and_bad_index():
+    seen = []
+    for index in range(6):
+        out = dry_run(
+            ["bash", "slurm/sweep.sh", "--epochs", "2"],
+            SLURM_ARRAY_JOB_ID="4240",
+            SLURM_ARRAY_TASK_ID=str(index),
+            SLURM_JOB_NAME="sweep",
+        )
+        command = would_run(out)
+        assert "--wandb-group sweep-4240 --epochs 2" in command
+        seen.append(command.split(" --output-dir ")[1])
+    assert seen == [
+        f"runs/sweep-4240/{model}-seed{seed} --resume auto"
+        for model in ("cnn", "resnet50")
+        for seed in (0, 1, 2)
+    ]
+    bad = subprocess.run(
+        ["bash", "slurm/sweep.sh"],
+        cwd=ROOT,
+        env={**os.environ, "SLURM_ARRAY_TASK_ID": "6", "CIFAR_DRY_RUN": "1"},
+        capture_output=True,
+        text=True,
+    )
+    assert bad.returncode == 2 and "--array=0-5" in bad.stderr
+
+
+def test_flags_the_script_owns_are_refused():
+    result = subprocess.run(
+        ["bash", "slurm/cnn.sh", "--output-dir", "elsewhere"],
+        cwd=ROOT,
+        env={**os.environ, "CIFAR_DRY_RUN": "1"},
+        capture_output=True,
+        text=True,
+    )
+    assert result.returncode == 2 and "CIFAR_RUN_DIR" in result.stderr
+
+
+@pytest.mark.slurm
+def test_cnn_and_resnet_jobs_complete(cluster, tmp_path):
+    cnn = sbatch("cnn.sh", tmp_path, args=TINY)
+    resnet = sbatch(
+        "resnet.sh", tmp_path, args=[*TINY, "--no-pretrained", "--image-size", "32", "--lr", "0.01"]
+    )
+    for job, name, model in ((cnn, "cnn", "cnn"), (resnet, "resnet50", "resnet50")):
+        wait_completed(job, tmp_path, f"{name}-{job}.out")
+        run_dir = tmp_path / "runs" / f"{name}-job{job}"
+        summary = read_json(run_dir / "summary.json")
+        assert summary["model"] == model and summary["world_size"] == 1
+        assert len(read_metrics(run_dir)) == 1
+        log = log_of(tmp_path, name, job)
+        assert f"run folder {run_dir}" in log and "done:" in log
+
+
+@pytest.mark.slurm
+def test_signalled_job_checkpoints_requeues_and_resumes_exactly(cluster, tmp_path):
+    """USR1 (the time-limit warning) mid-epoch: checkpoint, requeue, resume, same numbers."""
+    args = [*LONGER, "--seed", "3"]
+    reference_dir = tmp_path / "reference"
+    reference = subprocess.Popen(
+        [sys.executable, "train.py", *args, "--output-dir", str(reference_dir)],
+        cwd=ROOT,
+        env=train_env(),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+    try:
+        job = sbatch("cnn.sh", tmp_path, args=args)
+        run_dir = tmp_path / "runs" / f"cnn-job{job}"
+        signal_after_first_checkpoint(job, run_dir)
+        wait_completed(job, tmp_path, f"cnn-{job}.out")
+        output, _ = reference.communicate(timeout=JOB_TIMEOUT)
+    finally:
+        reference.kill()
+        reference.wait()
+    assert reference.returncode == 0, output
+    assert restart_count(job) == 1
+    log = log_of(tmp_path, "cnn", job)
+    assert "got SIGUSR1" in log and "checkpoint saved at step" in log
+    assert f"job {job} requeued" in log and "resuming at epoch" in log
+    assert "restart 1" in log
+    assert without_timing(read_json(run_dir / "summary.json")) == without_timing(
+        read_json(reference_dir / "summary.json")
+    )
+    assert [without_timing(r) for r in read_metrics(run_dir)] == [
+        without_timing(r) for r in read_metrics(reference_dir)
+    ]
+
+
+@pytest.mark.slurm
+def test_plain_scancel_cancels_after_a_checkpoint(cluster, tmp_path):
+    """scancel (SIGTERM, job COMPLETING) is not a warning: checkpoint, but no requeue."""
+    job = sbatch("cnn.sh", tmp_path, args=LONGER)
+    run_dir = tmp_path / "runs" / f"cnn-job{job}"
+    wait_for_checkpoint(job, run_dir)
+    subprocess.run(["scancel", str(job)], check=True)
+    assert wait_for_job(job, timeout_s=JOB_TIMEOUT) == "CANCELLED"
+    assert restart_count(job) == 0
+    log = log_of(tmp_path, "cnn", job)
+    assert "got SIGTERM" in log and "checkpoint saved at step" in log
+    assert "not requeued (job state COMPLETING)" in log
+    assert f"CIFAR_RUN_DIR={run_dir} sbatch" in log
+    assert not (run_dir / "summary.json").exists()
+
+
+@pytest.mark.slurm
+def test_array_sweep_one_run_folder_per_element(cluster, tmp_path):
+    job = sbatch(
+        "sweep.sh",
+        tmp_path,
+        "--array=0-1",
+        f"--output={tmp_path}/%x-%A_%a.out",
+        args=TINY,
+        CIFAR_SWEEP_MODELS="cnn",
+        CIFAR_SWEEP_SEEDS="0 1",
+    )
+    for index in (0, 1):
+        wait_completed(f"{job}_{index}", tmp_path, f"sweep-{job}_{index}.out")
+    sweep = tmp_path / "runs" / f"sweep-{job}"
+    assert sorted(p.name for p in sweep.iterdir()) == ["cnn-seed0", "cnn-seed1"]
+    for seed in (0, 1):
+        config = read_json(sweep / f"cnn-seed{seed}" / "config.json")
+        assert config["seed"] == seed and config["wandb_group"] == f"sweep-{job}"
+        assert read_json(sweep / f"cnn-seed{seed}" / "summary.json")["model"] == "cnn"
+
+
+@pytest.mark.slurm
+def test_multinode_two_tasks_as_two_machines_survive_a_stop(cluster, tmp_path):
+    """srun starts one launcher per task; the two form one 2-process gloo group. USR1 to the
+    batch shell reaches both through the step: both checkpoint, the job requeues and resumes."""
+    job = sbatch(
+        "multinode.sh",
+        tmp_path,
+        "--nodes=1",
+        "--ntasks=2",
+        "--ntasks-per-node=2",
+        args=[*LONGER, "--synthetic-train-size", "4096"],
+        CIFAR_TASKS_AS_MACHINES="1",
+    )
+    run_dir = tmp_path / "runs" / f"multinode-job{job}"
+    signal_after_first_checkpoint(job, run_dir)
+    wait_completed(job, tmp_path, f"multinode-{job}.out")
+    assert restart_count(job) == 1
+    assert read_json(run_dir / "summary.json")["world_size"] == 2
+    assert len(read_metrics(run_dir)) == 2
+    log = log_of(tmp_path, "multinode", job)
+    assert "--num_machines 2 --multi_gpu --main_process_port" in log
+    for rank in (0, 1):
+        assert f"machine {rank} of 2" in log and f"--machine_rank {rank} " in log
+    assert "got SIGUSR1" in log and f"job {job} requeued" in log
+    assert log.count("resuming at epoch") == 2  # once per machine
