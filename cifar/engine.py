@@ -11,7 +11,7 @@ from torchmetrics.classification import MulticlassConfusionMatrix
 from tqdm.auto import tqdm
 
 from cifar.checkpoint import StopRequest, save_checkpoint
-from cifar.errors import REQUEUE_EXIT_CODE
+from cifar.errors import REQUEUE_EXIT_CODE, say
 from cifar.experiment import setup_run
 from cifar.tracking import log_run_end, wandb_sync_hint
 
@@ -185,9 +185,10 @@ def run_experiment(config) -> dict:
                 show_progress=show_progress,
             )
             if stopped:
-                accelerator.print(
+                say(
+                    accelerator,
                     f"{stop.signal_name or 'stop request'}: checkpoint saved at step "
-                    f"{progress['global_step']}; resume with --resume auto"
+                    f"{progress['global_step']}; resume with --resume auto",
                 )
                 raise SystemExit(REQUEUE_EXIT_CODE)
             train = totals.reduced(accelerator)
@@ -207,11 +208,12 @@ def run_experiment(config) -> dict:
             accelerator.log(
                 {f"epoch/{k}": v for k, v in record.items()}, step=progress["global_step"]
             )
-            accelerator.print(format_epoch(record, config.epochs))
+            say(accelerator, format_epoch(record, config.epochs))
             if epoch + 1 < config.epochs and stop.should_stop(0, force_check=True):
-                accelerator.print(
+                say(
+                    accelerator,
                     f"{stop.signal_name or 'stop request'}: stopped after epoch {epoch + 1}; "
-                    f"resume with --resume auto"
+                    f"resume with --resume auto",
                 )
                 raise SystemExit(REQUEUE_EXIT_CODE)
         summary = summarize(
@@ -221,7 +223,7 @@ def run_experiment(config) -> dict:
         log_run_end(accelerator, config, run, summary)
         hint = wandb_sync_hint(accelerator, config)
         if hint:
-            accelerator.print(hint)
+            say(accelerator, hint)
         return summary
     finally:
         stop.uninstall()

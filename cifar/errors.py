@@ -16,3 +16,9 @@ def report_user_error(error: UserError) -> None:
     """Print the message once (on the main process only when several run)."""
     if int(os.environ.get("RANK", "0")) == 0:
         print(f"error: {error}", file=sys.stderr, flush=True)
+
+
+def say(accelerator, message: str) -> None:
+    """Print once per run (accelerator.print prints once per machine)."""
+    if accelerator.is_main_process:
+        print(message, flush=True)

@@ -23,7 +23,7 @@ from cifar.build import (
 )
 from cifar.checkpoint import IDENTITY_KEYS, list_checkpoints, load_checkpoint, resolve_resume
 from cifar.data import build_datasets
-from cifar.errors import UserError
+from cifar.errors import UserError, say
 from cifar.loaders import DeviceLoader
 from cifar.models import build_model, load_pretrained_state
 from cifar.tracking import RunFiles, check_tracker_installed, prepare_tracker, start_tracker
@@ -121,7 +121,8 @@ def setup_run(config) -> Run:
     files.write_config(describe_run(config, accelerator, run_dir))
     files.write_metrics(progress["history"])
     start_tracker(accelerator, config, run_dir, tracker_kwargs, config.to_dict())
-    accelerator.print(
+    say(
+        accelerator,
         f"{config.model} on {config.dataset}: {accelerator.num_processes} process(es), "
         f"{accelerator.device.type}, precision {accelerator.mixed_precision}, "
         f"{len(train_loader)} batches/epoch/process, run folder {run_dir}"
@@ -129,7 +130,7 @@ def setup_run(config) -> Run:
             f", resuming at epoch {progress['epoch'] + 1} step {progress['global_step']}"
             if progress["global_step"]
             else ""
-        )
+        ),
     )
     return Run(
         accelerator,
