@@ -42,6 +42,7 @@ from cifar.build import (
     build_scheduler,
     input_transform,
     make_accelerator,
+    place_model,
 )
 from cifar.config import Config
 from cifar.data import make_synthetic
@@ -209,12 +210,9 @@ def case_config(args, case: str) -> Config:
 
 
 def prepare_model(config, accelerator):
-    """The model as setup_run places it: channels_last on CUDA, then compiled if asked."""
+    """The model as setup_run places it (memory format for the device)."""
     torch.manual_seed(config.seed)
-    model = build_model(config, 10)
-    if accelerator.device.type == "cuda" and config.channels_last:
-        model = model.to(memory_format=torch.channels_last)
-    return model
+    return place_model(config, build_model(config, 10), accelerator.device)
 
 
 def train_on(config, accelerator, model, loader, to_input, args) -> tuple[float, float]:

@@ -83,7 +83,7 @@ class Config:
         "and --freeze backbone) and holds N x 2048 floats in memory",
     )
     compile: bool = knob(False, "torch.compile the model (slow start, faster steps on GPUs)")
-    channels_last: bool = knob(True, "channels_last memory format on CUDA")
+    channels_last: bool = knob(True, "channels_last memory format (GPUs and CPUs)")
     # Output, checkpoints and tracking.
     output_dir: str = knob("", "run folder (default: runs/<model>-<dataset>-<timestamp>)")
     resume: str = knob("", "'auto': newest checkpoint in the run folder if any; or a PATH")

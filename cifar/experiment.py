@@ -20,6 +20,7 @@ from cifar.build import (
     input_transform,
     make_accelerator,
     on_main_first,
+    place_model,
 )
 from cifar.checkpoint import IDENTITY_KEYS, list_checkpoints, load_checkpoint, resolve_resume
 from cifar.data import build_datasets
@@ -95,10 +96,7 @@ def setup_run(config) -> Run:
     train, test = on_main_first(accelerator, lambda: build_datasets(config))
     classes = list(train.classes)
     model = on_main_first(accelerator, lambda: build_model(config, len(classes)))
-    if accelerator.device.type == "cuda":
-        torch.backends.cudnn.benchmark = not config.deterministic
-        if config.channels_last:
-            model = model.to(memory_format=torch.channels_last)
+    model = place_model(config, model, accelerator.device)
     train_loader, test_loader = build_loaders(config, accelerator, train, test)
     to_input = input_transform(config, getattr(train, "images", None), accelerator.device)
     if config.cache_features:
