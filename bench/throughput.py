@@ -17,25 +17,23 @@ workers, fp32, each batch copied to the device. Times are synchronised and taken
 
 # ruff: noqa: E402  (the path to this checkout goes first, so the script runs without installing)
 import argparse
-import contextlib
-import datetime
-import gc
 import os
-import platform
-import shlex
 import sys
-import time
-from dataclasses import dataclass
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # run as a script from a checkout
+# Run as a script, Python puts bench/ itself first on the path, where bench/markdown.py would
+# stand in for the Markdown package: put the checkout there instead, and import bench.* by name.
+HERE = Path(__file__).resolve().parent
+sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != HERE]
+sys.path.insert(0, str(HERE.parent))
 
 import torch
-import torchvision.transforms as T
-from PIL import Image
 from torch import nn
-from torch.utils.data import DataLoader, Dataset
 
+from bench.cases import CASES, case_config
+from bench.markdown import device_name, format_section, load_average, write_section
+from bench.plain import measure_plain, plain_without_cache
+from bench.timing import PeakMemory, Row, best, timed_epochs
 from cifar.build import (
     build_loaders,
     build_optimizer,
@@ -44,33 +42,12 @@ from cifar.build import (
     make_accelerator,
     place_model,
 )
-from cifar.config import Config
 from cifar.data import make_synthetic
 from cifar.engine import Totals, train_epoch
 from cifar.errors import UserError
 from cifar.experiment import backbone_features, feature_loaders
-from cifar.loaders import IMAGENET_MEAN, IMAGENET_STD, DeviceLoader, dataset_statistics
+from cifar.loaders import DeviceLoader
 from cifar.models import build_model
-
-# case -> (model, ResNet-50 freeze mode, cache features)
-CASES = {
-    "cnn": ("cnn", "backbone", False),
-    "resnet-frozen": ("resnet50", "backbone", False),
-    "resnet-cached": ("resnet50", "backbone", True),
-    "resnet-finetune": ("resnet50", "none", False),
-}
-SECTION_START, SECTION_END = "<!-- bench:start {} -->", "<!-- bench:end -->"
-
-
-@dataclass
-class Row:
-    case: str
-    pipeline: str
-    images_per_second: float
-    epoch_seconds: float
-    run_seconds: float  # --epochs epochs, or one feature pass plus --epochs head epochs
-    peak_mib: float | None
-    ratio: str = ""  # on plain rows: ours' speed over this row's
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -110,103 +87,10 @@ def parse_args(argv=None) -> argparse.Namespace:
     return p.parse_args(argv)
 
 
-def sync(device: torch.device) -> None:
-    """Wait for the device's queued work, so a timer reads finished work only."""
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-    elif device.type == "mps":
-        torch.mps.synchronize()
-
-
-def load_average() -> str:
-    return f"{os.getloadavg()[0]:.1f}" if hasattr(os, "getloadavg") else "n/a"
-
-
-def cpu_name() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
-
-
 def settings(accelerator, compiled: bool) -> str:
     """Our precision (and compilation), as the labels and the section heading show it."""
     precision = {"no": "fp32"}.get(accelerator.mixed_precision, accelerator.mixed_precision)
     return precision + (", compiled" if compiled else "")
-
-
-def device_name(device: torch.device) -> str:
-    if device.type == "cuda":
-        return f"cuda: {torch.cuda.get_device_name(device)}"
-    return f"{device.type}: {cpu_name()} ({torch.get_num_threads()} threads)"
-
-
-class PeakMemory:
-    """Peak GPU memory allocated, or this process's peak resident set on the CPU, in MiB."""
-
-    def __init__(self, device: torch.device):
-        self.device = device
-
-    def reset(self) -> None:
-        gc.collect()
-        if self.device.type == "cuda":
-            torch.cuda.empty_cache()
-            torch.cuda.reset_peak_memory_stats(self.device)
-            return
-        with contextlib.suppress(OSError):  # Linux: "5" resets VmHWM to the current RSS
-            Path("/proc/self/clear_refs").write_text("5")
-
-    def read(self) -> float | None:
-        if self.device.type == "cuda":
-            return torch.cuda.max_memory_allocated(self.device) / 2**20
-        try:
-            for line in Path("/proc/self/status").read_text().splitlines():
-                if line.startswith("VmHWM:"):
-                    return int(line.split()[1]) / 1024
-        except OSError:
-            pass
-        return None
-
-
-def timed_epochs(run_epoch, device, args) -> float:
-    """Fastest call of run_epoch(i), in seconds between device syncs, over at least
-    args.repeats calls and args.seconds seconds.
-
-    The fastest, not the mean: on a shared machine other work only ever adds time.
-    """
-    times = []
-    while len(times) < args.repeats or sum(times) < args.seconds:
-        sync(device)
-        started = time.perf_counter()
-        run_epoch(len(times) + 1)
-        sync(device)
-        times.append(time.perf_counter() - started)
-    return min(times)
-
-
-def case_config(args, case: str) -> Config:
-    model, freeze, cache = CASES[case]
-    resnet = model == "resnet50"
-    images = args.cache_images if cache else args.resnet_images if resnet else args.images
-    return Config(
-        model=model,
-        dataset="synthetic",
-        synthetic_train_size=images,
-        synthetic_test_size=0,
-        freeze=freeze,
-        pretrained=False,  # random init: same speed, and no download
-        image_size=args.image_size,
-        batch_size=args.resnet_batch_size if resnet else args.batch_size,
-        augment="none" if cache else "crop-flip",
-        cache_features=cache,
-        scheduler="none",
-        mixed_precision=args.mixed_precision,
-        compile=args.compile,
-        tracker="none",
-    )
 
 
 def prepare_model(config, accelerator):
@@ -295,69 +179,6 @@ def measure_ours(args, accelerator, case: str, memory: PeakMemory) -> list[Row]:
     return [feature_row, head_row]
 
 
-class PlainImages(Dataset):
-    """torchvision's CIFAR10 layout: an N x 32 x 32 x 3 uint8 array, a PIL image per sample."""
-
-    def __init__(self, images: torch.Tensor, labels: torch.Tensor, transform):
-        self.data = images.permute(0, 2, 3, 1).contiguous().numpy()
-        self.targets = labels.tolist()
-        self.transform = transform
-
-    def __len__(self) -> int:
-        return len(self.targets)
-
-    def __getitem__(self, index: int):
-        return self.transform(Image.fromarray(self.data[index])), self.targets[index]
-
-
-def plain_transform(config, images: torch.Tensor):
-    steps = [T.RandomCrop(32, padding=4), T.RandomHorizontalFlip()]
-    if config.model == "resnet50":
-        steps.append(T.Resize(config.image_size))
-        mean, std = IMAGENET_MEAN, IMAGENET_STD
-    else:
-        mean, std = dataset_statistics(images)
-    return T.Compose([*steps, T.ToTensor(), T.Normalize(mean, std)])
-
-
-def measure_plain(args, device, case: str, workers: int, memory: PeakMemory) -> Row:
-    config = case_config(args, case)
-    train, _ = make_synthetic(config)
-    memory.reset()
-    torch.manual_seed(config.seed)
-    model = build_model(config, 10).to(device)
-    optimizer = build_optimizer(config, model)
-    loss_fn = nn.CrossEntropyLoss(label_smoothing=config.label_smoothing)
-    loader = DataLoader(
-        PlainImages(train.images, train.labels, plain_transform(config, train.images)),
-        batch_size=config.batch_size,
-        shuffle=True,
-        drop_last=True,
-        num_workers=workers,
-        pin_memory=device.type == "cuda",
-        persistent_workers=workers > 0,
-    )
-
-    def run_epoch(epoch: int, limit: int | None = None) -> None:
-        model.train()
-        for step, (images, labels) in enumerate(loader):
-            if limit is not None and step >= limit:
-                break
-            images = images.to(device, non_blocking=True)
-            labels = labels.to(device, non_blocking=True)
-            loss = loss_fn(model(images), labels)
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            optimizer.step()
-
-    run_epoch(0, limit=max(1, args.warmup))
-    seconds = timed_epochs(run_epoch, device, args)
-    peak = memory.read()
-    n = (len(train) // config.batch_size) * config.batch_size
-    label = f"plain (fp32, {workers} worker{'' if workers == 1 else 's'})"
-    return Row(case, label, n / seconds, seconds, args.epochs * seconds, peak)
-
-
 def run_cases(args, accelerator) -> list[Row]:
     device, memory = accelerator.device, PeakMemory(accelerator.device)
     plain_frozen = {}  # workers -> [Row]: resnet-frozen and resnet-cached compare with these
@@ -391,37 +212,6 @@ def run_cases(args, accelerator) -> list[Row]:
     return rows
 
 
-def best(kept: list[Row] | None, new: list[Row]) -> list[Row]:
-    """Row by row, the faster of two measurements (and the larger memory peak)."""
-    if kept is None:
-        return new
-    return [
-        Row(
-            k.case,
-            k.pipeline,
-            max(k.images_per_second, n.images_per_second),
-            min(k.epoch_seconds, n.epoch_seconds),
-            min(k.run_seconds, n.run_seconds),
-            None if k.peak_mib is None else max(k.peak_mib, n.peak_mib or 0),
-        )
-        for k, n in zip(kept, new, strict=True)
-    ]
-
-
-def plain_without_cache(frozen: Row, args) -> Row:
-    """The plain way has no cache: every epoch runs the backbone, at its resnet-frozen speed,
-    over the same number of images as the caching case."""
-    seconds = args.cache_images / frozen.images_per_second
-    return Row(
-        "resnet-cached",
-        f"{frozen.pipeline}, no cache",
-        frozen.images_per_second,
-        seconds,
-        args.epochs * seconds,
-        frozen.peak_mib,
-    )
-
-
 def format_table(rows: list[Row], epochs: int, device: torch.device) -> str:
     memory = "peak GPU MiB" if device.type == "cuda" else "peak RSS MiB"
     lines = [
@@ -435,46 +225,6 @@ def format_table(rows: list[Row], epochs: int, device: torch.device) -> str:
             f"| {r.run_seconds:.2f} | {peak} | {r.ratio} |"
         )
     return "\n".join(lines)
-
-
-def format_section(name: str, args, argv: list[str], table: str, load: str) -> str:
-    import accelerate
-
-    sizes = (
-        f"cnn: {args.images} images, batch {args.batch_size}; ResNet-50: {args.resnet_images} "
-        f"images ({args.cache_images} with caching) at {args.image_size}x{args.image_size}, "
-        f"batch {args.resnet_batch_size}"
-    )
-    return "\n".join(
-        [
-            SECTION_START.format(name),
-            f"## {name}",
-            "",
-            f"- date: {datetime.date.today().isoformat()}; torch {torch.__version__}, "
-            f"accelerate {accelerate.__version__}, python {platform.python_version()}",
-            f"- command: `python bench/throughput.py {shlex.join(argv)}`",
-            f"- {sizes}; warm-up {args.warmup} step(s); the fastest epoch of at least "
-            f"{args.repeats} (and {args.seconds:g} s), in each of {args.rounds} round(s)",
-            *([f"- load average (1 min) at start and end: {load}"] if load else []),
-            "",
-            table,
-            SECTION_END,
-        ]
-    )
-
-
-def write_section(path: Path, name: str, section: str) -> None:
-    """Replace this device's section of the markdown file, or append it; keep everything else."""
-    start = SECTION_START.format(name)
-    text = path.read_text() if path.exists() else "# Benchmarks\n"
-    if start in text:
-        before, rest = text.split(start, 1)
-        after = rest.split(SECTION_END, 1)[1] if SECTION_END in rest else ""
-        text = before + section + after
-    else:
-        text = text.rstrip("\n") + "\n\n" + section + "\n"
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(text)
 
 
 def main(argv: list[str] | None = None) -> None:
