@@ -28,10 +28,11 @@ def main(argv: list[str] | None = None) -> int:
         try:
             run_experiment(config)
         except NonFiniteLoss as error:
-            print(
-                f"error: {error}. The newest checkpoint holds the last good state; resume "
-                f"from it with a lower --lr (or fp32 instead of fp16).",
-                file=sys.stderr,
+            report_user_error(
+                UserError(
+                    f"{error}. Checkpoints written before it hold finite weights; start a new "
+                    f"run with a lower --lr (or fp32 instead of fp16)."
+                )
             )
             return 1
     except UserError as error:

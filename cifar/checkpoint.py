@@ -27,6 +27,10 @@ IDENTITY_KEYS = (
     "batch_norm",
     "head_hidden",
     "freeze",
+    "batch_size",
+    "optimizer",
+    "scheduler",
+    "lr",
 )
 
 
@@ -87,46 +91,67 @@ def resolve_resume(config, checkpoints_root: str) -> list[str]:
     return found[::-1]
 
 
-def check_identity(config, progress: dict, folder: str) -> None:
+def run_identity(config, accelerator) -> dict:
+    """What a checkpoint can only be resumed under: the model, the data, and the shape of the
+    optimisation (the schedule's length and the position in an epoch depend on the global batch).
+    """
+    identity = {k: getattr(config, k) for k in IDENTITY_KEYS}
+    if config.scheduler != "none":  # the schedule's length; without one a run can be extended
+        identity["epochs"] = config.epochs
+    identity.update(
+        world_size=accelerator.num_processes,
+        gradient_accumulation_steps=accelerator.gradient_accumulation_steps,
+    )
+    return identity
+
+
+def check_identity(current: dict, progress: dict, folder: str) -> None:
     saved = progress.get("identity", {})
-    if saved.get("epochs", config.epochs) != config.epochs and config.scheduler != "none":
-        raise UserError(
-            f"cannot resume from {folder} with --epochs {config.epochs}: its {config.scheduler} "
-            f"schedule was built for {saved['epochs']} epochs. Resume with --epochs "
-            f"{saved['epochs']}, or use --scheduler none for runs you plan to extend."
-        )
-    changed = [k for k in IDENTITY_KEYS if k in saved and saved[k] != getattr(config, k)]
+    changed = [k for k in current if k in saved and saved[k] != current[k]]
     if changed:
-        details = ", ".join(
-            f"{k}: checkpoint {saved[k]!r}, now {getattr(config, k)!r}" for k in changed
-        )
+        details = ", ".join(f"{k}: checkpoint {saved[k]!r}, now {current[k]!r}" for k in changed)
         raise UserError(
             f"cannot resume from {folder}: it was made with other settings ({details}). "
-            f"Use the checkpoint's settings, or start a new run in another --output-dir."
+            f"Resume with the checkpoint's settings (same processes and batch), or start a new "
+            f"run in another --output-dir."
         )
 
 
 def load_checkpoint(accelerator, config, candidates: list[str]) -> dict | None:
-    """Load the newest loadable checkpoint; skip broken ones with a warning. Every process calls.
-
-    Returns its progress dict, or None when there is nothing to resume.
+    """Load the newest checkpoint that every process can load; skip broken ones with a warning.
+    Every process calls this. Returns its progress dict, or None when there is none to resume;
+    raises UserError when there are checkpoints but none loads (never restarts over them).
     """
+    current = run_identity(config, accelerator)
     for folder in candidates:
         try:
             progress = read_progress(folder)
         except (OSError, ValueError) as error:
             warn(accelerator, f"skipping checkpoint {folder}: unreadable progress ({error})")
             continue
-        check_identity(config, progress, folder)
+        check_identity(current, progress, folder)
         try:
             accelerator.load_state(folder)
+            loaded = 1.0
         except Exception as error:  # a torn or tampered file; fall back to an older one
             warn(accelerator, f"skipping checkpoint {folder}: {type(error).__name__}: {error}")
-            continue
-        return progress
+            loaded = 0.0
+        if all_processes_agree(accelerator, loaded):
+            return progress
     if candidates:
-        warn(accelerator, "no loadable checkpoint found; starting from scratch")
+        raise UserError(
+            f"none of the checkpoints in {os.path.dirname(candidates[0])} could be loaded (see "
+            f"the warnings above). Move that folder away to start the run afresh, or resume "
+            f"from another run with --resume PATH."
+        )
     return None
+
+
+def all_processes_agree(accelerator, flag: float) -> bool:
+    if accelerator.num_processes == 1:
+        return bool(flag)
+    value = torch.tensor([flag], device=accelerator.device)
+    return bool(accelerator.reduce(value, reduction="sum").item() == accelerator.num_processes)
 
 
 def warn(accelerator, message: str) -> None:

@@ -214,6 +214,11 @@ def validate(config: Config) -> None:
             raise UserError(f"{flag_name(name)} must be in [0, 1), got {getattr(config, name)}.")
     if config.lr <= 0:
         raise UserError(f"--lr must be positive, got {config.lr}.")
+    if config.cache_features and config.dataset == "imagefolder":
+        raise UserError(
+            "--cache-features works with the tensor datasets (cifar10, cifar100, fashion-mnist, "
+            "synthetic), not with --dataset imagefolder. Drop --cache-features."
+        )
     if config.cache_features and (
         config.model != "resnet50" or config.freeze != "backbone" or config.augment != "none"
     ):

@@ -16,6 +16,11 @@ from cifar.experiment import setup_run
 from cifar.tracking import log_run_end, wandb_sync_hint
 
 
+def sum_dtype(device) -> torch.dtype:
+    """float64 for running sums, where the device has it (Apple's MPS does not)."""
+    return torch.float32 if device.type == "mps" else torch.float64
+
+
 @dataclass
 class Totals:
     """Running sums of one epoch's training on this process."""
@@ -26,16 +31,16 @@ class Totals:
 
     @classmethod
     def zeros(cls, device) -> "Totals":
-        dtype = torch.float32 if device.type == "mps" else torch.float64
         return cls(
-            torch.zeros((), dtype=dtype, device=device),
+            torch.zeros((), dtype=sum_dtype(device), device=device),
             torch.zeros((), dtype=torch.long, device=device),
             torch.zeros((), dtype=torch.long, device=device),
         )
 
     def reduced(self, accelerator) -> dict:
         """Sums over all processes, as plain numbers."""
-        stacked = torch.stack([self.loss_sum.double(), self.correct.double(), self.seen.double()])
+        dtype = self.loss_sum.dtype
+        stacked = torch.stack([self.loss_sum, self.correct.to(dtype), self.seen.to(dtype)])
         loss_sum, correct, seen = accelerator.reduce(stacked, reduction="sum").tolist()
         return {"loss_sum": loss_sum, "correct": int(correct), "seen": int(seen)}
 
@@ -107,9 +112,16 @@ def eval_model(accelerator, model, loader, to_input, num_classes: int) -> dict:
     processes. Returns test_loss, test_accuracy, confusion_matrix (rows: true class) and
     num_test_samples.
     """
+    # The unwrapped model (autocast kept) runs no collective per batch, unlike DDP's forward, so
+    # shards of different lengths (or an empty one) cannot deadlock; rank 0's BatchNorm
+    # statistics are shared first so every shard is scored by the same model.
+    model = accelerator.unwrap_model(model)
+    if accelerator.num_processes > 1:
+        for buffer in model.buffers():
+            torch.distributed.broadcast(buffer, src=0)
     model.eval()
     confusion = MulticlassConfusionMatrix(num_classes).to(accelerator.device)
-    loss_sum = torch.zeros((), dtype=torch.float64, device=accelerator.device)
+    loss_sum = torch.zeros((), dtype=sum_dtype(accelerator.device), device=accelerator.device)
     for images, labels in loader:
         logits = model(to_input(images))
         loss_sum += F.cross_entropy(logits.float(), labels, reduction="sum")
@@ -154,9 +166,13 @@ def run_experiment(config) -> dict:
         progress["step_in_epoch"] = batches_done
         step = progress["global_step"]
         stop_now = stop.should_stop(step)
-        save_now = stop_now or (config.checkpoint_every and step % config.checkpoint_every == 0)
+        epoch_end = batches_done == len(run.train_loader)  # saved after the evaluation anyway
+        periodic = config.checkpoint_every and step % config.checkpoint_every == 0
+        save_now = stop_now or (periodic and not epoch_end)
         if save_now or (config.log_every and step % config.log_every == 0):
-            loss_value = loss.item()  # a device sync: only at log and checkpoint steps
+            # The mean over processes, so all of them take the same path; a device sync, so
+            # only at log and checkpoint steps (the same steps on every process).
+            loss_value = accelerator.reduce(loss.detach().float(), reduction="mean").item()
             if not math.isfinite(loss_value):
                 raise NonFiniteLoss(step)
             accelerator.log(

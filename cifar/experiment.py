@@ -1,5 +1,6 @@
 """Setting up one run: folder, Accelerator, data, model, optimizer, resume state."""
 
+import math
 import os
 import platform
 from dataclasses import dataclass
@@ -22,7 +23,7 @@ from cifar.build import (
     on_main_first,
     place_model,
 )
-from cifar.checkpoint import IDENTITY_KEYS, list_checkpoints, load_checkpoint, resolve_resume
+from cifar.checkpoint import list_checkpoints, load_checkpoint, resolve_resume, run_identity
 from cifar.data import build_datasets
 from cifar.errors import UserError, say
 from cifar.loaders import DeviceLoader
@@ -47,7 +48,7 @@ class Run:
     progress: dict
 
 
-def fresh_progress(config) -> dict:
+def fresh_progress(config, accelerator) -> dict:
     """What a checkpoint's progress.json holds, at the start of a run."""
     return {
         "epoch": 0,
@@ -57,7 +58,7 @@ def fresh_progress(config) -> dict:
         "partial": {"loss_sum": 0.0, "correct": 0, "seen": 0},
         "wall_seconds": 0.0,
         "last_eval": None,
-        "identity": {k: getattr(config, k) for k in (*IDENTITY_KEYS, "epochs")},
+        "identity": run_identity(config, accelerator),
     }
 
 
@@ -107,14 +108,17 @@ def setup_run(config) -> Run:
     if config.compile:
         model = torch.compile(model)
     optimizer = build_optimizer(config, model)
-    steps = config.epochs * (len(train_loader) // accelerator.gradient_accumulation_steps)
+    # Accelerate's own DataLoader (ImageFolder) steps at its end, hence ceil.
+    steps = config.epochs * math.ceil(len(train_loader) / accelerator.gradient_accumulation_steps)
     scheduler = build_scheduler(config, optimizer, steps)
     model, optimizer, scheduler = accelerator.prepare(model, optimizer, scheduler)
     set_seed(config.seed, device_specific=True)
 
     checkpoints_dir = os.path.join(run_dir, "checkpoints")
     candidates = decide_on_main(accelerator, lambda: resolve_resume(config, checkpoints_dir))
-    progress = load_checkpoint(accelerator, config, candidates) or fresh_progress(config)
+    progress = load_checkpoint(accelerator, config, candidates) or fresh_progress(
+        config, accelerator
+    )
     files = RunFiles(run_dir, accelerator.is_main_process)
     files.write_config(describe_run(config, accelerator, run_dir))
     files.write_metrics(progress["history"])
