@@ -1,6 +1,7 @@
 """Assembling a run: the Accelerator, loaders, optimizer and schedule from a Config."""
 
 import os
+import sys
 
 import torch
 from accelerate import Accelerator
@@ -76,7 +77,13 @@ def run_on_main(accelerator: Accelerator, task):
 def on_main_first(accelerator: Accelerator, build):
     """build() on the main process first (it may download or create files), then the others."""
     result = run_on_main(accelerator, build)
-    return result if accelerator.is_main_process else build()
+    if accelerator.is_main_process:
+        return result
+    try:
+        return build()
+    except UserError as error:  # this process alone failed (e.g. a node without the data)
+        print(f"error (process {accelerator.process_index}): {error}", file=sys.stderr, flush=True)
+        raise
 
 
 def decide_on_main(accelerator: Accelerator, decide):
