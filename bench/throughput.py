@@ -173,7 +173,7 @@ def measure_ours(args, accelerator, case: str, memory: PeakMemory) -> list[Row]:
         memory.read(),
     )
     model = model.head  # as setup_run does: the backbone is done with
-    speed, seconds = train_on(config, accelerator, model, features, to_input, args)
+    speed, seconds = train_on(config, accelerator, model, features, nn.Identity(), args)
     total = feature_seconds + args.epochs * seconds
     head_row = Row(case, f"{label}, head epochs", speed, seconds, total, memory.read())
     return [feature_row, head_row]

@@ -2,6 +2,7 @@
 
 import os
 import sys
+import time
 
 import torch
 from accelerate import Accelerator
@@ -257,8 +258,6 @@ def build_scheduler(config, optimizer, total_steps: int):
 
 
 def default_run_dir(config) -> str:
-    import time
-
     job = os.environ.get("SLURM_JOB_ID")
     stamp = f"job{job}" if job else time.strftime("%Y%m%d-%H%M%S")
     return os.path.join("runs", f"{config.model}-{config.dataset}-{stamp}")

@@ -41,11 +41,14 @@ class Run:
     to_input: object
     train_loader: object
     test_loader: object
-    num_classes: int
     classes: list
     files: RunFiles
     checkpoints_dir: str
     progress: dict
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.classes)
 
 
 def fresh_progress(config, accelerator) -> dict:
@@ -104,6 +107,7 @@ def setup_run(config) -> Run:
         train_loader, test_loader = feature_loaders(
             config, accelerator, model, to_input, train_loader, test_loader
         )
+        to_input = nn.Identity()  # the loaders now yield backbone features
         model = model.head
     if config.compile:
         model = torch.compile(model)
@@ -143,7 +147,6 @@ def setup_run(config) -> Run:
         to_input,
         train_loader,
         test_loader,
-        len(classes),
         classes,
         files,
         checkpoints_dir,

@@ -129,8 +129,6 @@ class InputTransform:
         self.size, self.channels_last = size, channels_last
 
     def __call__(self, images: torch.Tensor) -> torch.Tensor:
-        if images.dtype != torch.uint8:  # cached features pass straight through
-            return images
         if self.scale.device != images.device:
             self.scale, self.shift = self.scale.to(images.device), self.shift.to(images.device)
         x = torch.addcmul(self.shift, images.float(), self.scale)

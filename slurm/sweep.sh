@@ -27,17 +27,15 @@
 ##SBATCH --account=myproject
 set -euo pipefail
 
-# sbatch runs a copy of this file: find the repository ($CIFAR_REPO, else the folder the job
-# starts in, i.e. where sbatch was called, else the folder above this file).
-for CIFAR_REPO in "${CIFAR_REPO:-}" "$PWD" "$(dirname "$0")/.." ""; do
-    if [[ -f $CIFAR_REPO/slurm/common.sh ]]; then break; fi
+# sbatch runs a copy of this file: find the repository ($CIFAR_REPO, else the folder sbatch
+# was called from, else the folder above this file).
+for CIFAR_REPO in "${CIFAR_REPO:-}" "$PWD" "$(dirname "$0")/.."; do
+    [[ -f $CIFAR_REPO/slurm/common.sh ]] && break
 done
-if [[ -z $CIFAR_REPO ]]; then
-    echo "error: cannot find the repository: submit from its root (cd cifar-accelerate &&" \
-        "sbatch slurm/sweep.sh) or set CIFAR_REPO=/path/to/cifar-accelerate" >&2
+cd "$CIFAR_REPO" 2>/dev/null && [[ -f slurm/common.sh ]] || {
+    echo "error: cannot find the repository: submit from its root, or set CIFAR_REPO" >&2
     exit 2
-fi
-cd "$CIFAR_REPO"
+}
 # shellcheck source=slurm/common.sh
 source slurm/common.sh
 
