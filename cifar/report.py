@@ -97,12 +97,16 @@ def curves_figure(runs: list[dict], key: str, ylabel: str) -> Figure:
     for run in runs:
         epochs = [r["epoch"] for r in run["metrics"]]
         ax.plot(epochs, [r[key] for r in run["metrics"]], marker="o", label=run["label"])
-    ax.set(xlabel="epoch", ylabel=ylabel, title=f"{ylabel} per epoch")
+    style_epoch_axis(ax, ylabel, f"{ylabel} per epoch")
+    fig.tight_layout()
+    return fig
+
+
+def style_epoch_axis(ax, ylabel: str, title: str) -> None:
+    ax.set(xlabel="epoch", ylabel=ylabel, title=title)
     ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     ax.grid(alpha=0.3)
     ax.legend(fontsize="small")
-    fig.tight_layout()
-    return fig
 
 
 def train_vs_test_figure(runs: list[dict]) -> Figure:
@@ -118,10 +122,7 @@ def train_vs_test_figure(runs: list[dict]) -> Figure:
                 label = f"{run['label']} {split}"
                 ax.plot(epochs, values, style, color=colour, marker="o", label=label)
     for ax, metric in zip(axes, ("accuracy", "loss"), strict=True):
-        ax.set(xlabel="epoch", ylabel=metric, title=f"train vs test {metric}")
-        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
-        ax.grid(alpha=0.3)
-        ax.legend(fontsize="small")
+        style_epoch_axis(ax, metric, f"train vs test {metric}")
     fig.tight_layout()
     return fig
 

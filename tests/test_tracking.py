@@ -13,20 +13,19 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import ROOT, SMOKE, read_json, read_metrics, require, run_train, train_env
+from tests.conftest import (
+    METRIC_KEYS,
+    ROOT,
+    SMOKE,
+    read_json,
+    read_metrics,
+    require,
+    run_train,
+    train_env,
+)
 
 BLOCK = 32 * 1024
 HEADER = 7  # file header: b":W&B", 2 magic bytes, a version byte; each record header: 7 bytes
-EPOCH_KEYS = (
-    "epoch",
-    "train_loss",
-    "train_accuracy",
-    "test_loss",
-    "test_accuracy",
-    "lr",
-    "epoch_seconds",
-    "train_images_per_second",
-)
 
 
 def require_package(name: str) -> None:
@@ -120,7 +119,7 @@ def test_offline_wandb_log_holds_every_metric_and_the_summary(tmp_path):
     metrics = read_metrics(run_dir)
     epoch_rows = [row for row in history if "epoch/test_accuracy" in row]
     assert len(epoch_rows) == len(metrics) == 1
-    for key in EPOCH_KEYS:
+    for key in METRIC_KEYS:
         assert epoch_rows[0][f"epoch/{key}"] == pytest.approx(metrics[0][key], rel=1e-12), key
 
     summary = read_json(run_dir / "summary.json")
@@ -218,7 +217,7 @@ def test_tensorboard_writes_event_files_with_the_run_metrics(tmp_path):
     scalars = {tag: accumulator.Scalars(tag) for tag in accumulator.Tags()["scalars"]}
     assert [e.step for e in scalars["train/step_loss"]] == [4, 8, 12, 16]
     metrics = read_metrics(run_dir)
-    for key in EPOCH_KEYS:
+    for key in METRIC_KEYS:
         assert scalars[f"epoch/{key}"][-1].value == pytest.approx(metrics[-1][key], rel=1e-6)
     summary = read_json(run_dir / "summary.json")
     assert scalars["summary/test_accuracy"][-1].value == pytest.approx(summary["test_accuracy"])
