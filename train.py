@@ -5,14 +5,22 @@
     python train.py --model cnn --dataset fashion-mnist --data-dir /usr/share/datasets/fashion-mnist
     python train.py --help
 
-Exit codes: 0 done; 2 a mistake in the input (message says how to fix it); 75 stopped by
-SIGTERM/SIGUSR1 after saving a checkpoint (resume with --resume auto); 1 anything else.
+Exit codes: 0 done (or already finished); 2 a mistake in the input (the message says how to fix
+it); 75 stopped by SIGTERM/SIGUSR1/SIGINT after saving a checkpoint (resume with --resume auto);
+74 a checkpoint or result file could not be written (disk full, I/O error); 130 stopped by a
+second Ctrl-C without a checkpoint; 1 anything else.
 """
 
 import sys
 
 from cifar.config import parse_config
-from cifar.errors import USAGE_EXIT_CODE, UserError, report_user_error
+from cifar.errors import (
+    INTERRUPTED_EXIT_CODE,
+    IO_ERROR_EXIT_CODE,
+    USAGE_EXIT_CODE,
+    UserError,
+    report_user_error,
+)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -23,10 +31,15 @@ def main(argv: list[str] | None = None) -> int:
 
             prepare_only(config)
             return 0
+        from cifar.checkpoint import CheckpointWriteError, stop_with_launcher
         from cifar.engine import NonFiniteLoss, run_experiment
+        from cifar.experiment import RunFinished
 
+        stop_with_launcher()
         try:
             run_experiment(config)
+        except RunFinished as finished:
+            report_user_error(finished, prefix="")
         except NonFiniteLoss as error:
             report_user_error(
                 UserError(
@@ -35,10 +48,30 @@ def main(argv: list[str] | None = None) -> int:
                 )
             )
             return 1
+        except CheckpointWriteError as error:
+            report_user_error(error)
+            return IO_ERROR_EXIT_CODE
     except UserError as error:
         report_user_error(error)
         return USAGE_EXIT_CODE
+    except KeyboardInterrupt:
+        report_user_error(
+            UserError(
+                "interrupted: stopped without saving a checkpoint. Continue from the last one "
+                "with --resume auto."
+            )
+        )
+        return INTERRUPTED_EXIT_CODE
+    finally:
+        leave_process_group()
     return 0
+
+
+def leave_process_group() -> None:
+    """A process that exits with its gloo/NCCL group still up aborts with a C++ message."""
+    distributed = sys.modules.get("torch.distributed")
+    if distributed is not None and distributed.is_available() and distributed.is_initialized():
+        distributed.destroy_process_group()
 
 
 if __name__ == "__main__":

@@ -6,32 +6,41 @@ progress.json (epoch, position in the epoch, metrics so far). It is written as t
 renamed into place only once complete, so a folder named step-* is whole.
 """
 
+import ctypes
 import json
 import os
 import shutil
 import signal
+import sys
 import warnings
 
 import torch
 
+from cifar.config import RESUME_MAY_CHANGE
 from cifar.errors import UserError
+from cifar.progress import InvalidProgress, Progress, Shape
 
 PROGRESS_FILE = "progress.json"
-STOP_SIGNALS = (signal.SIGTERM, signal.SIGUSR1)
-# Settings a checkpoint cannot be resumed under if they changed.
-IDENTITY_KEYS = (
-    "model",
-    "dataset",
-    "cache_features",
-    "width",
-    "batch_norm",
-    "head_hidden",
-    "freeze",
-    "batch_size",
-    "optimizer",
-    "scheduler",
-    "lr",
-)
+# SIGINT too: Ctrl-C saves a checkpoint like a scheduler's SIGTERM; a second Ctrl-C stops at once.
+STOP_SIGNALS = (signal.SIGTERM, signal.SIGUSR1, signal.SIGINT)
+
+
+class CheckpointWriteError(Exception):
+    """Saving a checkpoint failed (disk full, I/O error); the previous checkpoints are intact."""
+
+    def __init__(self, folder: str, error: Exception):
+        root = os.path.dirname(folder)
+        try:
+            free = f"{shutil.disk_usage(root).free / 2**20:,.0f} MiB free there"
+        except OSError:
+            free = "free space unknown"
+        reason = getattr(error, "strerror", None) or " ".join(str(error).split())
+        super().__init__(
+            f"could not write the checkpoint {folder} ({type(error).__name__}: {reason}; "
+            f"{free}). The partial folder was removed and the checkpoints before it are intact. "
+            f"Free some space (or point --output-dir at a larger disk) and continue with "
+            f"--resume auto."
+        )
 
 
 def checkpoint_name(global_step: int) -> str:
@@ -46,30 +55,48 @@ def list_checkpoints(root: str) -> list[str]:
     return [os.path.join(root, n) for n in names]
 
 
-def save_checkpoint(accelerator, root: str, progress: dict, keep: int) -> str:
-    """Save the full training state; every process must call this. Returns the folder."""
-    final = os.path.join(root, checkpoint_name(progress["global_step"]))
+def save_checkpoint(accelerator, root: str, progress: Progress, keep: int) -> str:
+    """Save the full training state; every process must call this. Returns the folder.
+    Raises CheckpointWriteError, with the partial folder removed, when the disk refuses it."""
+    final = os.path.join(root, checkpoint_name(progress.global_step))
     temporary = os.path.join(root, "tmp-" + os.path.basename(final))
+    try:
+        if accelerator.is_main_process:
+            os.makedirs(root, exist_ok=True)
+            shutil.rmtree(temporary, ignore_errors=True)
+        accelerator.wait_for_everyone()
+        accelerator.save_state(temporary)
+        accelerator.wait_for_everyone()
+        if accelerator.is_main_process:
+            write_json(os.path.join(temporary, PROGRESS_FILE), progress.to_json())
+            if os.path.exists(final):
+                shutil.rmtree(final)
+            os.replace(temporary, final)
+    except Exception as error:  # SafetensorError and torch's own errors wrap the OSError
+        if accelerator.is_main_process:
+            shutil.rmtree(temporary, ignore_errors=True)
+        raise CheckpointWriteError(final, error) from error
     if accelerator.is_main_process:
-        os.makedirs(root, exist_ok=True)
-        shutil.rmtree(temporary, ignore_errors=True)
-    accelerator.wait_for_everyone()
-    accelerator.save_state(temporary)
-    accelerator.wait_for_everyone()
-    if accelerator.is_main_process:
-        write_json(os.path.join(temporary, PROGRESS_FILE), progress)
-        if os.path.exists(final):
-            shutil.rmtree(final)
-        os.replace(temporary, final)
         for old in list_checkpoints(root)[:-keep]:
             shutil.rmtree(old, ignore_errors=True)
     accelerator.wait_for_everyone()
     return final
 
 
-def read_progress(folder: str) -> dict:
-    with open(os.path.join(folder, PROGRESS_FILE)) as f:
-        return json.load(f)
+def read_progress(folder: str, shape: Shape) -> Progress:
+    """The checkpoint's progress, checked; raises InvalidProgress (or OSError) when unusable."""
+    try:
+        with open(os.path.join(folder, PROGRESS_FILE), encoding="utf-8") as f:
+            data = json.load(f)
+    except (UnicodeDecodeError, json.JSONDecodeError) as error:
+        raise InvalidProgress(f"not JSON ({error})") from None
+    return Progress.from_json(data, shape, step=checkpoint_step(folder))
+
+
+def checkpoint_step(folder: str) -> int | None:
+    name = os.path.basename(folder.rstrip("/"))
+    number = name.removeprefix("step-")
+    return int(number) if name.startswith("step-") and number.isdigit() else None
 
 
 def resolve_resume(config, checkpoints_root: str) -> list[str]:
@@ -91,45 +118,51 @@ def resolve_resume(config, checkpoints_root: str) -> list[str]:
     return found[::-1]
 
 
-def run_identity(config, accelerator) -> dict:
-    """What a checkpoint can only be resumed under: the model, the data, and the shape of the
-    optimisation (the schedule's length and the position in an epoch depend on the global batch).
-    """
-    identity = {k: getattr(config, k) for k in IDENTITY_KEYS}
-    if config.scheduler != "none":  # the schedule's length; without one a run can be extended
-        identity["epochs"] = config.epochs
-    identity.update(
-        world_size=accelerator.num_processes,
-        gradient_accumulation_steps=accelerator.gradient_accumulation_steps,
-    )
-    return identity
+def settings_differences(saved: dict, current: dict) -> dict:
+    """{setting: (in the checkpoint, now)} for every setting that may not change on resume."""
+    missing = "(not recorded)"
+    return {
+        name: (saved.get(name, missing), value)
+        for name, value in current.items()
+        if name not in RESUME_MAY_CHANGE and saved.get(name, missing) != value
+    }
 
 
-def check_identity(current: dict, progress: dict, folder: str) -> None:
-    saved = progress.get("identity", {})
-    changed = [k for k in current if k in saved and saved[k] != current[k]]
-    if changed:
-        details = ", ".join(f"{k}: checkpoint {saved[k]!r}, now {current[k]!r}" for k in changed)
+def refuse_other_settings(differences: dict, folder: str) -> None:
+    if differences:
+        details = "; ".join(f"{k}: {old!r} -> {new!r}" for k, (old, new) in differences.items())
         raise UserError(
-            f"cannot resume from {folder}: it was made with other settings ({details}). "
-            f"Resume with the checkpoint's settings (same processes and batch), or start a new "
-            f"run in another --output-dir."
+            f"cannot resume from {folder}: these settings differ from the ones it was trained "
+            f"with ({details}). Resume with the run's own settings (see its config.json), or "
+            f"start a new run in another --output-dir."
         )
 
 
-def load_checkpoint(accelerator, config, candidates: list[str]) -> dict | None:
-    """Load the newest checkpoint that every process can load; skip broken ones with a warning.
-    Every process calls this. Returns its progress dict, or None when there is none to resume;
-    raises UserError when there are checkpoints but none loads (never restarts over them).
-    """
-    current = run_identity(config, accelerator)
+def newest_progress(accelerator, candidates: list[str], shape: Shape):
+    """(folder, progress) of the newest candidate whose progress.json is valid, skipping the
+    others with a warning; (None, None) when there is none."""
     for folder in candidates:
         try:
-            progress = read_progress(folder)
-        except (OSError, ValueError) as error:
-            warn(accelerator, f"skipping checkpoint {folder}: unreadable progress ({error})")
-            continue
-        check_identity(current, progress, folder)
+            return folder, read_progress(folder, shape)
+        except (OSError, InvalidProgress) as error:
+            warn(accelerator, f"skipping checkpoint {folder}: invalid progress.json ({error})")
+    return None, None
+
+
+def load_checkpoint(accelerator, candidates: list[str], settings: dict, shape: Shape):
+    """Load the newest checkpoint that every process can load; skip broken ones with a warning.
+    Every process calls this. Returns (folder, Progress), or (None, None) when there is none to
+    resume;
+    raises UserError when its settings differ from the run's, or when there are checkpoints
+    but none loads (never restarts over them).
+    """
+    remaining = list(candidates)
+    while remaining:
+        folder, progress = newest_progress(accelerator, remaining, shape)
+        if folder is None:
+            break
+        remaining = remaining[remaining.index(folder) + 1 :]
+        refuse_other_settings(settings_differences(progress.settings, settings), folder)
         try:
             accelerator.load_state(folder)
             loaded = 1.0
@@ -137,14 +170,14 @@ def load_checkpoint(accelerator, config, candidates: list[str]) -> dict | None:
             warn(accelerator, f"skipping checkpoint {folder}: {type(error).__name__}: {error}")
             loaded = 0.0
         if all_processes_agree(accelerator, loaded):
-            return progress
+            return folder, progress
     if candidates:
         raise UserError(
             f"none of the checkpoints in {os.path.dirname(candidates[0])} could be loaded (see "
             f"the warnings above). Move that folder away to start the run afresh, or resume "
             f"from another run with --resume PATH."
         )
-    return None
+    return None, None
 
 
 def all_processes_agree(accelerator, flag: float) -> bool:
@@ -170,7 +203,8 @@ def write_json(path: str, data) -> None:
 
 
 class StopRequest:
-    """Turns SIGTERM/SIGUSR1 (pre-emption, time limit) into a flag the loop checks per step.
+    """Turns SIGTERM/SIGUSR1 (pre-emption, time limit) and SIGINT (Ctrl-C) into a flag the loop
+    checks per step.
 
     All processes agree on when to stop (an all-reduce of the flag), so they checkpoint at the
     same step.
@@ -184,6 +218,10 @@ class StopRequest:
 
     def install(self) -> "StopRequest":
         for sig in STOP_SIGNALS:
+            # A background job of a script starts with SIGINT ignored so that Ctrl-C in the
+            # terminal leaves it alone; keep it that way.
+            if sig == signal.SIGINT and signal.getsignal(sig) == signal.SIG_IGN:
+                continue
             self.previous[sig] = signal.signal(sig, self.handle)
         return self
 
@@ -192,6 +230,8 @@ class StopRequest:
             signal.signal(sig, handler)
 
     def handle(self, signum, frame) -> None:
+        if signum == signal.SIGINT and self.requested and self.signal_name == "SIGINT":
+            raise KeyboardInterrupt  # a second Ctrl-C: stop now, without a checkpoint
         self.requested = True
         self.signal_name = signal.Signals(signum).name
 
@@ -203,3 +243,15 @@ class StopRequest:
             return False
         flag = torch.tensor([1.0 if self.requested else 0.0], device=self.accelerator.device)
         return bool(self.accelerator.reduce(flag, reduction="sum").item() > 0)
+
+
+def stop_with_launcher() -> None:
+    """Stop when the launcher dies. `accelerate launch` with one process dies alone on SIGTERM
+    (a container stop, a scheduler's kill), and torchrun's workers run in sessions of their own,
+    so a killed agent leaves them training. Ask the kernel to send this process SIGTERM when
+    its launcher dies: it checkpoints and stops."""
+    launched = "ACCELERATE_USE_CPU" in os.environ or "TORCHELASTIC_RUN_ID" in os.environ
+    if not launched or not sys.platform.startswith("linux"):
+        return
+    pr_set_pdeathsig = 1
+    ctypes.CDLL(None, use_errno=True).prctl(pr_set_pdeathsig, int(signal.SIGTERM), 0, 0, 0)

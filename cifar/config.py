@@ -5,6 +5,7 @@ Precedence: dataclass defaults < ``--config FILE`` (YAML or JSON) < flags on the
 
 import argparse
 import json
+import math
 import os
 from dataclasses import MISSING, asdict, dataclass, field, fields
 
@@ -105,13 +106,68 @@ class Config:
         return asdict(self)
 
 
+# The only settings a resumed run may change: where things are, how often to save or log, and
+# how to look at the run. Anything else could change its results, so resuming refuses it.
+RESUME_MAY_CHANGE = frozenset(
+    {
+        "data_dir",
+        "num_workers",
+        "output_dir",
+        "resume",
+        "config",
+        "prepare_only",
+        "checkpoint_every",
+        "keep_checkpoints",
+        "log_every",
+        "tracker",
+        "wandb_project",
+        "wandb_entity",
+        "wandb_group",
+        "run_name",
+        "tags",
+    }
+)
+
+# Inclusive bounds of the numeric settings; beyond them a run cannot work or fit in memory.
+LIMITS = {
+    "train_subset": (0, 10**9),
+    "test_subset": (0, 10**9),
+    "synthetic_train_size": (1, 2_000_000),
+    "synthetic_test_size": (1, 2_000_000),
+    "image_size": (32, 1024),
+    "width": (1, 512),
+    "head_hidden": (1, 65536),
+    "epochs": (1, 100_000),
+    "batch_size": (1, 1_000_000),
+    "gradient_accumulation_steps": (0, 100_000),
+    "seed": (0, 2**32 - 1),
+    "num_workers": (0, 256),
+    "checkpoint_every": (0, 10**9),
+    "keep_checkpoints": (1, 1000),
+    "log_every": (0, 10**9),
+    "lr": (0, 1e6),
+    "momentum": (0, 1),
+    "weight_decay": (0, 1e3),
+    "dropout": (0, 1),
+    "label_smoothing": (0, 1),
+}
+EXCLUSIVE = {"lr": "low", "dropout": "high", "label_smoothing": "high"}
+
+
 def flag_name(name: str) -> str:
     return "--" + name.replace("_", "-")
 
 
+class ArgumentParser(argparse.ArgumentParser):
+    """argparse whose mistakes read like the project's other errors: one line, exit 2."""
+
+    def error(self, message: str):
+        self.exit(2, f"error: {message}. See `python train.py --help` for every flag.\n")
+
+
 def build_parser() -> argparse.ArgumentParser:
     """Flags for every Config field; defaults are SUPPRESSed so we know what was given."""
-    parser = argparse.ArgumentParser(
+    parser = ArgumentParser(
         prog="train.py",
         description="Train SimpleCNN or ResNet-50 on CIFAR-10 and friends with Accelerate.",
         argument_default=argparse.SUPPRESS,
@@ -202,18 +258,8 @@ def validate(config: Config) -> None:
         raise UserError(
             f"unknown mixed precision {config.mixed_precision!r}. Choose one of: no, fp16, bf16."
         )
-    positive = ("epochs", "batch_size", "image_size", "width", "head_hidden", "keep_checkpoints")
-    for name in positive:
-        if getattr(config, name) < 1:
-            raise UserError(f"{flag_name(name)} must be at least 1, got {getattr(config, name)}.")
-    for name in ("train_subset", "test_subset", "checkpoint_every", "gradient_accumulation_steps"):
-        if getattr(config, name) < 0:
-            raise UserError(f"{flag_name(name)} must be 0 or more, got {getattr(config, name)}.")
-    for name in ("dropout", "label_smoothing"):
-        if not 0 <= getattr(config, name) < 1:
-            raise UserError(f"{flag_name(name)} must be in [0, 1), got {getattr(config, name)}.")
-    if config.lr <= 0:
-        raise UserError(f"--lr must be positive, got {config.lr}.")
+    for name, (low, high) in LIMITS.items():
+        check_range(name, getattr(config, name), low, high, EXCLUSIVE.get(name, ""))
     if config.cache_features and config.dataset == "imagefolder":
         raise UserError(
             "--cache-features works with the tensor datasets (cifar10, cifar100, fashion-mnist, "
@@ -226,3 +272,21 @@ def validate(config: Config) -> None:
             "--cache-features needs a fixed backbone input: use it with --model resnet50 "
             "--freeze backbone --augment none."
         )
+
+
+def check_range(name: str, value, low, high, exclusive: str) -> None:
+    """Refuse a value outside [low, high] (an end marked exclusive is left out), NaN and inf."""
+    inside = math.isfinite(value) and low <= value <= high
+    inside = inside and not (exclusive == "low" and value == low)
+    inside = inside and not (exclusive == "high" and value == high)
+    if not inside:
+        left = "(" if exclusive == "low" else "["
+        right = ")" if exclusive == "high" else "]"
+        raise UserError(
+            f"{flag_name(name)} must be in {left}{number(low)}, {number(high)}{right}, "
+            f"got {value!r}."
+        )
+
+
+def number(value) -> str:
+    return f"{value:,}" if isinstance(value, int) else f"{value:g}"

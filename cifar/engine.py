@@ -148,23 +148,23 @@ def run_experiment(config) -> dict:
     stop = StopRequest(accelerator).install()
     totals = Totals.zeros(accelerator.device)
     if accelerator.is_main_process:  # sums of the interrupted epoch, already reduced
-        totals.loss_sum += progress["partial"]["loss_sum"]
-        totals.correct += progress["partial"]["correct"]
-        totals.seen += progress["partial"]["seen"]
-    started = time.perf_counter() - progress["wall_seconds"]
+        totals.loss_sum += progress.partial["loss_sum"]
+        totals.correct += progress.partial["correct"]
+        totals.seen += progress.partial["seen"]
+    started = time.perf_counter() - progress.wall_seconds
     show_progress = accelerator.is_main_process and sys.stderr.isatty()
 
     def checkpoint(partial: dict) -> None:
         if not all(torch.isfinite(p).all() for p in run.model.parameters()):
-            raise NonFiniteLoss(progress["global_step"], what="weights")
-        progress["partial"] = partial
-        progress["wall_seconds"] = time.perf_counter() - started
+            raise NonFiniteLoss(progress.global_step, what="weights")
+        progress.partial = partial
+        progress.wall_seconds = time.perf_counter() - started
         save_checkpoint(accelerator, run.checkpoints_dir, progress, config.keep_checkpoints)
 
     def after_step(batches_done: int, loss) -> bool:
-        progress["global_step"] += 1
-        progress["step_in_epoch"] = batches_done
-        step = progress["global_step"]
+        progress.global_step += 1
+        progress.step_in_epoch = batches_done
+        step = progress.global_step
         stop_now = stop.should_stop(step)
         epoch_end = batches_done == len(run.train_loader)  # saved after the evaluation anyway
         periodic = config.checkpoint_every and step % config.checkpoint_every == 0
@@ -183,10 +183,10 @@ def run_experiment(config) -> dict:
         return stop_now
 
     try:
-        for epoch in range(progress["epoch"], config.epochs):
-            run.train_loader.set_epoch(epoch, skip_batches=progress["step_in_epoch"])
+        for epoch in range(progress.epoch, config.epochs):
+            run.train_loader.set_epoch(epoch, skip_batches=progress.step_in_epoch)
             epoch_start = time.perf_counter()
-            seen_before = progress["partial"]["seen"] if progress["step_in_epoch"] else 0
+            seen_before = progress.partial["seen"] if progress.step_in_epoch else 0
             stopped = train_epoch(
                 accelerator,
                 run.model,
@@ -196,7 +196,7 @@ def run_experiment(config) -> dict:
                 run.loss_fn,
                 run.to_input,
                 totals,
-                start_step=progress["step_in_epoch"],
+                start_step=progress.step_in_epoch,
                 after_step=after_step,
                 show_progress=show_progress,
             )
@@ -204,26 +204,24 @@ def run_experiment(config) -> dict:
                 say(
                     accelerator,
                     f"{stop.signal_name or 'stop request'}: checkpoint saved at step "
-                    f"{progress['global_step']}; resume with --resume auto",
+                    f"{progress.global_step}; resume with --resume auto",
                 )
                 raise SystemExit(REQUEUE_EXIT_CODE)
             train = totals.reduced(accelerator)
             if not math.isfinite(train["loss_sum"]):
-                raise NonFiniteLoss(progress["global_step"])
+                raise NonFiniteLoss(progress.global_step)
             seconds = time.perf_counter() - epoch_start
             test = eval_model(
                 accelerator, run.model, run.test_loader, run.to_input, run.num_classes
             )
             rate = (train["seen"] - seen_before) / max(seconds, 1e-9)
             record = epoch_record(epoch, train, test, run.scheduler.get_last_lr()[0], seconds, rate)
-            progress["history"].append(record)
-            progress.update(epoch=epoch + 1, step_in_epoch=0, last_eval=test)
+            progress.history.append(record)
+            progress.epoch, progress.step_in_epoch, progress.last_eval = epoch + 1, 0, test
             totals = Totals.zeros(accelerator.device)
             checkpoint({"loss_sum": 0.0, "correct": 0, "seen": 0})
-            run.files.write_metrics(progress["history"])
-            accelerator.log(
-                {f"epoch/{k}": v for k, v in record.items()}, step=progress["global_step"]
-            )
+            run.files.write_metrics(progress.history)
+            accelerator.log({f"epoch/{k}": v for k, v in record.items()}, step=progress.global_step)
             say(accelerator, format_epoch(record, config.epochs))
             if epoch + 1 < config.epochs and stop.should_stop(0, force_check=True):
                 say(
@@ -244,6 +242,8 @@ def run_experiment(config) -> dict:
     finally:
         stop.uninstall()
         accelerator.end_training()
+        if run.folder is not None:
+            run.folder.release()
 
 
 class NonFiniteLoss(Exception):
@@ -279,10 +279,10 @@ def format_epoch(record: dict, epochs: int) -> str:
     )
 
 
-def summarize(config, accelerator, progress: dict, wall_seconds: float, classes) -> dict:
+def summarize(config, accelerator, progress, wall_seconds: float, classes) -> dict:
     """summary.json: the final evaluation plus what the report needs."""
-    history = progress["history"]
-    last = progress.get("last_eval")
+    history = progress.history
+    last = progress.last_eval
     if last is None:  # resumed after the last epoch had finished
         raise RuntimeError("no evaluation to summarise")
     matrix = last["confusion_matrix"]

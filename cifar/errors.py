@@ -6,16 +6,20 @@ import sys
 USAGE_EXIT_CODE = 2
 # EX_TEMPFAIL from sysexits.h: "try again later". Job scripts requeue on it.
 REQUEUE_EXIT_CODE = 75
+# EX_IOERR: a checkpoint or result file could not be written (disk full, I/O error).
+IO_ERROR_EXIT_CODE = 74
+# 128 + SIGINT, as shells report a process stopped by Ctrl-C.
+INTERRUPTED_EXIT_CODE = 130
 
 
 class UserError(Exception):
     """A problem the user can fix; the message says what is wrong and how to fix it."""
 
 
-def report_user_error(error: UserError) -> None:
+def report_user_error(error: Exception, prefix: str = "error: ") -> None:
     """Print the message once (on the main process only when several run)."""
     if int(os.environ.get("RANK", "0")) == 0:
-        print(f"error: {error}", file=sys.stderr, flush=True)
+        print(f"{prefix}{error}", file=sys.stderr, flush=True)
 
 
 def say(accelerator, message: str) -> None:

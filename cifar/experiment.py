@@ -1,6 +1,6 @@
 """Setting up one run: folder, Accelerator, data, model, optimizer, resume state."""
 
-import math
+import json
 import os
 import platform
 from dataclasses import dataclass
@@ -22,12 +22,21 @@ from cifar.build import (
     make_accelerator,
     on_main_first,
     place_model,
+    run_on_main,
 )
-from cifar.checkpoint import list_checkpoints, load_checkpoint, resolve_resume, run_identity
+from cifar.checkpoint import (
+    PROGRESS_FILE,
+    load_checkpoint,
+    refuse_other_settings,
+    resolve_resume,
+    settings_differences,
+)
 from cifar.data import build_datasets
-from cifar.errors import UserError, say
+from cifar.errors import say
 from cifar.loaders import DeviceLoader
-from cifar.models import build_model, load_pretrained_state
+from cifar.models import RESNET_FEATURES, build_model, load_pretrained_state
+from cifar.progress import Progress, Shape
+from cifar.runfolder import RunFolder, log_resume
 from cifar.tracking import RunFiles, check_tracker_installed, prepare_tracker, start_tracker
 
 
@@ -43,56 +52,76 @@ class Run:
     test_loader: object
     classes: list
     files: RunFiles
+    folder: RunFolder | None  # the main process's claim on the run folder
     checkpoints_dir: str
-    progress: dict
+    progress: Progress
 
     @property
     def num_classes(self) -> int:
         return len(self.classes)
 
 
-def fresh_progress(config, accelerator) -> dict:
-    """What a checkpoint's progress.json holds, at the start of a run."""
-    return {
-        "epoch": 0,
-        "step_in_epoch": 0,
-        "global_step": 0,
-        "history": [],
-        "partial": {"loss_sum": 0.0, "correct": 0, "seen": 0},
-        "wall_seconds": 0.0,
-        "last_eval": None,
-        "identity": run_identity(config, accelerator),
+class RunFinished(Exception):
+    """The run folder holds this run, finished: nothing to do, nothing changed."""
+
+
+def run_settings(config, accelerator, train=None, test=None) -> dict:
+    """Every setting that shapes the run's results, as resolved (precision and accumulation from
+    the launcher too), with the data sizes once the data is known."""
+    settings = {
+        **config.to_dict(),
+        "mixed_precision": accelerator.mixed_precision,
+        "gradient_accumulation_steps": accelerator.gradient_accumulation_steps,
+        "world_size": accelerator.num_processes,
     }
+    if train is not None:
+        settings.update(train_images=len(train), test_images=len(test))
+    return settings
 
 
-def claim_run_dir(config, run_dir: str) -> None:
-    """Create the run folder; refuse to overwrite another run unless resuming it."""
+def finished_message(config, accelerator, run_dir: str, candidates: list[str]) -> str:
+    """What to say when the folder holds this very run, finished (checked before any data is
+    read); empty otherwise. A finished run asked for under other settings is refused."""
+    if not candidates or not os.path.isfile(os.path.join(run_dir, "summary.json")):
+        return ""
     try:
-        os.makedirs(run_dir, exist_ok=True)
-        probe = os.path.join(run_dir, f".write-test-{os.getpid()}")
-        with open(probe, "w"):
-            pass
-        os.remove(probe)
-    except OSError as error:
-        raise UserError(
-            f"cannot write to the run folder {os.path.abspath(run_dir)} ({error.strerror}). "
-            f"Choose a writable --output-dir."
-        ) from None
-    has_run = os.path.exists(os.path.join(run_dir, "metrics.jsonl")) or list_checkpoints(
-        os.path.join(run_dir, "checkpoints")
+        with open(os.path.join(candidates[0], PROGRESS_FILE), encoding="utf-8") as f:
+            saved = json.load(f)
+    except (OSError, ValueError):
+        return ""  # the full check, after the data is read, says what is wrong with it
+    if not isinstance(saved, dict) or saved.get("epoch") != config.epochs:
+        return ""
+    settings = saved.get("settings") if isinstance(saved.get("settings"), dict) else {}
+    current = run_settings(config, accelerator)
+    refuse_other_settings(settings_differences(settings, current), run_dir)
+    return (
+        f"the run in {run_dir} is finished ({config.epochs} epochs); nothing to do, no file "
+        f"changed. Its results are in {os.path.join(run_dir, 'summary.json')}."
     )
-    if has_run and not config.resume:
-        raise UserError(
-            f"the run folder {os.path.abspath(run_dir)} already holds a run. Continue it with "
-            f"--resume auto, or choose another --output-dir."
-        )
 
 
 def setup_run(config) -> Run:
     check_tracker_installed(config)
     accelerator = make_accelerator(config)
-    run_dir = broadcast(accelerator, config.output_dir or default_run_dir(config))
-    decide_on_main(accelerator, lambda: claim_run_dir(config, run_dir))
+    run_dir = broadcast(accelerator, os.path.abspath(config.output_dir or default_run_dir(config)))
+    folder = run_on_main(accelerator, lambda: RunFolder.claim(run_dir, bool(config.resume)))
+    try:
+        return assemble_run(config, accelerator, run_dir, folder)
+    except BaseException:
+        if folder is not None:
+            folder.abandon()
+        raise
+
+
+def assemble_run(config, accelerator, run_dir: str, folder) -> Run:
+    """The rest of setup_run, once the run folder is ours."""
+    checkpoints_dir = os.path.join(run_dir, "checkpoints")
+    candidates = decide_on_main(accelerator, lambda: resolve_resume(config, checkpoints_dir))
+    finished = decide_on_main(
+        accelerator, lambda: finished_message(config, accelerator, run_dir, candidates)
+    )
+    if finished:
+        raise RunFinished(finished)
     accelerator.project_configuration.set_directories(run_dir)
     tracker_kwargs = prepare_tracker(config, run_dir, accelerator.is_main_process)
 
@@ -112,20 +141,23 @@ def setup_run(config) -> Run:
     if config.compile:
         model = torch.compile(model)
     optimizer = build_optimizer(config, model)
-    # Accelerate's own DataLoader (ImageFolder) steps at its end, hence ceil.
-    steps = config.epochs * math.ceil(len(train_loader) / accelerator.gradient_accumulation_steps)
-    scheduler = build_scheduler(config, optimizer, steps)
+    accumulation = accelerator.gradient_accumulation_steps
+    shape = Shape(config.epochs, len(train_loader), accumulation, len(classes))
+    scheduler = build_scheduler(config, optimizer, config.epochs * shape.steps_per_epoch)
     model, optimizer, scheduler = accelerator.prepare(model, optimizer, scheduler)
     set_seed(config.seed, device_specific=True)
 
-    checkpoints_dir = os.path.join(run_dir, "checkpoints")
-    candidates = decide_on_main(accelerator, lambda: resolve_resume(config, checkpoints_dir))
-    progress = load_checkpoint(accelerator, config, candidates) or fresh_progress(
-        config, accelerator
-    )
+    settings = run_settings(config, accelerator, train, test)
+    resumed_from, progress = load_checkpoint(accelerator, candidates, settings, shape)
     files = RunFiles(run_dir, accelerator.is_main_process)
-    files.write_config(describe_run(config, accelerator, run_dir))
-    files.write_metrics(progress["history"])
+    if progress is None:
+        progress = Progress(settings)
+        files.write_config(describe_run(config, accelerator, run_dir))
+    else:
+        if not os.path.exists(files.path("config.json")):
+            files.write_config(describe_run(config, accelerator, run_dir))
+        run_on_main(accelerator, lambda: log_resume(run_dir, resumed_from, progress, settings))
+    files.write_metrics(progress.history)
     start_tracker(accelerator, config, run_dir, tracker_kwargs, config.to_dict())
     say(
         accelerator,
@@ -133,8 +165,8 @@ def setup_run(config) -> Run:
         f"{accelerator.device.type}, precision {accelerator.mixed_precision}, "
         f"{len(train_loader)} batches/epoch/process, run folder {run_dir}"
         + (
-            f", resuming at epoch {progress['epoch'] + 1} step {progress['global_step']}"
-            if progress["global_step"]
+            f", resuming at epoch {progress.epoch + 1} step {progress.global_step}"
+            if progress.global_step
             else ""
         ),
     )
@@ -149,6 +181,7 @@ def setup_run(config) -> Run:
         test_loader,
         classes,
         files,
+        folder,
         checkpoints_dir,
         progress,
     )
@@ -194,7 +227,8 @@ def backbone_features(accelerator, model, loader: DeviceLoader, to_input) -> tor
     with accelerator.autocast():
         for images, _ in loader:
             chunks.append(model.features(to_input(images)).float())
-    local = torch.cat(chunks) if chunks else torch.zeros(0, 2048, device=accelerator.device)
+    empty = torch.zeros(0, RESNET_FEATURES, device=accelerator.device)
+    local = torch.cat(chunks) if chunks else empty
     if accelerator.num_processes == 1:
         return local
     counts = accelerator.gather(torch.tensor([len(local)], device=accelerator.device)).tolist()

@@ -150,7 +150,7 @@ def log_run_end(accelerator, config, run, summary: dict) -> None:
     """
     if config.tracker == "none" or not accelerator.is_main_process:
         return
-    step = run.progress["global_step"]
+    step = run.progress.global_step
     samples = predict_samples(accelerator, run, SAMPLE_IMAGES)
     tracker = accelerator.get_tracker(config.tracker, unwrap=True)
     if config.tracker == "wandb":

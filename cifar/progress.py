@@ -1,0 +1,158 @@
+"""Where a run stands: the progress.json of a checkpoint, typed and checked before it is trusted.
+
+A progress file that is not what train.py writes (edited, foreign, from other data) is refused
+with the reason, and its checkpoint is skipped like a torn one.
+"""
+
+import math
+from dataclasses import asdict, dataclass, field
+
+# The keys of each metrics.jsonl line, in order.
+METRIC_KEYS = (
+    "epoch",
+    "train_loss",
+    "train_accuracy",
+    "test_loss",
+    "test_accuracy",
+    "lr",
+    "epoch_seconds",
+    "train_images_per_second",
+)
+
+
+class InvalidProgress(ValueError):
+    """progress.json does not describe a state this run can continue from."""
+
+
+@dataclass
+class Shape:
+    """What a valid progress must agree with: the run's length and the data's."""
+
+    epochs: int
+    batches_per_epoch: int  # per process
+    accumulation_steps: int
+    num_classes: int
+
+    @property
+    def steps_per_epoch(self) -> int:
+        return math.ceil(self.batches_per_epoch / self.accumulation_steps)
+
+
+@dataclass
+class Progress:
+    """Epoch and step reached, metrics so far, and the settings that produced them."""
+
+    settings: dict
+    epoch: int = 0  # finished epochs
+    step_in_epoch: int = 0  # batches done in the current epoch, at an optimizer step
+    global_step: int = 0  # optimizer steps done
+    history: list = field(default_factory=list)  # metrics.jsonl lines of finished epochs
+    partial: dict = field(default_factory=lambda: {"loss_sum": 0.0, "correct": 0, "seen": 0})
+    wall_seconds: float = 0.0
+    last_eval: dict | None = None
+
+    def to_json(self) -> dict:
+        return asdict(self)
+
+    def finished(self, epochs: int) -> bool:
+        return self.epoch >= epochs
+
+    @classmethod
+    def from_json(cls, data, shape: Shape, step: int | None = None) -> "Progress":
+        """Progress from a parsed progress.json, checked against the run's shape and the step
+        in the checkpoint's name; raises InvalidProgress naming the first problem."""
+        if not isinstance(data, dict):
+            raise InvalidProgress(f"expected an object, got {type(data).__name__}")
+        types = {
+            "settings": dict,
+            "epoch": int,
+            "step_in_epoch": int,
+            "global_step": int,
+            "history": list,
+            "partial": dict,
+            "wall_seconds": (int, float),
+            "last_eval": (dict, type(None)),
+        }
+        for key, kind in types.items():
+            if key not in data:
+                raise InvalidProgress(f"'{key}' is missing")
+            if not isinstance(data[key], kind) or isinstance(data[key], bool):
+                raise InvalidProgress(f"'{key}' has the wrong type ({type(data[key]).__name__})")
+        progress = cls(**{key: data[key] for key in types})
+        progress.check(shape, step)
+        return progress
+
+    def check(self, shape: Shape, step: int | None) -> None:
+        if not 0 <= self.epoch <= shape.epochs:
+            raise InvalidProgress(f"epoch {self.epoch} is outside 0..{shape.epochs}")
+        # A stop on an epoch's last step leaves step_in_epoch at its end; an epoch may end
+        # inside an accumulation group (ImageFolder), which then steps on its last batch.
+        within, batches = self.step_in_epoch, shape.batches_per_epoch
+        if not 0 <= within <= batches or (within % shape.accumulation_steps and within != batches):
+            raise InvalidProgress(
+                f"step_in_epoch {within} is not an optimizer step of an epoch of "
+                f"{shape.batches_per_epoch} batches"
+            )
+        if self.epoch == shape.epochs and within:
+            raise InvalidProgress("a finished run cannot be inside an epoch")
+        expected = self.epoch * shape.steps_per_epoch + math.ceil(within / shape.accumulation_steps)
+        if self.global_step != expected:
+            raise InvalidProgress(
+                f"global_step {self.global_step} does not match epoch {self.epoch} and "
+                f"step_in_epoch {within} (expected {expected})"
+            )
+        if step is not None and step != self.global_step:
+            raise InvalidProgress(f"global_step {self.global_step} but the folder says {step}")
+        self.check_history()
+        self.check_partial()
+        if not (finite(self.wall_seconds) and self.wall_seconds >= 0):
+            raise InvalidProgress(f"wall_seconds {self.wall_seconds!r} is not a duration")
+        self.check_last_eval(shape.num_classes)
+
+    def check_history(self) -> None:
+        if len(self.history) != self.epoch:
+            raise InvalidProgress(f"{len(self.history)} epochs of history for epoch {self.epoch}")
+        for number, record in enumerate(self.history, start=1):
+            if not isinstance(record, dict) or set(record) != set(METRIC_KEYS):
+                raise InvalidProgress(f"history entry {number} is not a metrics record")
+            if not all(finite(record[key]) for key in METRIC_KEYS) or record["epoch"] != number:
+                raise InvalidProgress(f"history entry {number} holds a bad value")
+
+    def check_partial(self) -> None:
+        partial = self.partial
+        if set(partial) != {"loss_sum", "correct", "seen"}:
+            raise InvalidProgress("'partial' must hold loss_sum, correct and seen")
+        loss_sum, correct, seen = partial["loss_sum"], partial["correct"], partial["seen"]
+        if not (finite(loss_sum) and loss_sum >= 0 and counts(correct, seen)):
+            raise InvalidProgress("'partial' holds a bad value")
+        if correct > seen or (self.step_in_epoch == 0 and seen):
+            raise InvalidProgress("'partial' does not match the position in the epoch")
+
+    def check_last_eval(self, num_classes: int) -> None:
+        last = self.last_eval
+        if (last is None) != (self.epoch == 0):
+            raise InvalidProgress("'last_eval' must be present exactly when an epoch finished")
+        if last is None:
+            return
+        matrix = last.get("confusion_matrix")
+        square = (
+            isinstance(matrix, list)
+            and len(matrix) == num_classes
+            and all(isinstance(row, list) and len(row) == num_classes for row in matrix)
+            and counts(*(cell for row in matrix for cell in row))
+        )
+        if not square:
+            raise InvalidProgress(f"'last_eval' needs a {num_classes}x{num_classes} count matrix")
+        total = sum(sum(row) for row in matrix)
+        if last.get("num_test_samples") != total or not all(
+            finite(last.get(key)) for key in ("test_loss", "test_accuracy")
+        ):
+            raise InvalidProgress("'last_eval' holds a bad value")
+
+
+def finite(value) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+
+
+def counts(*values) -> bool:
+    return all(isinstance(v, int) and not isinstance(v, bool) and v >= 0 for v in values)

@@ -1,0 +1,170 @@
+"""Who owns a run folder, and whether it holds a run.
+
+A run folder is ours only if it holds ``run.lock``, the file train.py creates in it. The run that
+owns the folder holds an exclusive POSIX record lock (fcntl) on that file for its whole life; the
+operating system drops the lock when the process ends, however it ends, so a SIGKILLed run never
+blocks its own resume. POSIX record locks are what NFS (v3 through lockd, v4 in the protocol)
+and Lustre (mounted with ``flock``, the default since 2.12) make coherent across nodes; where the
+file system refuses locks the run goes on with a warning.
+"""
+
+import errno
+import fcntl
+import json
+import os
+import shutil
+import socket
+import time
+import warnings
+
+from cifar.errors import UserError
+
+LOCK_FILE = "run.lock"
+RESUME_LOG = "resume.jsonl"
+CHECKPOINTS = "checkpoints"
+# Files whose presence means the folder holds a run's results.
+RESULT_FILES = ("summary.json", "metrics.jsonl")
+
+
+def checkpoint_folders(run_dir: str) -> list[str]:
+    root = os.path.join(run_dir, CHECKPOINTS)
+    if not os.path.isdir(root):
+        return []
+    return sorted(n for n in os.listdir(root) if n.startswith("step-"))
+
+
+def holds_a_run(run_dir: str) -> bool:
+    """True when the folder has a checkpoint or results worth keeping."""
+    if checkpoint_folders(run_dir):
+        return True
+    for name in RESULT_FILES:
+        path = os.path.join(run_dir, name)
+        if os.path.isfile(path) and os.path.getsize(path) > 0:
+            return True
+    return False
+
+
+def holder_of(path: str) -> str:
+    """Who holds the lock, as its holder wrote it (best effort: it may be mid-write)."""
+    try:
+        with open(path) as f:
+            info = json.load(f)
+        job = f", SLURM job {info['slurm_job']}" if info.get("slurm_job") else ""
+        return f"process {info['pid']} on {info['host']} since {info['since']}{job}"
+    except (OSError, ValueError, KeyError, TypeError):
+        return "another process"
+
+
+class RunFolder:
+    """The folder of one run, claimed by the main process: created or adopted, and locked."""
+
+    def __init__(self, path: str, created: bool, lock_created: bool, lock_fd: int | None):
+        self.path, self.created, self.lock_created = path, created, lock_created
+        self.lock_fd = lock_fd
+
+    @classmethod
+    def claim(cls, path: str, resume: bool) -> "RunFolder":
+        """Create or adopt the folder and lock it; refuse folders that are not ours or are in
+        use, and runs that would be overwritten (resume=False on a folder holding a run)."""
+        path = os.path.abspath(path)
+        existed = os.path.isdir(path)
+        if existed:
+            foreign = sorted(os.listdir(path))
+            if foreign and LOCK_FILE not in foreign:
+                shown = ", ".join(foreign[:5]) + (", ..." if len(foreign) > 5 else "")
+                raise UserError(
+                    f"the folder {path} is not empty ({shown}) and was not made by train.py "
+                    f"(it has no {LOCK_FILE}). Nothing was changed. Choose a new or empty "
+                    f"--output-dir."
+                )
+        lock_path = os.path.join(path, LOCK_FILE)
+        lock_existed = os.path.exists(lock_path)
+        try:
+            os.makedirs(path, exist_ok=True)
+            lock_fd = os.open(lock_path, os.O_RDWR | os.O_CREAT, 0o644)
+        except OSError as error:
+            raise UserError(
+                f"cannot write to the run folder {path} ({error.strerror}). Choose a writable "
+                f"--output-dir."
+            ) from None
+        folder = cls(path, not existed, not lock_existed, lock_fd)
+        folder.lock()
+        if holds_a_run(path) and not resume:
+            folder.release()
+            raise UserError(
+                f"the run folder {path} already holds a run. Continue it with --resume auto, "
+                f"or choose another --output-dir."
+            )
+        return folder
+
+    def lock(self) -> None:
+        lock_path = os.path.join(self.path, LOCK_FILE)
+        try:
+            fcntl.lockf(self.lock_fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError as error:
+            if error.errno in (errno.EACCES, errno.EAGAIN):
+                os.close(self.lock_fd)
+                self.lock_fd = None
+                raise UserError(
+                    f"another run is using the run folder {self.path} ({holder_of(lock_path)}). "
+                    f"Wait for it to finish (or stop it), or choose another --output-dir."
+                ) from None
+            warnings.warn(
+                f"the file system of {self.path} refuses file locks ({error.strerror}): a "
+                f"second run started on this folder would not be stopped",
+                stacklevel=2,
+            )
+            return
+        # Who holds it, for the message a second run prints. Written through the locked
+        # descriptor: closing any other descriptor of this file would drop a POSIX lock.
+        holder = {
+            "pid": os.getpid(),
+            "host": socket.gethostname(),
+            "since": time.strftime("%Y-%m-%d %H:%M:%S"),
+            "slurm_job": os.environ.get("SLURM_JOB_ID", ""),
+        }
+        data = (json.dumps(holder) + "\n").encode()
+        os.ftruncate(self.lock_fd, 0)
+        os.pwrite(self.lock_fd, data, 0)
+
+    def release(self) -> None:
+        """Give the folder up (the lock goes with the descriptor)."""
+        if self.lock_fd is not None:
+            os.close(self.lock_fd)
+            self.lock_fd = None
+
+    def abandon(self) -> None:
+        """After a failed start: remove what this start created, so the same command works
+        again. A folder holding a run is never touched."""
+        if not holds_a_run(self.path):
+            if self.created:
+                shutil.rmtree(self.path, ignore_errors=True)
+            elif self.lock_created:  # the folder was empty: all it holds now is this start's
+                for entry in os.scandir(self.path):
+                    if entry.is_dir(follow_symlinks=False):
+                        shutil.rmtree(entry.path, ignore_errors=True)
+                    else:
+                        os.remove(entry.path)
+        self.release()
+
+
+def log_resume(run_dir: str, checkpoint: str, progress, settings: dict) -> None:
+    """Append to resume.jsonl: when, where and from which step the run went on, and which of
+    the settings that may change on resume did."""
+    changed = {
+        name: [progress.settings.get(name), value]
+        for name, value in settings.items()
+        if progress.settings.get(name) != value
+    }
+    record = {
+        "time": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+        "host": socket.gethostname(),
+        "slurm_job": os.environ.get("SLURM_JOB_ID", ""),
+        "world_size": settings["world_size"],
+        "epoch": progress.epoch,
+        "global_step": progress.global_step,
+        "checkpoint": checkpoint,
+        "changed": changed,
+    }
+    with open(os.path.join(run_dir, RESUME_LOG), "a", encoding="utf-8") as f:
+        f.write(json.dumps(record) + "\n")

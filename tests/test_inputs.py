@@ -1,0 +1,160 @@
+"""Every input a user can type or have ends in a run or in one paragraph with exit 2.
+
+Hypothesis draws flag combinations (numeric edges, NaN, inf, junk), tiny data sizes and config
+files (any bytes, YAML and JSON as people write them) and runs train.py's main() in this process:
+an exception escaping main() is a traceback a user would have seen. CIFAR_HYPOTHESIS_EXAMPLES
+raises the number of examples (CI runs the default).
+"""
+
+import contextlib
+import io
+import json
+import os
+import shutil
+import tempfile
+
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+import train
+
+EXAMPLES = int(os.environ.get("CIFAR_HYPOTHESIS_EXAMPLES", "30"))
+NAN_MESSAGE = "became NaN or infinite"
+
+# Values users type, edges of each range and beyond; sizes stay small so each run is quick.
+SMALL_COUNT = ["0", "1", "2", "3", "8", "-1", "nan", "1e3", "1_0", "x", ""]
+VALUES = {
+    "--synthetic-train-size": ["1", "2", "3", "16", "64", "0", "-5", "2000001", "1e2"],
+    "--synthetic-test-size": ["1", "2", "5", "0", "-1", "99999999999999999999"],
+    "--train-subset": SMALL_COUNT,
+    "--test-subset": SMALL_COUNT,
+    "--batch-size": ["1", "2", "3", "8", "64", "0", "-1", "1000001"],
+    "--epochs": ["1", "2", "0", "-1", "100001", "1.5"],
+    "--width": ["1", "2", "8", "0", "513", "-1"],
+    "--head-hidden": ["1", "4", "0", "65537"],
+    "--gradient-accumulation-steps": ["0", "1", "2", "3", "100001", "-1"],
+    "--seed": ["0", "1", "4294967295", "4294967296", "-1", "nan"],
+    "--checkpoint-every": ["0", "1", "2", "-3"],
+    "--keep-checkpoints": ["1", "3", "0", "1001"],
+    "--log-every": ["0", "1", "-2"],
+    "--num-workers": ["0", "2", "-1", "257"],
+    "--lr": ["1e-3", "0.05", "1", "1e6", "0", "-1", "nan", "inf", "1e-300", "1e308", "x"],
+    "--momentum": ["0", "0.9", "1", "-0.1", "nan", "inf", "1.5"],
+    "--weight-decay": ["0", "5e-4", "-1", "nan", "inf", "1001"],
+    "--dropout": ["0", "0.5", "0.999", "1", "-0.1", "nan", "-inf"],
+    "--label-smoothing": ["0", "0.1", "1", "-0.0", "nan"],
+    "--augment": ["auto", "crop-flip", "flip", "none", "zoom"],
+    "--optimizer": ["sgd", "adamw", "lbfgs"],
+    "--scheduler": ["none", "cosine", "onecycle", "step"],
+    "--mixed-precision": ["no", "bf16", "fp16", "fp8", ""],
+}
+SWITCHES = ["--no-batch-norm", "--no-shuffle", "--deterministic", "--no-channels-last"]
+RESNET = ["--model", "resnet50", "--no-pretrained", "--image-size", "32"]
+
+
+def config_files():
+    """Config file contents: settings as people write them, or any bytes at all."""
+    values = st.sampled_from(["1e-3", "5e-4", "1_000", "2", "0.5", "yes", "~", "[1, 2]", "'x'"])
+    keys = st.sampled_from(
+        ["lr", "weight-decay", "epochs", "batch_size", "seed", "nope", "augment"]
+    )
+    yaml_text = st.lists(st.tuples(keys, values), max_size=4).map(
+        lambda pairs: "".join(f"{k}: {v}\n" for k, v in pairs).encode()
+    )
+    return st.tuples(
+        st.sampled_from([".yaml", ".json", ".yml"]),
+        st.one_of(yaml_text, st.binary(max_size=64), st.text(max_size=40).map(str.encode)),
+    )
+
+
+@st.composite
+def argument_lists(draw):
+    flags = draw(st.lists(st.sampled_from(sorted(VALUES)), max_size=5, unique=True))
+    args = ["--synthetic-train-size", "64", "--synthetic-test-size", "16", "--batch-size", "16"]
+    for flag in flags:
+        args += [flag, draw(st.sampled_from(VALUES[flag]))]
+    args += draw(st.lists(st.sampled_from(SWITCHES), max_size=2, unique=True))
+    if draw(st.integers(0, 9)) == 0:
+        args += RESNET + draw(st.sampled_from([[], ["--cache-features", "--augment", "none"]]))
+    config = draw(st.one_of(st.none(), config_files()))
+    return args, config
+
+
+@pytest.fixture(scope="module")
+def offline_env():
+    saved = dict(os.environ)
+    for key in [k for k in os.environ if k.startswith(("WANDB_", "SLURM_"))]:
+        del os.environ[key]
+    os.environ["CIFAR_OFFLINE"] = "1"
+    yield
+    os.environ.clear()
+    os.environ.update(saved)
+
+
+def train_in_process(argv: list[str]) -> tuple[int, str, str]:
+    """(exit code, stdout, stderr) of train.py's main() called with argv in this process."""
+    from accelerate.state import AcceleratorState, GradientState
+
+    out, err = io.StringIO(), io.StringIO()
+    try:
+        with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+            code = train.main(argv)
+    except SystemExit as stop:  # argparse's own usage errors
+        code = stop.code
+    finally:
+        AcceleratorState._reset_state(True)
+        GradientState._reset_state()
+        import torch
+
+        torch.use_deterministic_algorithms(False)
+    return code, out.getvalue(), err.getvalue()
+
+
+def assert_run_or_one_paragraph(code, out, err, run_dir):
+    if code == 0:
+        with open(os.path.join(run_dir, "summary.json")) as f:
+            summary = json.load(f)
+        with open(os.path.join(run_dir, "metrics.jsonl")) as f:
+            assert len(f.readlines()) == summary["epochs"]
+        assert os.path.isfile(os.path.join(run_dir, "config.json"))
+        return
+    assert code in (1, 2), (code, out, err)
+    assert "Traceback" not in err, err
+    lines = [line for line in err.splitlines() if line.startswith("error:")]
+    assert len(lines) == 1, err  # one message
+    if code == 1:
+        assert NAN_MESSAGE in err, err
+    else:
+        assert not os.path.exists(run_dir) or not os.listdir(run_dir), os.listdir(run_dir)
+
+
+@settings(
+    max_examples=EXAMPLES,
+    deadline=None,
+    suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow],
+)
+@given(drawn=argument_lists())
+def test_any_flags_and_config_file_give_a_run_or_one_paragraph(offline_env, drawn):
+    args, config = drawn
+    folder = tempfile.mkdtemp()
+    try:
+        run_dir = os.path.join(folder, "run")
+        argv = ["--dataset", "synthetic", "--tracker", "none", "--output-dir", run_dir, *args]
+        if config is not None:
+            suffix, content = config
+            path = os.path.join(folder, "settings" + suffix)
+            with open(path, "wb") as f:
+                f.write(content)
+            argv += ["--config", path]
+        code, out, err = train_in_process(argv)
+        assert_run_or_one_paragraph(code, out, err, run_dir)
+    finally:
+        shutil.rmtree(folder, ignore_errors=True)
+
+
+@pytest.mark.parametrize("value", ["nan", "inf", "-inf", "-1", "1e309"])
+@pytest.mark.parametrize("flag", ["--lr", "--momentum", "--weight-decay", "--dropout"])
+def test_non_finite_and_negative_numbers_are_refused_naming_the_flag(offline_env, flag, value):
+    code, _, err = train_in_process(["--dataset", "synthetic", f"{flag}={value}"])
+    assert code == 2 and f"{flag} must be in" in err and "Traceback" not in err, err
