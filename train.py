@@ -32,6 +32,7 @@ def main(argv: list[str] | None = None) -> int:
             prepare_only(config)
             return 0
         from cifar.checkpoint import CheckpointWriteError, stop_with_launcher
+        from cifar.data import UnreadableImage
         from cifar.engine import NonFiniteLoss, run_experiment
         from cifar.experiment import RunFinished
 
@@ -51,6 +52,9 @@ def main(argv: list[str] | None = None) -> int:
         except CheckpointWriteError as error:
             report_user_error(error)
             return IO_ERROR_EXIT_CODE
+        except UnreadableImage as error:
+            report_user_error(UserError(error.reason))
+            return USAGE_EXIT_CODE
     except UserError as error:
         report_user_error(error)
         return USAGE_EXIT_CODE

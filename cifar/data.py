@@ -215,6 +215,7 @@ def load_image_folders(config):
                 f"{folder}/<class name>/."
             ) from None
         check_images_readable(dataset.samples)
+        dataset.loader = load_rgb
         splits.append(dataset)
     train, test = splits
     if train.classes != test.classes:
@@ -223,6 +224,34 @@ def load_image_folders(config):
             f"classes ({train.classes} vs {test.classes}). Give both the same class sub-folders."
         )
     return train, test
+
+
+class UnreadableImage(Exception):
+    """An image that passed the header check failed to decode (truncated, corrupt)."""
+
+    PREFIX = "cannot decode image "
+
+    @property
+    def reason(self) -> str:
+        # Raised again in the main process by a DataLoader worker, the text carries the
+        # worker's traceback; the message is its last line.
+        text = str(self.args[0]) if self.args else ""
+        line = text.strip().splitlines()[-1] if text.strip() else ""
+        return line[line.find(self.PREFIX) :] if self.PREFIX in line else line
+
+
+def load_rgb(path: str):
+    """ImageFolder's loader (PIL, RGB), naming the file when it cannot be decoded."""
+    from PIL import Image
+
+    try:
+        with open(path, "rb") as f, Image.open(f) as image:
+            return image.convert("RGB")
+    except Exception as error:  # PIL raises many types for bad files
+        raise UnreadableImage(
+            f"{UnreadableImage.PREFIX}{path} ({type(error).__name__}: {error}). Remove or "
+            f"replace the file, then continue with --resume auto."
+        ) from None
 
 
 def check_images_readable(samples) -> None:

@@ -316,3 +316,27 @@ def test_a_full_disk_while_checkpointing_is_reported_and_keeps_earlier_checkpoin
         subprocess.run(["umount", disk], check=True)
     run_train([*args, "--output-dir", copy, "--resume", "auto"])
     assert [r["epoch"] for r in read_metrics(copy)] == [1, 2, 3]
+
+
+@pytest.mark.parametrize("workers", [0, 1])
+def test_a_truncated_jpeg_is_named_with_exit_2(tmp_path, workers):
+    from PIL import Image
+
+    images = tmp_path / "images"
+    for split in ("train", "test"):
+        for colour in ("red", "blue"):
+            (images / split / colour).mkdir(parents=True)
+            for i in range(4):
+                Image.effect_noise((48, 48), 60).convert("RGB").save(
+                    images / split / colour / f"{i}.jpg", quality=90
+                )
+    broken = images / "train" / "blue" / "2.jpg"
+    data = broken.read_bytes()
+    broken.write_bytes(data[: len(data) // 2])  # the header still reads; the pixels do not
+    before = snapshot(images)
+    args = ["--dataset", "imagefolder", "--data-dir", images, "--batch-size", "2"]
+    result = run_train(
+        [*SMOKE, *args, "--num-workers", workers, "--output-dir", tmp_path / "run"], check=False
+    )
+    assert_refused(result, f"cannot decode image {broken} (OSError", "--resume auto")
+    assert snapshot(images) == before
