@@ -83,13 +83,17 @@ def save_checkpoint(accelerator, root: str, progress: Progress, keep: int) -> st
     return final
 
 
-def read_progress(folder: str, shape: Shape) -> Progress:
-    """The checkpoint's progress, checked; raises InvalidProgress (or OSError) when unusable."""
+def read_progress(folder: str, shape: Shape, settings: dict) -> Progress:
+    """The checkpoint's progress, checked; raises InvalidProgress (or OSError) when unusable,
+    UserError when it was made under other settings (checked first: other settings usually
+    mean other data, which would fail the checks with a less helpful reason)."""
     try:
         with open(os.path.join(folder, PROGRESS_FILE), encoding="utf-8") as f:
             data = json.load(f)
     except (UnicodeDecodeError, json.JSONDecodeError) as error:
         raise InvalidProgress(f"not JSON ({error})") from None
+    if isinstance(data, dict) and isinstance(data.get("settings"), dict):
+        refuse_other_settings(settings_differences(data["settings"], settings), folder)
     return Progress.from_json(data, shape, step=checkpoint_step(folder))
 
 
@@ -138,12 +142,12 @@ def refuse_other_settings(differences: dict, folder: str) -> None:
         )
 
 
-def newest_progress(accelerator, candidates: list[str], shape: Shape):
+def newest_progress(accelerator, candidates: list[str], shape: Shape, settings: dict):
     """(folder, progress) of the newest candidate whose progress.json is valid, skipping the
     others with a warning; (None, None) when there is none."""
     for folder in candidates:
         try:
-            return folder, read_progress(folder, shape)
+            return folder, read_progress(folder, shape, settings)
         except (OSError, InvalidProgress) as error:
             warn(accelerator, f"skipping checkpoint {folder}: invalid progress.json ({error})")
     return None, None
@@ -158,11 +162,10 @@ def load_checkpoint(accelerator, candidates: list[str], settings: dict, shape: S
     """
     remaining = list(candidates)
     while remaining:
-        folder, progress = newest_progress(accelerator, remaining, shape)
+        folder, progress = newest_progress(accelerator, remaining, shape, settings)
         if folder is None:
             break
         remaining = remaining[remaining.index(folder) + 1 :]
-        refuse_other_settings(settings_differences(progress.settings, settings), folder)
         try:
             accelerator.load_state(folder)
             loaded = 1.0

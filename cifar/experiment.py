@@ -149,6 +149,8 @@ def assemble_run(config, accelerator, run_dir: str, folder) -> Run:
 
     settings = run_settings(config, accelerator, train, test)
     resumed_from, progress = load_checkpoint(accelerator, candidates, settings, shape)
+    if folder is not None:
+        folder.announce()
     files = RunFiles(run_dir, accelerator.is_main_process)
     if progress is None:
         progress = Progress(settings)

@@ -14,12 +14,14 @@ import json
 import os
 import shutil
 import socket
+import struct
 import time
 import warnings
 
 from cifar.errors import UserError
 
 LOCK_FILE = "run.lock"
+FLOCK_FORMAT = "hhqqi4x"  # struct flock on Linux: type, whence, start, len, pid
 RESUME_LOG = "resume.jsonl"
 CHECKPOINTS = "checkpoints"
 # Files whose presence means the folder holds a run's results.
@@ -44,15 +46,22 @@ def holds_a_run(run_dir: str) -> bool:
     return False
 
 
-def holder_of(path: str) -> str:
-    """Who holds the lock, as its holder wrote it (best effort: it may be mid-write)."""
+def holder_of(path: str, fd: int) -> str:
+    """Who holds the lock: as its holder wrote it in the file, else the process id the kernel
+    reports (0 where the holder is on another NFS client)."""
     try:
         with open(path) as f:
             info = json.load(f)
         job = f", SLURM job {info['slurm_job']}" if info.get("slurm_job") else ""
         return f"process {info['pid']} on {info['host']} since {info['since']}{job}"
     except (OSError, ValueError, KeyError, TypeError):
-        return "another process"
+        pass
+    try:
+        query = struct.pack(FLOCK_FORMAT, fcntl.F_WRLCK, os.SEEK_SET, 0, 0, 0)
+        pid = struct.unpack(FLOCK_FORMAT, fcntl.fcntl(fd, fcntl.F_GETLK, query))[4]
+    except OSError:
+        pid = 0
+    return f"process {pid} on this machine" if pid > 0 else "a process on another machine"
 
 
 class RunFolder:
@@ -95,6 +104,8 @@ class RunFolder:
                 f"the run folder {path} already holds a run. Continue it with --resume auto, "
                 f"or choose another --output-dir."
             )
+        if not resume:  # a new run: nothing here to keep as it was
+            folder.announce()
         return folder
 
     def lock(self) -> None:
@@ -103,11 +114,12 @@ class RunFolder:
             fcntl.lockf(self.lock_fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except OSError as error:
             if error.errno in (errno.EACCES, errno.EAGAIN):
+                holder = holder_of(lock_path, self.lock_fd)
                 os.close(self.lock_fd)
                 self.lock_fd = None
                 raise UserError(
-                    f"another run is using the run folder {self.path} ({holder_of(lock_path)}). "
-                    f"Wait for it to finish (or stop it), or choose another --output-dir."
+                    f"another run is using the run folder {self.path} ({holder}). Wait for it "
+                    f"to finish (or stop it), or choose another --output-dir."
                 ) from None
             warnings.warn(
                 f"the file system of {self.path} refuses file locks ({error.strerror}): a "
@@ -115,8 +127,13 @@ class RunFolder:
                 stacklevel=2,
             )
             return
-        # Who holds it, for the message a second run prints. Written through the locked
-        # descriptor: closing any other descriptor of this file would drop a POSIX lock.
+
+    def announce(self) -> None:
+        """Write who holds the lock, for the message a second run prints; called once the run
+        goes ahead, so a refused or finished start leaves run.lock as it was. Written through
+        the locked descriptor: closing any other descriptor of the file would drop the lock."""
+        if self.lock_fd is None:
+            return
         holder = {
             "pid": os.getpid(),
             "host": socket.gethostname(),
@@ -154,7 +171,7 @@ def log_resume(run_dir: str, checkpoint: str, progress, settings: dict) -> None:
     changed = {
         name: [progress.settings.get(name), value]
         for name, value in settings.items()
-        if progress.settings.get(name) != value
+        if progress.settings.get(name) != value and name != "resume"
     }
     record = {
         "time": time.strftime("%Y-%m-%dT%H:%M:%S%z"),

@@ -158,6 +158,7 @@ def test_a_checkpoint_with_a_pickle_payload_does_not_run_code(tmp_path):
     for name in ("optimizer.bin", "scheduler.bin", "random_states_0.pkl"):
         with open(f"{newest}/{name}", "wb") as f:
             pickle.dump({"state": Payload(str(marker))}, f)
+    os.remove(run_dir / "summary.json")
     result = run_train([*SMOKE, "--output-dir", run_dir, "--resume", newest], check=False)
     assert not marker.exists()
     assert "skipping checkpoint" in result.stderr
@@ -185,7 +186,7 @@ def test_non_finite_loss_stops_naming_the_step_and_keeps_good_checkpoints(tmp_pa
             "--epochs",
             3,
             "--lr",
-            "1e12",
+            "1e6",
             "--scheduler",
             "none",
             "--log-every",
@@ -251,19 +252,24 @@ def bad_inputs(tmp: str):
 
 
 def test_each_bad_input_gives_its_message_exit_2_and_touches_nothing(earlier_run, tmp_path):
+    """Each mistake, made on a new run folder (which is not left behind) and on an existing
+    run (which is not touched)."""
     before = snapshot(earlier_run)
+    fresh = tmp_path / "fresh"
     for flags, message in bad_inputs(str(tmp_path)):
+        resuming = flags[0] == "--resume" or "trained with" in message
+        run_dir = earlier_run if resuming else fresh
+        resume = [] if flags[0] == "--resume" else ["--resume", "auto"]
         result = run_train(
-            [*SMOKE, "--output-dir", earlier_run, "--resume", "auto", *flags],
+            [*SMOKE, "--output-dir", run_dir, *resume, *flags],
             env={"TORCH_HOME": str(tmp_path / "torch")},
             check=False,
         )
-        if flags[0] == "--resume":
-            result = run_train([*SMOKE, "--output-dir", earlier_run, *flags], check=False)
         assert result.returncode == 2, (flags, result.stderr)
         assert message in " ".join(result.stderr.split()), (flags, result.stderr)
         assert "Traceback" not in result.stderr, flags
         assert snapshot(earlier_run) == before, flags
+        assert not fresh.exists(), flags
 
 
 def test_unwritable_output_folder_and_existing_run_are_refused(earlier_run, tmp_path):
@@ -277,5 +283,7 @@ def test_unwritable_output_folder_and_existing_run_are_refused(earlier_run, tmp_
 
 
 def test_resume_auto_without_checkpoints_starts_fresh(tmp_path):
-    run_train([*SMOKE, "--output-dir", tmp_path, "--resume", "auto"])
-    assert read_json(tmp_path / "summary.json")["epochs"] == 1
+    result = run_train([*SMOKE, "--output-dir", tmp_path / "new", "--resume", "auto"])
+    assert "resuming" not in result.stdout
+    assert [r["epoch"] for r in read_metrics(tmp_path / "new")] == [1]
+    assert not (tmp_path / "new" / "resume.jsonl").exists()
