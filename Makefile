@@ -1,5 +1,5 @@
-# make train ARGS="--model cnn"   set up .venv, then train (one process: python train.py; more:
-#                                 accelerate launch); the exit code is train.py's
+# make train ARGS="--model cnn"   set up .venv, then python train.py $(ARGS); its exit code
+# make train PROCESSES=4 ARGS=... the same with `accelerate launch` over 4 GPUs of this machine
 # make test                       set up .venv, lint, and run the test suite
 # make setup TORCH=cu126          the environment of locks/cu126.txt (see docs/install.md)
 # make lock [TORCH=...]           re-resolve locks/$(TORCH).txt from pyproject.toml
@@ -18,6 +18,16 @@ TORCH_INDEX = $(if $(filter cu130,$(TORCH)),,--extra-index-url https://download.
 UV_VENV = .venv-lock
 UV = $(UV_VENV)/bin/uv
 LOCK_ARGS ?=
+PROCESSES ?= 1
+# One process needs no launcher: train.py's exit code (0, 1, 2, 75) reaches the shell as is.
+# More: every setting Accelerate would otherwise warn about is given (train.py's
+# --mixed-precision still wins); its exit code is then 0 or 1.
+ifeq ($(PROCESSES),1)
+LAUNCH = $(BIN)/python
+else
+LAUNCH = $(BIN)/accelerate launch --multi_gpu --num_processes $(PROCESSES) --num_machines 1 \
+	--mixed_precision no --dynamo_backend no
+endif
 
 .PHONY: setup train test lint lock compare system-deps cluster
 
@@ -48,7 +58,7 @@ $(UV): locks/uv.txt
 	touch $@
 
 train: setup
-	@$(BIN)/python .ci/launch.py $(ARGS)
+	$(LAUNCH) train.py $(ARGS)
 
 lint: setup
 	$(BIN)/ruff check .

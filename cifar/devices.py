@@ -7,6 +7,7 @@ user error before any work, unless the CPU was asked for (--allow-cpu, `accelera
 """
 
 import os
+import re
 import shutil
 import subprocess
 
@@ -17,7 +18,7 @@ from cifar.errors import UserError
 NVIDIA_SMI_SECONDS = 10  # a hung driver must not hang the start of every run
 # Oldest NVIDIA driver each torch build of `make setup TORCH=...` runs on (NVIDIA's CUDA
 # compatibility table: CUDA 13.x needs >= 580, CUDA 12.x >= 525).
-DRIVER_FOR_BUILD = {"cu130": 580, "cu128": 525, "cu126": 525}
+DRIVER_FOR_BUILD = {"cu130": 580, "cu126": 525}
 
 
 def gpus_given(environ=os.environ) -> str:
@@ -61,8 +62,8 @@ def nvidia_smi(*args: str) -> str:
 
 def driver_version() -> str:
     """The NVIDIA driver's version ('550.54.15'), or '' when nvidia-smi does not say."""
-    out = nvidia_smi("--query-gpu=driver_version", "--format=csv,noheader")
-    return out.splitlines()[0].strip() if out.strip() else ""
+    out = nvidia_smi("--query-gpu=driver_version", "--format=csv,noheader").split()
+    return out[0] if out and re.fullmatch(r"\d+(\.\d+)+", out[0]) else ""
 
 
 def suggested_build(driver: str) -> str:
