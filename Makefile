@@ -1,24 +1,64 @@
-# make train ARGS="--model cnn"   set up .venv, then accelerate launch train.py $(ARGS)
+# make train ARGS="--model cnn"   set up .venv, then python train.py $(ARGS); its exit code
+# make train PROCESSES=4 ARGS=... the same with `accelerate launch` over 4 GPUs of this machine
 # make test                       set up .venv, lint, and run the test suite
+# make setup TORCH=cu126          the environment of locks/cu126.txt (see docs/install.md)
+# make lock [TORCH=...]           re-resolve locks/$(TORCH).txt from pyproject.toml
 # make compare ARGS="..."         train both models with the same settings, then the report
 VENV ?= .venv
 PYTHON ?= python3
 BIN = $(VENV)/bin
 ARGS ?=
 PYTEST_ARGS ?=
+# The torch build: cu130 (PyPI's torch, NVIDIA driver >= 580), cu128 or cu126 (driver >= 525),
+# cpu. Each has its own lock, locks/$(TORCH).txt; docs/install.md says which driver needs which.
+TORCH ?= cu130
+LOCK = locks/$(TORCH).txt
+TORCH_INDEX = $(if $(filter cu130,$(TORCH)),,--extra-index-url https://download.pytorch.org/whl/$(TORCH))
+# uv resolves the locks; it is locked itself (locks/uv.txt) and lives outside the project's venv.
+UV_VENV = .venv-lock
+UV = $(UV_VENV)/bin/uv
+LOCK_ARGS ?=
+PROCESSES ?= 1
+# One process needs no launcher: train.py's exit code (0, 1, 2, 75) reaches the shell as is.
+# More: every setting Accelerate would otherwise warn about is given (train.py's
+# --mixed-precision still wins); its exit code is then 0 or 1.
+ifeq ($(PROCESSES),1)
+LAUNCH = $(BIN)/python
+else
+LAUNCH = $(BIN)/accelerate launch --multi_gpu --num_processes $(PROCESSES) --num_machines 1 \
+	--mixed_precision no --dynamo_backend no
+endif
 
-.PHONY: setup train test lint compare system-deps cluster
+.PHONY: setup train test lint lock compare system-deps cluster
 
-setup: $(VENV)/.installed
+setup: $(VENV)/.installed-$(TORCH)
 
-$(VENV)/.installed: pyproject.toml requirements-ci.txt
+# A new lock (or another TORCH) makes a new venv, so nothing outside the lock stays installed.
+$(VENV)/.installed-$(TORCH): pyproject.toml $(LOCK)
+	rm -rf $(VENV)
 	$(PYTHON) -m venv $(VENV)
-	$(BIN)/pip install -q -r requirements-ci.txt
-	$(BIN)/pip install -q --no-deps -e .
+	$(BIN)/pip install --progress-bar on --require-hashes --no-deps $(TORCH_INDEX) -r $(LOCK)
+	$(BIN)/pip install -q --no-deps --no-build-isolation -e .
+	echo $(LOCK) > $(VENV)/lock-file
+	touch $@
+
+locks/%.txt:
+	$(MAKE) --no-print-directory lock TORCH=$*
+
+# Keeps the versions already in the lock unless pyproject.toml rules them out; to move to the
+# newest releases: make lock LOCK_ARGS=--upgrade
+lock: $(UV)
+	$(UV) pip compile pyproject.toml --extra dev --universal --python-version 3.11 \
+		--generate-hashes $(if $(filter cu130,$(TORCH)),,--torch-backend $(TORCH)) \
+		--custom-compile-command "make lock TORCH=$(TORCH)" --quiet $(LOCK_ARGS) -o $(LOCK)
+
+$(UV): locks/uv.txt
+	$(PYTHON) -m venv $(UV_VENV)
+	$(UV_VENV)/bin/pip install -q --require-hashes --no-deps -r locks/uv.txt
 	touch $@
 
 train: setup
-	$(BIN)/accelerate launch --quiet train.py $(ARGS)
+	$(LAUNCH) train.py $(ARGS)
 
 lint: setup
 	$(BIN)/ruff check .

@@ -26,6 +26,9 @@ from cifar.loaders import (
 
 def make_accelerator(config, project_dir: str | None = None) -> Accelerator:
     """The one Accelerator of a run; precision and accumulation from flags or accelerate config."""
+    from cifar.devices import check_gpus_usable
+
+    check_gpus_usable(config.allow_cpu)  # before Accelerate quietly settles for the CPU
     kwargs = {
         "step_scheduler_with_optimizer": False,
         "project_dir": project_dir,

@@ -85,6 +85,11 @@ class Config:
     )
     compile: bool = knob(False, "torch.compile the model (slow start, faster steps on GPUs)")
     channels_last: bool = knob(True, "channels_last memory format (GPUs and CPUs)")
+    allow_cpu: bool = knob(
+        False,
+        "train on the CPU even though this process was given GPUs (SLURM, CUDA_VISIBLE_DEVICES, "
+        "nvidia-smi) that torch cannot use; without it that case stops with exit code 2",
+    )
     # Output, checkpoints and tracking.
     output_dir: str = knob("", "run folder (default: runs/<model>-<dataset>-<timestamp>)")
     resume: str = knob("", "'auto': newest checkpoint in the run folder if any; or a PATH")
@@ -220,7 +225,16 @@ def read_config_file(path: str) -> dict:
     return settings
 
 
+# How messages name the type a setting wants.
+TYPE_NAMES = {bool: "true or false", int: "an integer", float: "a number", str: "text"}
+TYPE_NAMES[list] = "a list"
+
+
 def coerce(name: str, value, kind, source: str):
+    """value as the setting's type. Numbers may be strings: YAML 1.1 (PyYAML) reads `1e-3` and
+    `1_000` as text, and people write them so; bools are never numbers."""
+    if kind in (int, float) and isinstance(value, str):
+        value = parse_number(value, kind)
     if kind is float and isinstance(value, int) and not isinstance(value, bool):
         return float(value)
     if kind is list and isinstance(value, str):
@@ -228,9 +242,18 @@ def coerce(name: str, value, kind, source: str):
     expected = {bool: (bool,), int: (int,), float: (float,), str: (str,), list: (list,)}[kind]
     if not isinstance(value, expected) or (kind is int and isinstance(value, bool)):
         raise UserError(
-            f"setting {name!r} in {source!r} should be a {kind.__name__}, got {value!r}."
+            f"setting {name!r} in {source!r} should be {TYPE_NAMES[kind]}, got {value!r}."
         )
     return value
+
+
+def parse_number(text: str, kind):
+    """The int or float a number literal spells ('5e-4', '1_000', '-3'); text unchanged when it
+    is not one (the caller reports it)."""
+    try:
+        return int(text) if kind is int else float(text)
+    except ValueError:
+        return text
 
 
 def parse_config(argv: list[str] | None = None) -> Config:

@@ -51,15 +51,58 @@ def read_jsonl(path: str) -> list[dict]:
         return [json.loads(line) for line in f if line.strip()]
 
 
+def wandb_base_url() -> str:
+    """The W&B server runs log to (WANDB_BASE_URL, `wandb login --host`, else W&B's own)."""
+    from wandb.sdk import wandb_setup
+
+    return wandb_setup.singleton().settings.base_url
+
+
 def wandb_has_credentials() -> bool:
-    if os.environ.get("WANDB_API_KEY"):
-        return True
-    netrc = os.path.expanduser(os.environ.get("NETRC", "~/.netrc"))
+    """Whether wandb finds credentials for its server, the way wandb.init looks for them: an
+    API key (WANDB_API_KEY, the netrc entry of a self-hosted WANDB_BASE_URL, `wandb login`) or
+    an identity-token file. Reads no network and changes no file."""
+    from wandb.errors import AuthenticationError
+    from wandb.sdk.lib import wbauth
+
     try:
-        with open(netrc) as f:
-            return "api.wandb.ai" in f.read()
-    except OSError:
-        return False
+        auth = wbauth.authenticate_session(
+            host=wandb_base_url(), source="train.py", prompt=False, update_session=False
+        )
+    except AuthenticationError as error:
+        raise UserError(
+            f"W&B credentials are malformed: {error}. Fix them (`wandb login --relogin`), or "
+            f"log offline with WANDB_MODE=offline, or train without a tracker: --tracker none."
+        ) from None
+    return auth is not None
+
+
+WANDB_PROBE_SECONDS = 10  # the longest a run waits to learn that the W&B server is unreachable
+
+
+def wandb_reachable(url: str, seconds: float = WANDB_PROBE_SECONDS) -> bool:
+    """Whether the W&B server answers HTTP at all within `seconds` (name lookup included,
+    proxies from the environment honoured); any HTTP status counts as an answer."""
+    import threading
+    import urllib.error
+    import urllib.request
+
+    answered = threading.Event()
+
+    def probe():
+        try:
+            urllib.request.urlopen(urllib.request.Request(url, method="HEAD"), timeout=seconds)
+            answered.set()
+        except urllib.error.HTTPError:
+            answered.set()
+        except Exception:  # no route, no name, TLS, timeout: not reachable
+            pass
+
+    # A thread, because a hanging name lookup ignores the socket timeout.
+    thread = threading.Thread(target=probe, daemon=True)
+    thread.start()
+    thread.join(seconds)
+    return answered.is_set()
 
 
 def tracker_run_id(run_dir: str) -> str:
@@ -74,24 +117,38 @@ def tracker_run_id(run_dir: str) -> str:
 
 
 def check_tracker_installed(config) -> None:
+    """The tracker is installed and, for W&B asked to log online, has credentials."""
     if config.tracker != "none" and importlib.util.find_spec(config.tracker) is None:
         raise UserError(
             f"--tracker {config.tracker} needs the {config.tracker} package, which is not "
             f"installed. Run `pip install {config.tracker}`, or train without a tracker: "
             f"--tracker none."
         )
+    online = config.tracker == "wandb" and os.environ.get("WANDB_MODE") == "online"
+    if online and not wandb_has_credentials():
+        raise UserError(
+            f"WANDB_MODE=online, but wandb finds no credentials for {wandb_base_url()}. "
+            f"Log in with `wandb login` (or set WANDB_API_KEY), or log offline with "
+            f"WANDB_MODE=offline, or train without a tracker: --tracker none."
+        )
 
 
 def prepare_tracker(config, run_dir: str, is_main: bool) -> dict:
-    """Settings for the tracker's init (W&B: offline when there is no API key)."""
+    """Settings for the tracker's init. W&B without WANDB_MODE: online when it has credentials
+    and its server answers within WANDB_PROBE_SECONDS, else offline with one warning."""
     if config.tracker != "wandb":
         return {}
-    if not os.environ.get("WANDB_MODE") and not wandb_has_credentials():
-        os.environ["WANDB_MODE"] = "offline"
-        if is_main:
+    sync = f"`wandb sync {os.path.join(os.path.abspath(run_dir), 'wandb', 'offline-run-*')}`"
+    if not os.environ.get("WANDB_MODE") and is_main:
+        reason = ""
+        if not wandb_has_credentials():
+            reason = "no W&B credentials found (`wandb login`, WANDB_API_KEY)"
+        elif not wandb_reachable(wandb_base_url()):
+            reason = f"{wandb_base_url()} did not answer within {WANDB_PROBE_SECONDS} s"
+        if reason:
+            os.environ["WANDB_MODE"] = "offline"
             warnings.warn(
-                "no W&B API key found: logging offline to the run folder "
-                "(sync later with `wandb sync`)",
+                f"{reason}: logging offline to the run folder; upload later with {sync}",
                 stacklevel=2,
             )
     if os.environ.get("WANDB_MODE") == "offline":
@@ -105,6 +162,8 @@ def prepare_tracker(config, run_dir: str, is_main: bool) -> dict:
         "tags": list(config.tags) + [config.model, config.dataset],
         "resume": "allow",
     }
+    if os.environ.get("WANDB_MODE"):
+        settings["mode"] = os.environ["WANDB_MODE"]
     if config.wandb_entity:
         settings["entity"] = config.wandb_entity
     return {"wandb": settings}

@@ -11,7 +11,11 @@
 #
 # Settings (environment variables; all optional):
 #   CIFAR_VENV             a virtual environment to activate (default: .venv when it exists,
-#                          else whatever python/accelerate are on PATH at submission)
+#                          else whatever python/accelerate are on PATH at submission). Make it
+#                          with the torch build for the nodes' NVIDIA driver: `make setup`
+#                          (CUDA 13.0, driver >= 580) or `make setup TORCH=cu126` (>= 525);
+#                          docs/install.md. train.py exits 2 when the job has GPUs that torch
+#                          cannot use, so these scripts never pass --allow-cpu.
 #   CIFAR_ACTIVATE         shell code that activates the environment instead, e.g.
 #                          "module load cuda/12.4; conda activate cifar"
 #   CIFAR_TRAIN_ARGS       extra train.py flags (split on spaces); script arguments come after

@@ -4,6 +4,7 @@ import pytest
 
 from cifar.config import Config, build_parser, parse_config
 from cifar.errors import UserError
+from tests.conftest import SMOKE, read_json, run_train
 
 
 def test_defaults_without_flags():
@@ -75,7 +76,10 @@ def test_json_config(tmp_path):
     [
         ("model: [unclosed", "is not valid YAML"),
         ("optimiser: sgd", "unknown setting 'optimiser'"),
-        ("epochs: many", "should be a int"),
+        ("epochs: many", "should be an integer, got 'many'"),
+        ("epochs: 1e3", "should be an integer"),
+        ("lr: fast", "should be a number"),
+        ("lr: true", "should be a number"),
         ("model: vgg", "unknown model 'vgg'"),
         ("- just\n- a list", "must hold a mapping"),
     ],
@@ -92,3 +96,26 @@ def test_cache_features_requires_a_fixed_backbone_input():
         parse_config(["--model", "resnet50", "--cache-features"])
     config = parse_config(["--model", "resnet50", "--cache-features", "--augment", "none"])
     assert config.cache_features
+
+
+def test_numbers_written_as_people_write_them_are_read_as_numbers(tmp_path):
+    # PyYAML follows YAML 1.1, which reads 1e-3 and 1_000 as strings.
+    path = tmp_path / "run.yaml"
+    path.write_text("lr: 1e-3\nweight_decay: 5e-4\nsynthetic_train_size: 1_000\nmomentum: 1\n")
+    config = parse_config(["--config", str(path)])
+    assert (config.lr, config.weight_decay, config.synthetic_train_size, config.momentum) == (
+        0.001,
+        0.0005,
+        1000,
+        1.0,
+    )
+    assert isinstance(config.synthetic_train_size, int) and isinstance(config.momentum, float)
+
+
+def test_a_yaml_learning_rate_of_1e_3_trains_with_0_001(tmp_path):
+    run_dir = tmp_path / "run"
+    path = tmp_path / "run.yaml"
+    path.write_text("lr: 1e-3\nweight_decay: 5e-4\n")
+    run_train([*SMOKE, "--config", path, "--output-dir", run_dir])
+    settings = read_json(run_dir / "config.json")
+    assert (settings["lr"], settings["weight_decay"]) == (0.001, 0.0005)

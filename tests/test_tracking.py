@@ -166,12 +166,95 @@ def test_wandb_without_api_key_or_mode_falls_back_to_offline(tmp_path):
     env = {"HOME": str(home), "XDG_CONFIG_HOME": str(home / ".config"), "NETRC": ""}
     result = run_train(tracked(run_dir, "wandb"), env=env, timeout=180)
 
-    assert result.stderr.count("no W&B API key found: logging offline") == 1
+    assert result.stderr.count("no W&B credentials found") == 1
+    assert result.stderr.count("logging offline") == 1
     logs = offline_logs(run_dir)
     assert len(logs) == 1
     summary = wandb_summary(read_wandb_records(logs[0]))
     assert summary["test_accuracy"] == read_json(run_dir / "summary.json")["test_accuracy"]
     assert f"wandb sync {logs[0].parent}" in result.stdout
+
+
+def isolated_home(tmp_path) -> dict:
+    home = tmp_path / "home"
+    home.mkdir()
+    return {"HOME": str(home), "XDG_CONFIG_HOME": str(home / ".config"), "NETRC": ""}
+
+
+def test_wandb_key_without_network_goes_offline_and_trains(tmp_path):
+    require_package("wandb")
+    from cifar.tracking import WANDB_PROBE_SECONDS
+
+    run_dir = tmp_path / "run"
+    # A well-formed key for a server that cannot be reached (no such host).
+    env = {
+        **isolated_home(tmp_path),
+        "WANDB_API_KEY": "0123456789abcdef" * 2 + "01234567",
+        "WANDB_BASE_URL": "https://wandb.invalid",
+    }
+    result = run_train(tracked(run_dir, "wandb"), env=env, timeout=180)
+
+    warning = f"https://wandb.invalid did not answer within {WANDB_PROBE_SECONDS} s"
+    assert result.stderr.count(warning) == 1, result.stderr
+    assert f"wandb sync {run_dir}/wandb/offline-run-*" in result.stderr
+    assert "Traceback" not in result.stderr
+    logs = offline_logs(run_dir)
+    assert len(logs) == 1
+    summary = wandb_summary(read_wandb_records(logs[0]))
+    assert summary["test_accuracy"] == read_json(run_dir / "summary.json")["test_accuracy"]
+
+
+@pytest.mark.parametrize(
+    "credential",
+    [
+        {"WANDB_API_KEY": "f" * 40},
+        {"WANDB_BASE_URL": "https://wandb.example.com", "netrc": "wandb.example.com"},
+        {"WANDB_IDENTITY_TOKEN_FILE": "token"},
+    ],
+    ids=["api-key", "self-hosted-netrc", "identity-token"],
+)
+def test_wandb_credentials_are_found_the_way_wandb_finds_them(tmp_path, credential):
+    require_package("wandb")
+    env = isolated_home(tmp_path)
+
+    def found() -> bool:
+        code = "from cifar.tracking import wandb_has_credentials as f; print(f())"
+        result = subprocess.run(
+            [sys.executable, "-c", code],
+            cwd=ROOT,
+            env=train_env(**env),
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
+        assert result.returncode == 0, result.stderr
+        return result.stdout.strip() == "True"
+
+    assert not found()
+    credential = dict(credential)
+    host = credential.pop("netrc", None)
+    if host:
+        netrc = tmp_path / "home" / ".netrc"
+        netrc.write_text(f"machine {host}\n  login user\n  password {'b' * 40}\n")
+        netrc.chmod(0o600)
+        del env["NETRC"]
+    if "WANDB_IDENTITY_TOKEN_FILE" in credential:
+        (tmp_path / "token").write_text("a.b.c")
+        credential["WANDB_IDENTITY_TOKEN_FILE"] = str(tmp_path / "token")
+    env.update(credential)
+    assert found()
+
+
+def test_wandb_online_without_credentials_stops_before_any_work(tmp_path):
+    require_package("wandb")
+    run_dir = tmp_path / "run"
+    env = {**isolated_home(tmp_path), "WANDB_MODE": "online"}
+    result = run_train(tracked(run_dir, "wandb"), env=env, check=False, timeout=120)
+    assert result.returncode == 2, result.stderr
+    assert "Traceback" not in result.stderr
+    assert "WANDB_MODE=online, but wandb finds no credentials" in result.stderr
+    assert "wandb login" in result.stderr and "WANDB_MODE=offline" in result.stderr
+    assert not run_dir.exists()
 
 
 def test_wandb_disabled_mode_trains_and_writes_no_wandb_files(tmp_path):
@@ -180,7 +263,7 @@ def test_wandb_disabled_mode_trains_and_writes_no_wandb_files(tmp_path):
     result = run_train(tracked(run_dir, "wandb"), env={"WANDB_MODE": "disabled"}, timeout=180)
     assert (run_dir / "summary.json").is_file()
     assert not offline_logs(run_dir)
-    assert "no W&B API key" not in result.stderr
+    assert "no W&B credentials" not in result.stderr
 
 
 def test_missing_tracker_package_is_a_clear_error():

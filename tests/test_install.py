@@ -1,0 +1,115 @@
+"""The environment is the lock, and `make train` is train.py with nothing in between."""
+
+import re
+import subprocess
+import sys
+import tomllib
+from importlib import metadata
+from pathlib import Path
+
+import pytest
+from packaging.markers import Marker
+from packaging.requirements import Requirement
+from packaging.utils import canonicalize_name
+
+from tests.conftest import ROOT, require, train_env
+
+VENV = Path(sys.prefix)
+PIN = re.compile(r"^([A-Za-z0-9._-]+)==([^\s;]+)\s*(?:;\s*([^\\]+?))?\s*\\?$")
+# Installed by `python -m venv` or `pip install -e .`, not resolved into the lock.
+NOT_LOCKED = {"pip", "cifar-accelerate"}
+
+
+def read_lock(path: Path) -> dict[str, str]:
+    """{package: version} of the lock's lines whose markers hold for this interpreter."""
+    pins = {}
+    for line in path.read_text().splitlines():
+        match = PIN.match(line)
+        if match and (not match[3] or Marker(match[3]).evaluate()):
+            pins[canonicalize_name(match[1])] = match[2]
+    return pins
+
+
+def installed() -> dict[str, str]:
+    return {canonicalize_name(d.metadata["Name"]): d.version for d in metadata.distributions()}
+
+
+def lock_of_this_venv() -> Path:
+    """The lock `make setup` installed into this venv (it records the file's name)."""
+    record = VENV / "lock-file"
+    require(record.is_file(), f"{VENV} was not made by `make setup`")
+    return ROOT / record.read_text().strip()
+
+
+def test_the_environment_equals_the_lock():
+    lock = read_lock(lock_of_this_venv())
+    have = {k: v for k, v in installed().items() if k not in NOT_LOCKED}
+    missing = {k: v for k, v in lock.items() if k not in have}
+    wrong = {k: (v, have[k]) for k, v in lock.items() if k in have and have[k] != v}
+    extra = {k: v for k, v in have.items() if k not in lock}
+    assert (missing, wrong, extra) == ({}, {}, {})
+
+
+TORCH_LOCKS = sorted(p for p in (ROOT / "locks").glob("*.txt") if p.name != "uv.txt")
+
+
+@pytest.mark.parametrize("lock", TORCH_LOCKS, ids=[p.name for p in TORCH_LOCKS])
+def test_each_lock_pins_every_declared_dependency_within_its_range(lock):
+    project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
+    declared = [Requirement(r) for r in project["dependencies"]]
+    declared += [Requirement(r) for r in project["optional-dependencies"]["dev"]]
+    pins = read_lock(lock)
+    for requirement in declared:
+        name = canonicalize_name(requirement.name)
+        assert name in pins, f"{lock.name} lacks {name}"
+        version = pins[name].split("+")[0]  # torch builds: 2.14.1+cu126
+        assert requirement.specifier.contains(version, prereleases=True), (requirement, version)
+    assert "--hash=sha256:" in lock.read_text()
+
+
+def make(*args: str, timeout: int = 300) -> subprocess.CompletedProcess:
+    """`make` in the repository with this venv; refuses to run when setup would reinstall it."""
+    up_to_date = subprocess.run(
+        ["make", "-q", "setup", f"VENV={VENV}"], cwd=ROOT, capture_output=True, timeout=60
+    )
+    require(up_to_date.returncode == 0, f"`make setup` would rebuild {VENV}")
+    return subprocess.run(
+        ["make", "--no-print-directory", *args, f"VENV={VENV}"],
+        cwd=ROOT,
+        env=train_env(),
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
+
+
+def test_make_train_prints_no_launcher_warning_and_exits_0(tmp_path):
+    run_dir = tmp_path / "run"
+    args = (
+        "--dataset synthetic --tracker none --synthetic-train-size 512 --synthetic-test-size 128 "
+        f"--epochs 1 --batch-size 64 --output-dir {run_dir}"
+    )
+    result = make("train", f"ARGS={args}")
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert (run_dir / "summary.json").is_file()
+    output = result.stdout + result.stderr
+    assert "warning" not in output.lower(), output
+    assert "Traceback" not in output
+
+
+def test_make_train_passes_train_py_exit_code_and_message_through():
+    result = make("train", "ARGS=--model nope")
+    assert result.returncode == 2, result.stderr
+    assert "Traceback" not in result.stderr
+    assert "argument --model: invalid choice: 'nope'" in result.stderr
+    result = make("train", "ARGS=--dataset synthetic --epochs 0 --tracker none")
+    assert result.returncode == 2, result.stderr
+    ours = [line for line in result.stderr.splitlines() if not line.startswith("make: ***")]
+    assert len(ours) == 1 and ours[0].startswith("error: "), result.stderr
+
+
+def test_ci_and_the_readme_run_the_same_test_command():
+    assert "\nmake test\n" in (ROOT / ".ci" / "run").read_text()
+    readme = (ROOT / "README.md").read_text()
+    assert re.search(r"^make test\b", readme, re.M)
+    assert re.search(r"^make train\b", readme, re.M)
