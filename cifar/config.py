@@ -130,6 +130,7 @@ RESUME_MAY_CHANGE = frozenset(
         "wandb_group",
         "run_name",
         "tags",
+        "allow_cpu",
     }
 )
 
@@ -200,8 +201,15 @@ def read_config_file(path: str) -> dict:
     if not os.path.isfile(path):
         raise UserError(f"config file {path!r} does not exist. Pass an existing YAML or JSON file.")
     try:
-        with open(path) as f:
+        with open(path, encoding="utf-8") as f:
             text = f.read()
+    except (OSError, UnicodeDecodeError) as error:
+        reason = error.strerror if isinstance(error, OSError) else f"not UTF-8 text: {error}"
+        raise UserError(
+            f"cannot read the config file {path!r} ({reason}). Save it as UTF-8 text, or pass "
+            f"the settings as flags."
+        ) from None
+    try:
         data = json.loads(text) if path.endswith(".json") else yaml.safe_load(text)
     except (json.JSONDecodeError, yaml.YAMLError) as error:
         raise UserError(
@@ -236,7 +244,12 @@ def coerce(name: str, value, kind, source: str):
     if kind in (int, float) and isinstance(value, str):
         value = parse_number(value, kind)
     if kind is float and isinstance(value, int) and not isinstance(value, bool):
-        return float(value)
+        try:
+            return float(value)
+        except OverflowError:
+            raise UserError(
+                f"setting {name!r} in {source!r} is too large for a number: {value}."
+            ) from None
     if kind is list and isinstance(value, str):
         return [value]
     expected = {bool: (bool,), int: (int,), float: (float,), str: (str,), list: (list,)}[kind]
