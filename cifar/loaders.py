@@ -156,7 +156,9 @@ class InputTransform:
 def dataset_statistics(images: torch.Tensor) -> tuple[tuple, tuple]:
     """Per-channel mean and std (in [0, 1] units) of a uint8 image tensor."""
     sample = images[:10_000].double() / 255
-    return tuple(sample.mean(dim=(0, 2, 3)).tolist()), tuple(sample.std(dim=(0, 2, 3)).tolist())
+    # A channel that never changes (solid colours, a blank channel) must not divide by zero.
+    std = sample.std(dim=(0, 2, 3)).clamp_min(1 / 255)
+    return tuple(sample.mean(dim=(0, 2, 3)).tolist()), tuple(std.tolist())
 
 
 def image_folder_transforms(size: int, augment: str):
