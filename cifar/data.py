@@ -238,7 +238,7 @@ def decode_rgb(path: str) -> torch.Tensor:
         pass
     from PIL import Image
 
-    with open(path, "rb") as f, Image.open(f) as image:
+    with Image.open(path) as image:
         array = np.asarray(image.convert("RGB"))
     return torch.from_numpy(array.copy()).permute(2, 0, 1).contiguous()
 

@@ -156,10 +156,15 @@ class Check(Dataset):
 
 def find_unreadable(samples: list, header_only: bool, workers: int) -> list:
     """(path, reason) of each image that fails the check, in the samples' order."""
-    loader = DataLoader(
-        Check(samples, header_only), batch_size=64, num_workers=workers, collate_fn=list
-    )
+    loader = DataLoader(Check(samples, header_only), **one_pass(workers))
     return [(path, reason) for batch in loader for path, reason in batch if reason]
+
+
+def one_pass(workers: int) -> dict:
+    """DataLoader settings for a pass over the files. Its own generator: a loader draws its
+    workers' seed from the global one, and a run must not depend on whether the cache existed."""
+    generator = torch.Generator().manual_seed(0)
+    return {"batch_size": 64, "num_workers": workers, "collate_fn": list, "generator": generator}
 
 
 class Resized(Dataset):
@@ -205,7 +210,7 @@ def decode_on_gpu(batch: list, resized: Resized) -> list:
 def decode_all(samples: list, size: int, workers: int) -> tuple[TensorImages, list]:
     """Every sample decoded and resized; (images of those that decode, their failures)."""
     resized = Resized(samples, size, jpeg_bytes=torch.cuda.is_available())
-    loader = DataLoader(resized, batch_size=64, num_workers=workers, collate_fn=list)
+    loader = DataLoader(resized, **one_pass(workers))
     images = torch.empty(len(samples), 3, size, size, dtype=torch.uint8)
     kept, failures = [], []
     for batch in loader:
