@@ -198,6 +198,7 @@ def image_folder_loaders(config, accelerator: Accelerator, train, test):
                 **workers,
             )
         ),
+        config.batch_size,
     )
     # Contiguous, uneven shards: each test image is evaluated exactly once.
     n, rank, world = len(test), accelerator.process_index, accelerator.num_processes
@@ -212,8 +213,9 @@ def image_folder_loaders(config, accelerator: Accelerator, train, test):
 class EpochLoader:
     """Accelerate's prepared DataLoader behind the DeviceLoader interface (epochs, resuming)."""
 
-    def __init__(self, accelerator: Accelerator, loader):
+    def __init__(self, accelerator: Accelerator, loader, batch_size: int):
         self.accelerator, self.loader, self.skip_batches = accelerator, loader, 0
+        self.batch_size = batch_size
 
     def set_epoch(self, epoch: int, skip_batches: int = 0) -> None:
         self.loader.set_epoch(epoch)
@@ -221,6 +223,11 @@ class EpochLoader:
 
     def __len__(self) -> int:
         return len(self.loader)
+
+    @property
+    def num_samples(self) -> int:
+        """Images this process sees per epoch (whole batches only)."""
+        return len(self.loader) * self.batch_size
 
     def __iter__(self):
         if not self.skip_batches:
