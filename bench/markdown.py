@@ -40,6 +40,11 @@ def format_section(name: str, args, argv: list[str], table: str, load: str) -> s
         f"images ({args.cache_images} with caching) at {args.image_size}x{args.image_size}, "
         f"batch {args.resnet_batch_size}"
     )
+    if "imagefolder" in args.cases:
+        sizes += (
+            f"; imagefolder: {args.folder_images} JPEGs of 500x375 (and 64 test ones), SimpleCNN "
+            f"at 32x32, batch {args.folder_batch_size}, {os.cpu_count()} CPUs"
+        )
     return "\n".join(
         [
             SECTION_START.format(name),

@@ -1,6 +1,8 @@
 r"""Training throughput: this project's pipeline against the plain DataLoader way.
 
     python bench/throughput.py --out docs/benchmarks.md       # a GPU: every case, ~5 minutes
+    python bench/throughput.py --device cpu --cases imagefolder --folder-images 1024 \
+        --num-workers 2 --rounds 2 --repeats 1 --warmup 1 --out docs/benchmarks.md
     python bench/throughput.py --device cpu --images 1024 --batch-size 256 --resnet-images 16 \
         --cache-images 16 --resnet-batch-size 8 --warmup 1 --repeats 1 --seconds 15 --rounds 2 \
         --num-workers 2 0 --out docs/benchmarks.md           # a small CPU: ResNet-50 is slow
@@ -11,7 +13,8 @@ build_loaders (DeviceLoader: the whole set on the device, batched crop + flip), 
 (fused normalise + resize + channels_last), feature_loaders for caching, and train_epoch.
 Plain is the torchvision tutorial way: a Dataset of PIL images with per-sample RandomCrop,
 RandomHorizontalFlip, (Resize,) ToTensor and Normalize, a DataLoader with --num-workers
-workers, fp32, each batch copied to the device. Times are synchronised and taken after
+workers, fp32, each batch copied to the device. The imagefolder case (bench/folders.py) reads a
+folder of JPEGs it makes itself. Times are synchronised and taken after
 --warmup steps; --out gets this device's section replaced (or added), the others kept.
 """
 
@@ -31,23 +34,16 @@ import torch
 from torch import nn
 
 from bench.cases import CASES, case_config
+from bench.folders import FOLDER_CASE, measure_folders
 from bench.markdown import device_name, format_section, load_average, write_section
+from bench.ours import prepare_model, settings, train_on
 from bench.plain import measure_plain, plain_without_cache
 from bench.timing import PeakMemory, Row, best, timed_epochs
-from cifar.build import (
-    build_loaders,
-    build_optimizer,
-    build_scheduler,
-    input_transform,
-    make_accelerator,
-    place_model,
-)
+from cifar.build import build_loaders, input_transform, make_accelerator
 from cifar.data import make_synthetic
-from cifar.engine import Totals, train_epoch
 from cifar.errors import UserError
 from cifar.experiment import backbone_features, feature_loaders
 from cifar.loaders import DeviceLoader
-from cifar.models import build_model
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -55,7 +51,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument(
         "--device", default="auto", choices=("auto", "cpu", "cuda"), help="auto: CUDA if any"
     )
-    p.add_argument("--cases", nargs="+", default=list(CASES), choices=list(CASES))
+    every = [*CASES, FOLDER_CASE]
+    p.add_argument("--cases", nargs="+", default=every, choices=every)
     p.add_argument("--images", type=int, default=50_000, help="training images of the cnn case")
     p.add_argument(
         "--resnet-images", type=int, default=10_240, help="of resnet-frozen and resnet-finetune"
@@ -63,6 +60,10 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument(
         "--cache-images", type=int, default=50_000, help="of resnet-cached (CIFAR-10: 50,000)"
     )
+    p.add_argument(
+        "--folder-images", type=int, default=2048, help=f"{FOLDER_CASE}: 500x375 JPEGs made here"
+    )
+    p.add_argument("--folder-batch-size", type=int, default=128, help=f"{FOLDER_CASE} batch size")
     p.add_argument("--batch-size", type=int, default=512, help="cnn batch size")
     p.add_argument("--resnet-batch-size", type=int, default=256, help="ResNet-50 batch size")
     p.add_argument("--image-size", type=int, default=224, help="ResNet-50 input size")
@@ -85,50 +86,6 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--epochs", type=int, default=5, help="epochs of the N-epochs column")
     p.add_argument("--out", default="", help="markdown file to write this device's section to")
     return p.parse_args(argv)
-
-
-def settings(accelerator, compiled: bool) -> str:
-    """Our precision (and compilation), as the labels and the section heading show it."""
-    precision = {"no": "fp32"}.get(accelerator.mixed_precision, accelerator.mixed_precision)
-    return precision + (", compiled" if compiled else "")
-
-
-def prepare_model(config, accelerator):
-    """The model as setup_run places it (memory format for the device)."""
-    torch.manual_seed(config.seed)
-    return place_model(config, build_model(config, 10), accelerator.device)
-
-
-def train_on(config, accelerator, model, loader, to_input, args) -> tuple[float, float]:
-    """Warm up, then time train_epoch over loader; returns (images/s, epoch seconds)."""
-    if config.compile:
-        model = torch.compile(model)
-    optimizer = build_optimizer(config, model)
-    scheduler = build_scheduler(config, optimizer, 1)
-    model, optimizer, scheduler = accelerator.prepare(model, optimizer, scheduler)
-    loss_fn = nn.CrossEntropyLoss(label_smoothing=config.label_smoothing)
-    device = accelerator.device
-
-    def run_epoch(epoch: int, limit: int | None = None) -> None:
-        loader.set_epoch(epoch)
-        stop = None if limit is None else (lambda done, loss: done >= limit)
-        totals = Totals.zeros(device)
-        train_epoch(
-            accelerator,
-            model,
-            loader,
-            optimizer,
-            scheduler,
-            loss_fn,
-            to_input,
-            totals,
-            after_step=stop,
-        )
-
-    run_epoch(0, limit=max(1, args.warmup))
-    seconds = timed_epochs(run_epoch, device, args)
-    accelerator.free_memory()
-    return loader.num_samples / seconds, seconds
 
 
 def measure_ours(args, accelerator, case: str, memory: PeakMemory) -> list[Row]:
@@ -185,6 +142,9 @@ def run_cases(args, accelerator) -> list[Row]:
     rows = []
     for case in args.cases:
         print(f"measuring {case} ...", file=sys.stderr, flush=True)
+        if case == FOLDER_CASE:
+            rows += measure_folders(args, accelerator)
+            continue
         shares_frozen = case in ("resnet-frozen", "resnet-cached")
         plain_case = "resnet-frozen" if shares_frozen else case
         todo = [
@@ -240,7 +200,7 @@ def main(argv: list[str] | None = None) -> None:
     if cuda:
         torch.backends.cudnn.benchmark = True  # as setup_run does, for both pipelines
     try:
-        accelerator = make_accelerator(case_config(args, args.cases[0]))
+        accelerator = make_accelerator(case_config(args, "cnn"))  # every case: the same settings
     except UserError as error:
         sys.exit(f"error: {error}")
     load_at_start = load_average()

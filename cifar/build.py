@@ -13,7 +13,9 @@ from accelerate.utils import (
 )
 from torch.utils.data import DataLoader, Subset
 
+from cifar.data import TensorImages
 from cifar.errors import UserError
+from cifar.imagefolder import find_unreadable, refuse_or_skip, stored_size
 from cifar.loaders import (
     IMAGENET_MEAN,
     IMAGENET_STD,
@@ -33,7 +35,7 @@ def make_accelerator(config, project_dir: str | None = None) -> Accelerator:
         "step_scheduler_with_optimizer": False,
         "project_dir": project_dir,
         # ImageFolder shuffling from the seed and epoch, so a resumed epoch replays its order.
-        "dataloader_config": DataLoaderConfiguration(use_seedable_sampler=True),
+        "dataloader_config": DataLoaderConfiguration(use_seedable_sampler=True, non_blocking=True),
     }
     if config.mixed_precision:
         kwargs["mixed_precision"] = config.mixed_precision
@@ -130,37 +132,52 @@ def input_transform(config, train_images, device) -> InputTransform:
 
 def build_loaders(config, accelerator: Accelerator, train, test):
     """(train_loader, test_loader) of device batches for this process."""
+    if not isinstance(train, TensorImages):
+        return image_folder_loaders(config, accelerator, train, test)
     shard = {"rank": accelerator.process_index, "world_size": accelerator.num_processes}
     steps = accelerator.gradient_accumulation_steps
-    if config.dataset != "imagefolder":
-        if len(train) < config.batch_size * accelerator.num_processes * steps:
-            raise UserError(
-                f"the training set has {len(train)} images, fewer than one optimizer step "
-                f"needs ({config.batch_size} per process x {accelerator.num_processes} processes "
-                f"x {steps} accumulation steps). Lower --batch-size or raise --train-subset."
-            )
-        train_loader = DeviceLoader(
-            train.images,
-            train.labels,
-            batch_size=config.batch_size,
-            device=accelerator.device,
-            train=True,
-            shuffle=config.shuffle,
-            augment=config.augment,
-            seed=config.seed,
-            accumulation_steps=steps,
-            **shard,
+    if len(train) < config.batch_size * accelerator.num_processes * steps:
+        raise UserError(
+            f"the training set has {len(train)} images, fewer than one optimizer step "
+            f"needs ({config.batch_size} per process x {accelerator.num_processes} processes "
+            f"x {steps} accumulation steps). Lower --batch-size or raise --train-subset."
         )
-        test_loader = DeviceLoader(
-            test.images,
-            test.labels,
-            batch_size=config.batch_size,
-            device=accelerator.device,
-            train=False,
-            **shard,
-        )
-        return train_loader, test_loader
-    size = config.image_size if config.model == "resnet50" else 32
+    train_loader = DeviceLoader(
+        train.images,
+        train.labels,
+        batch_size=config.batch_size,
+        device=accelerator.device,
+        train=True,
+        shuffle=config.shuffle,
+        augment=config.augment,
+        seed=config.seed,
+        accumulation_steps=steps,
+        **shard,
+    )
+    test_loader = DeviceLoader(
+        test.images,
+        test.labels,
+        batch_size=config.batch_size,
+        device=accelerator.device,
+        train=False,
+        **shard,
+    )
+    return train_loader, test_loader
+
+
+def image_folder_loaders(config, accelerator: Accelerator, train, test):
+    """DataLoaders that decode ImageFiles in workers, after the main process checked the files
+    (a header read; a full decode with --skip-bad-images, whose failures every process drops)."""
+
+    def check():
+        samples = train.samples + test.samples
+        failures = find_unreadable(samples, not config.skip_bad_images, config.num_workers)
+        refuse_or_skip(failures, config.skip_bad_images)
+        return [path for path, _ in failures]
+
+    skipped = set(decide_on_main(accelerator, check))
+    train, test = train.without(skipped), test.without(skipped)
+    size = stored_size(config)
     train.transform = image_folder_transforms(size, config.augment)
     test.transform = image_folder_transforms(size, "none")
     if len(train) < config.batch_size * accelerator.num_processes:
@@ -184,9 +201,10 @@ def build_loaders(config, accelerator: Accelerator, train, test):
                 **workers,
             )
         ),
+        config.batch_size,
     )
     # Contiguous, uneven shards: each test image is evaluated exactly once.
-    n, rank, world = len(test), shard["rank"], shard["world_size"]
+    n, rank, world = len(test), accelerator.process_index, accelerator.num_processes
     lo, hi = rank * n // world, (rank + 1) * n // world
     test_loader = OnDevice(
         DataLoader(Subset(test, range(lo, hi)), batch_size=config.batch_size, **workers),
@@ -198,8 +216,9 @@ def build_loaders(config, accelerator: Accelerator, train, test):
 class EpochLoader:
     """Accelerate's prepared DataLoader behind the DeviceLoader interface (epochs, resuming)."""
 
-    def __init__(self, accelerator: Accelerator, loader):
+    def __init__(self, accelerator: Accelerator, loader, batch_size: int):
         self.accelerator, self.loader, self.skip_batches = accelerator, loader, 0
+        self.batch_size = batch_size
 
     def set_epoch(self, epoch: int, skip_batches: int = 0) -> None:
         self.loader.set_epoch(epoch)
@@ -207,6 +226,11 @@ class EpochLoader:
 
     def __len__(self) -> int:
         return len(self.loader)
+
+    @property
+    def num_samples(self) -> int:
+        """Images this process sees per epoch (whole batches only)."""
+        return len(self.loader) * self.batch_size
 
     def __iter__(self):
         if not self.skip_batches:

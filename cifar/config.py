@@ -24,6 +24,14 @@ AUGMENTATIONS = ("auto", "crop-flip", "flip", "none")
 AUTO_AUGMENT = {"fashion-mnist": "flip"}
 TRACKERS = ("wandb", "tensorboard", "none")
 PRECISIONS = ("no", "fp16", "bf16")
+CACHE_MODES = ("auto", "always", "never")
+
+
+def default_workers() -> int:
+    """This process's share of the CPUs it may use (LOCAL_WORLD_SIZE processes share them)."""
+    cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    share = (cpus or 1) // max(1, int(os.environ.get("LOCAL_WORLD_SIZE", "1")))
+    return max(1, min(8, share))
 
 
 def knob(default, help, choices=None, metavar=None):
@@ -76,7 +84,20 @@ class Config:
     seed: int = knob(0, "random seed: same seed and process count give the same run")
     deterministic: bool = knob(False, "use deterministic algorithms only (slower)")
     # Speed.
-    num_workers: int = knob(4, "DataLoader workers (imagefolder only; others live on the device)")
+    num_workers: int = knob(
+        default_workers(),
+        "DataLoader workers (imagefolder; the others live on the device). Default: this "
+        "process's share of the CPUs it may use, at most 8",
+    )
+    cache_images: str = knob(
+        "auto",
+        "imagefolder: decode and resize every image once into a uint8 set cached on disk and "
+        "kept on the device, then train like CIFAR. auto: when train + test decoded fit 2 GiB",
+        CACHE_MODES,
+    )
+    skip_bad_images: bool = knob(
+        False, "imagefolder: leave out images that fail to decode, listing them, and train on"
+    )
     cache_features: bool = knob(
         False,
         "ResNet-50 with a frozen backbone: compute backbone features once, then train the "

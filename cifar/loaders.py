@@ -1,4 +1,4 @@
-"""Batches for the loop: device-resident tensor loaders, and a DataLoader for ImageFolder.
+"""Batches for the loop: device-resident tensor loaders, and the transforms of ImageFolder's.
 
 Tensor datasets live on the device as uint8; each epoch a seeded permutation and per-image
 augmentation parameters are drawn for the whole set (identically on every process), and each
@@ -21,13 +21,20 @@ def epoch_generator(seed: int, epoch: int) -> torch.Generator:
     return torch.Generator().manual_seed(seed * 1_000_003 + epoch)
 
 
-def crop_flip(images: torch.Tensor, shifts: torch.Tensor, flips: torch.Tensor) -> torch.Tensor:
-    """Random crops (zero padding 4) and horizontal flips of a uint8 batch in one gather.
+def crop_padding(size: int) -> int:
+    """Zero padding of the random crop: 4 at CIFAR's 32 pixels, the same share at other sizes."""
+    return max(1, size // 8)
 
-    shifts: N x 2 offsets in [0, 8] into the padded image; flips: N bools.
+
+def crop_flip(
+    images: torch.Tensor, shifts: torch.Tensor, flips: torch.Tensor, padding: int = CROP_PADDING
+) -> torch.Tensor:
+    """Random crops (zero padding) and horizontal flips of a uint8 batch in one gather.
+
+    shifts: N x 2 offsets in [0, 2 x padding] into the padded image; flips: N bools.
     """
     n, channels, height, width = images.shape
-    padded = F.pad(images, (CROP_PADDING,) * 4)
+    padded = F.pad(images, (padding,) * 4)
     rows = shifts[:, :1] + torch.arange(height, device=images.device)
     columns = torch.arange(width, device=images.device).expand(n, width)
     columns = torch.where(flips[:, None], width - 1 - columns, columns) + shifts[:, 1:]
@@ -101,12 +108,13 @@ class DeviceLoader:
                 yield self.images[start:end], self.labels[start:end]
             return
         n = len(self.labels)
+        padding = crop_padding(self.images.shape[-1])
         generator = epoch_generator(self.seed, self.epoch)
         order = torch.randperm(n, generator=generator) if self.shuffle else torch.arange(n)
-        shifts = torch.randint(0, 2 * CROP_PADDING + 1, (n, 2), generator=generator)
+        shifts = torch.randint(0, 2 * padding + 1, (n, 2), generator=generator)
         flips = torch.randint(0, 2, (n,), generator=generator).bool()
         if self.augment == "flip":
-            shifts.fill_(CROP_PADDING)
+            shifts.fill_(padding)
         device = self.images.device
         order, shifts, flips = order.to(device), shifts.to(device), flips.to(device)
         global_batch = self.batch_size * self.world_size
@@ -115,7 +123,7 @@ class DeviceLoader:
             index = order[start : start + self.batch_size]
             images = self.images[index]
             if self.augment != "none":
-                images = crop_flip(images, shifts[index], flips[index])
+                images = crop_flip(images, shifts[index], flips[index], padding)
             yield images, self.labels[index]
 
 
@@ -148,15 +156,17 @@ class InputTransform:
 def dataset_statistics(images: torch.Tensor) -> tuple[tuple, tuple]:
     """Per-channel mean and std (in [0, 1] units) of a uint8 image tensor."""
     sample = images[:10_000].double() / 255
-    return tuple(sample.mean(dim=(0, 2, 3)).tolist()), tuple(sample.std(dim=(0, 2, 3)).tolist())
+    # A channel that never changes (solid colours, a blank channel) must not divide by zero.
+    std = sample.std(dim=(0, 2, 3)).clamp_min(1 / 255)
+    return tuple(sample.mean(dim=(0, 2, 3)).tolist()), tuple(std.tolist())
 
 
 def image_folder_transforms(size: int, augment: str):
-    """PIL -> uint8 tensor transforms for ImageFolder; normalisation happens on the device."""
-    steps = [T.Resize((size, size))]
+    """One decoded uint8 image -> size x size, cropped and flipped as DeviceLoader does (each
+    image its own draw: v2 transforms on a batch would draw once for the whole batch)."""
+    steps = [T.Resize((size, size), antialias=True)]
     if augment == "crop-flip":
-        steps.append(T.RandomCrop(size, padding=max(1, size // 8)))
+        steps.append(T.RandomCrop(size, padding=crop_padding(size)))
     if augment in ("crop-flip", "flip"):
         steps.append(T.RandomHorizontalFlip())
-    steps += [T.PILToTensor()]
     return T.Compose(steps)

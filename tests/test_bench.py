@@ -69,6 +69,28 @@ def test_benchmark_prints_and_writes_every_row_at_a_tiny_size(tmp_path):
     assert table_rows(text) == printed
 
 
+@pytest.mark.slow
+def test_imagefolder_case_times_plain_and_ours_uncached_and_cached(tmp_path):
+    command = [
+        sys.executable, str(ROOT / "bench" / "throughput.py"), "--device", "cpu",
+        "--cases", "imagefolder", "--folder-images", "16", "--folder-batch-size", "4",
+        "--warmup", "1", "--repeats", "1", "--num-workers", "1",
+    ]  # fmt: skip
+    result = subprocess.run(
+        command, cwd=tmp_path, env=train_env(), text=True, capture_output=True, timeout=600
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+    printed = table_rows(result.stdout)
+    assert [(r["case"], r["pipeline"]) for r in printed] == [
+        ("imagefolder", "ours (fp32, 1 worker), uncached"),
+        ("imagefolder", "ours (fp32, 1 worker), cache: decoding pass"),
+        ("imagefolder", "ours (fp32, 1 worker), cache: epochs"),
+        ("imagefolder", "plain (fp32, 1 worker)"),
+    ]
+    assert all(float(r["speed"].replace(",", "")) > 0 for r in printed)
+    assert [r["ratio"] != "" for r in printed] == [False, False, False, True]
+
+
 def test_rewriting_a_section_replaces_only_that_device(tmp_path):
     path = tmp_path / "benchmarks.md"
     path.write_text("# Benchmarks\n\nWhat the rows measure.\n")

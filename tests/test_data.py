@@ -178,20 +178,23 @@ def make_image_folders(root, per_class=3):
                 Image.new("RGB", (20 + i, 24), colour).save(folder / f"{i}.png")
 
 
-def test_image_folder_reads_train_and_test(tmp_path):
+def test_image_folder_reads_train_and_test(tmp_path, monkeypatch):
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
     make_image_folders(tmp_path)
     train, test = build_datasets(Config(dataset="imagefolder", data_dir=str(tmp_path)))
     assert train.classes == ["blue", "red"] and len(train) == 6 and len(test) == 6
 
 
-def test_image_folder_names_an_unreadable_image(tmp_path):
+def test_image_folder_names_an_unreadable_image(tmp_path, monkeypatch):
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
     make_image_folders(tmp_path)
     (tmp_path / "train" / "red" / "broken.png").write_text("not an image")
     with pytest.raises(UserError, match="broken.png"):
         build_datasets(Config(dataset="imagefolder", data_dir=str(tmp_path)))
 
 
-def test_image_folder_without_images_is_refused(tmp_path):
+def test_image_folder_without_images_is_refused(tmp_path, monkeypatch):
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
     make_image_folders(tmp_path)
     shutil.rmtree(tmp_path / "test")
     (tmp_path / "test" / "red").mkdir(parents=True)

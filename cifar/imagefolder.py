@@ -1,0 +1,281 @@
+"""Your own images: DATA_DIR/train/<class>/<image> and DATA_DIR/test (or val)/<class>/<image>.
+
+Two ways to feed them, both decoding with torchvision.io:
+- cached (--cache-images always, or auto when train + test decoded fit CACHE_BUDGET_BYTES): each
+  image is decoded and resized once to the model's input size (32 for SimpleCNN, --image-size
+  for ResNet-50) into a uint8 tensor kept on disk under $XDG_CACHE_HOME/cifar-accelerate/
+  imagefolder/, keyed by the files' paths, labels, sizes and mtimes and that size. Training then
+  runs from the device like CIFAR (DeviceLoader), N processes equal to one;
+- uncached: ImageFiles decodes in DataLoader workers every epoch, cropping and flipping each
+  image on its own.
+--train-subset / --test-subset pick N images at random with a fixed seed (the same images for
+every --seed), kept in the folder's sorted order.
+"""
+
+import contextlib
+import glob
+import hashlib
+import os
+import tempfile
+
+import torch
+import torchvision
+import torchvision.transforms.v2.functional as TF
+from torch.utils.data import DataLoader, Dataset
+
+from cifar.data import IMAGE_SUFFIXES, TensorImages, decode_rgb, describe, load_rgb
+from cifar.data import unreadable_message as unreadable
+from cifar.errors import UserError
+
+# Train + test decoded at the stored size. Every process holds its copy on its device, and the
+# main process briefly one more on the host while it builds the cache.
+CACHE_BUDGET_BYTES = 2 * 2**30
+SUBSET_SEED = 0
+CACHE_FORMAT = "imagefolder-cache-1"
+JPEG_SUFFIXES = (".jpg", ".jpeg")
+
+
+class ImageFiles(Dataset):
+    """(uint8 3 x H x W image, label) per file, decoded each time it is read.
+
+    transform runs on one image at a time, so each image draws its own crop and flip.
+    """
+
+    def __init__(self, samples: list, classes: list, transform=None):
+        self.samples, self.classes, self.transform = samples, classes, transform
+
+    def __len__(self) -> int:
+        return len(self.samples)
+
+    def __getitem__(self, index: int):
+        path, label = self.samples[index]
+        image = load_rgb(path)
+        return (self.transform(image) if self.transform else image), label
+
+    def without(self, paths: set) -> "ImageFiles":
+        kept = [sample for sample in self.samples if sample[0] not in paths]
+        return ImageFiles(kept, self.classes, self.transform)
+
+
+def stored_size(config) -> int:
+    """The side of a cached image: the model's input size."""
+    return config.image_size if config.model == "resnet50" else 32
+
+
+def load_image_folders(config):
+    """(train, test): TensorImages when cached, else ImageFiles (checked in build_loaders)."""
+    root = config.data_dir
+    test_name = "test" if os.path.isdir(os.path.join(root, "test")) else "val"
+    train, test = (list_folder(os.path.join(root, split)) for split in ("train", test_name))
+    if train.classes != test.classes:
+        raise UserError(
+            f"the train and {test_name} folders of {os.path.abspath(root)} have different "
+            f"classes ({train.classes} vs {test.classes}). Give both the same class sub-folders."
+        )
+    train.samples = pick_subset(train.samples, config.train_subset)
+    test.samples = pick_subset(test.samples, config.test_subset)
+    size = stored_size(config)
+    decoded_bytes = (len(train) + len(test)) * 3 * size * size
+    if config.cache_images == "never" or (
+        config.cache_images == "auto" and decoded_bytes > CACHE_BUDGET_BYTES
+    ):
+        return train, test
+    splits = [
+        cached_images(split, os.path.join(root, name), size, config.num_workers)
+        for split, name in ((train, "train"), (test, test_name))
+    ]
+    failures = splits[0][1] + splits[1][1]
+    refuse_or_skip(failures, config.skip_bad_images)
+    return splits[0][0], splits[1][0]
+
+
+def list_folder(folder: str) -> ImageFiles:
+    """The images of folder/<class>/ in torchvision ImageFolder's sorted order (none opened)."""
+    if not os.path.isdir(folder):
+        raise UserError(
+            f"image folder {os.path.abspath(folder)} does not exist. --dataset imagefolder "
+            f"expects DATA_DIR/train/<class>/<images> and DATA_DIR/test/<class>/<images> "
+            f"(or val/); set --data-dir to that DATA_DIR."
+        )
+    try:
+        listing = torchvision.datasets.ImageFolder(folder)
+    except (FileNotFoundError, OSError) as error:
+        raise UserError(
+            f"image folder {os.path.abspath(folder)} holds no images in class sub-folders "
+            f"({error}). Put images ({', '.join(IMAGE_SUFFIXES[:3])}, ...) in "
+            f"{folder}/<class name>/."
+        ) from None
+    return ImageFiles(listing.samples, listing.classes)
+
+
+def pick_subset(samples: list, n: int) -> list:
+    """n samples drawn with a fixed seed, in their original order (all when n is 0)."""
+    if not n or n >= len(samples):
+        return samples
+    generator = torch.Generator().manual_seed(SUBSET_SEED)
+    chosen = torch.randperm(len(samples), generator=generator)[:n].sort().values
+    return [samples[i] for i in chosen.tolist()]
+
+
+def refuse_or_skip(failures: list, skip: bool) -> None:
+    """failures: (path, reason) of images that failed. Without skip the first ends the run."""
+    if not failures:
+        return
+    if not skip:
+        raise UserError(unreadable(*failures[0]))
+    if os.environ.get("RANK", "0") == "0":  # once per run, not per process
+        listed = "\n".join(f"  {path} ({reason})" for path, reason in failures)
+        print(
+            f"warning: --skip-bad-images left out {len(failures)} image(s):\n{listed}", flush=True
+        )
+
+
+class Check(Dataset):
+    """(path, failure or "") per sample: a full decode, or PIL's header read when header_only."""
+
+    def __init__(self, samples: list, header_only: bool):
+        self.samples, self.header_only = samples, header_only
+
+    def __len__(self) -> int:
+        return len(self.samples)
+
+    def __getitem__(self, index: int):
+        path = self.samples[index][0]
+        try:
+            if self.header_only:
+                from PIL import Image
+
+                with Image.open(path) as image:
+                    image.size  # noqa: B018 - reading the header is the check
+            else:
+                decode_rgb(path)
+        except Exception as error:  # PIL raises many types for bad files
+            return path, describe(error)
+        return path, ""
+
+
+def find_unreadable(samples: list, header_only: bool, workers: int) -> list:
+    """(path, reason) of each image that fails the check, in the samples' order."""
+    loader = DataLoader(Check(samples, header_only), **one_pass(workers))
+    return [(path, reason) for batch in loader for path, reason in batch if reason]
+
+
+def one_pass(workers: int) -> dict:
+    """DataLoader settings for a pass over the files. Its own generator: a loader draws its
+    workers' seed from the global one, and a run must not depend on whether the cache existed."""
+    generator = torch.Generator().manual_seed(0)
+    return {"batch_size": 64, "num_workers": workers, "collate_fn": list, "generator": generator}
+
+
+class Resized(Dataset):
+    """(index, uint8 3 x size x size image or the JPEG's bytes, failure or "") per sample."""
+
+    def __init__(self, samples: list, size: int, jpeg_bytes: bool = False):
+        self.samples, self.size, self.jpeg_bytes = samples, size, jpeg_bytes
+
+    def __len__(self) -> int:
+        return len(self.samples)
+
+    def __getitem__(self, index: int):
+        path = self.samples[index][0]
+        if self.jpeg_bytes and path.lower().endswith(JPEG_SUFFIXES):
+            return index, torchvision.io.read_file(path), ""
+        try:
+            return index, resize(decode_rgb(path), self.size), ""
+        except Exception as error:  # PIL raises many types for bad files
+            return index, None, describe(error)
+
+
+def resize(images: torch.Tensor, size: int) -> torch.Tensor:
+    return TF.resize(images, [size, size], antialias=True)
+
+
+def decode_on_gpu(batch: list, resized: Resized) -> list:
+    """The JPEG bytes in batch decoded by nvJPEG in one call, else by resized (on the CPU)."""
+    raw = [i for i, (_, data, _) in enumerate(batch) if data is not None and data.ndim == 1]
+    if not raw:
+        return batch
+    try:
+        images = torchvision.io.decode_jpeg(
+            [batch[i][1] for i in raw], mode=torchvision.io.ImageReadMode.RGB, device="cuda"
+        )
+        for i, image in zip(raw, images, strict=True):
+            batch[i] = (batch[i][0], resize(image, resized.size).cpu(), "")
+    except RuntimeError:  # e.g. a broken JPEG: the CPU names it
+        for i in raw:
+            batch[i] = resized[batch[i][0]]
+    return batch
+
+
+def decode_all(samples: list, size: int, workers: int) -> tuple[TensorImages, list]:
+    """Every sample decoded and resized; (images of those that decode, their failures)."""
+    resized = Resized(samples, size, jpeg_bytes=torch.cuda.is_available())
+    loader = DataLoader(resized, **one_pass(workers))
+    images = torch.empty(len(samples), 3, size, size, dtype=torch.uint8)
+    kept, failures = [], []
+    for batch in loader:
+        if resized.jpeg_bytes:
+            batch = decode_on_gpu(batch, Resized(samples, size))
+        for index, image, failure in batch:
+            if failure:
+                failures.append((samples[index][0], failure))
+            else:
+                images[index] = image
+                kept.append(index)
+    labels = torch.tensor([samples[i][1] for i in kept], dtype=torch.long)
+    return TensorImages(images[kept], labels, []), failures
+
+
+def cache_path(folder: str, samples: list, size: int) -> str:
+    """Where the cache of these files at this size lives: a digest of what could change them."""
+    digest = hashlib.sha256(f"{CACHE_FORMAT} {size}\n".encode())
+    for path, label in samples:
+        stat = os.stat(path)
+        digest.update(f"{path}\0{label}\0{stat.st_size}\0{stat.st_mtime_ns}\n".encode())
+    home = os.environ.get("XDG_CACHE_HOME") or os.path.expanduser("~/.cache")
+    folder_id = hashlib.sha256(os.path.abspath(folder).encode()).hexdigest()[:12]
+    name = f"{folder_id}-{len(samples)}x{size}px-{digest.hexdigest()[:24]}.pt"
+    return os.path.join(home, "cifar-accelerate", "imagefolder", name)
+
+
+def cached_images(split: ImageFiles, folder: str, size: int, workers: int):
+    """(TensorImages, failures) of split at size: from the cache, or decoded and cached."""
+    path = cache_path(folder, split.samples, size)
+    try:
+        saved = torch.load(path, weights_only=True, mmap=True)
+        images = TensorImages(saved["images"], saved["labels"], split.classes)
+        return images, [tuple(failure) for failure in saved["failures"]]
+    except FileNotFoundError:
+        pass
+    except (OSError, RuntimeError, KeyError, ValueError):
+        pass  # a damaged cache file is rebuilt like a missing one
+    if os.environ.get("RANK", "0") == "0":
+        print(f"decoding {len(split)} images of {folder} once, into {path}", flush=True)
+    images, failures = decode_all(split.samples, size, workers)
+    save_atomically({"images": images.images, "labels": images.labels, "failures": failures}, path)
+    return TensorImages(images.images, images.labels, split.classes), failures
+
+
+def save_atomically(cache: dict, path: str) -> None:
+    """Write cache to path through a temporary file; drop this folder's older caches. A cache
+    that cannot be written (read-only or full disk) only costs the next run the decoding."""
+    folder = os.path.dirname(path)
+    try:
+        os.makedirs(folder, exist_ok=True)
+        with tempfile.NamedTemporaryFile(dir=folder, suffix=".tmp", delete=False) as tmp:
+            try:
+                torch.save(cache, tmp)
+                tmp.flush()
+                os.fsync(tmp.fileno())
+            except BaseException:
+                os.unlink(tmp.name)
+                raise
+        os.replace(tmp.name, path)
+    except OSError as error:
+        print(f"note: the image cache {path} could not be written ({error})", flush=True)
+        return
+    prefix = os.path.basename(path).rsplit("-", 1)[0]
+    for older in glob.glob(os.path.join(folder, f"{prefix}-*.pt")):
+        if older != path:
+            with contextlib.suppress(OSError):  # another run may have removed it
+                os.unlink(older)
