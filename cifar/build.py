@@ -274,7 +274,8 @@ def build_scheduler(config, optimizer, total_steps: int):
             optimizer,
             max_lr=config.lr,
             total_steps=total_steps + 1,
-            pct_start=0.25,
+            # A warm-up of at least one step: a run of a handful of steps would divide by zero.
+            pct_start=max(0.25, 1.5 / (total_steps + 1)),
             anneal_strategy="linear",
             div_factor=10.0,
             final_div_factor=100.0,
