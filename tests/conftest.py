@@ -4,6 +4,7 @@ import json
 import os
 import subprocess
 import sys
+import tempfile
 from pathlib import Path
 
 import pytest
@@ -11,6 +12,7 @@ import pytest
 ROOT = Path(__file__).resolve().parent.parent
 FASHION_DIR = "/usr/share/datasets/fashion-mnist"
 BIN = Path(sys.executable).parent
+TEST_CACHE = os.path.join(tempfile.gettempdir(), "cifar-accelerate-test-cache")
 
 
 def require(condition: bool, reason: str) -> None:
@@ -35,6 +37,7 @@ def launcher(kind: str, processes: int = 1) -> list[str]:
 def train_env(**extra) -> dict:
     env = {k: v for k, v in os.environ.items() if not k.startswith(("WANDB_", "SLURM_"))}
     env.update({"CIFAR_OFFLINE": "1", "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"})
+    env["XDG_CACHE_HOME"] = TEST_CACHE  # decoded image folders and unpacked IDX files
     env.update(extra)
     return env
 

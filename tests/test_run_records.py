@@ -10,6 +10,7 @@ import time
 
 import pytest
 
+from cifar.config import Config
 from tests.conftest import (
     ROOT,
     SMOKE,
@@ -94,7 +95,7 @@ def test_resume_under_other_allowed_settings_logs_them_and_keeps_config_json(tmp
     assert entry["changed"] == {
         "log_every": [50, 3],
         "keep_checkpoints": [2, 3],
-        "num_workers": [4, 0],
+        "num_workers": [Config().num_workers, 0],
     }
     assert [r["epoch"] for r in read_metrics(run_dir)] == [1, 2]
     assert read_json(run_dir / "summary.json")["epochs"] == 2
