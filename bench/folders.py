@@ -26,7 +26,7 @@ from bench.timing import Row, best, sync, timed_epochs
 from cifar.build import build_loaders, build_optimizer, input_transform
 from cifar.config import Config
 from cifar.data import build_datasets
-from cifar.loaders import IMAGENET_MEAN, IMAGENET_STD
+from cifar.models import IMAGENET_MEAN, IMAGENET_STD
 
 FOLDER_CASE = "imagefolder"
 PHOTO_SIZE = (500, 375)  # width x height, a typical photo of an image-classification set

@@ -17,13 +17,12 @@ from cifar.data import TensorImages
 from cifar.errors import UserError
 from cifar.imagefolder import find_unreadable, refuse_or_skip, stored_size
 from cifar.loaders import (
-    IMAGENET_MEAN,
-    IMAGENET_STD,
     DeviceLoader,
     InputTransform,
     dataset_statistics,
     image_folder_transforms,
 )
+from cifar.models import IMAGENET_MEAN, IMAGENET_STD, model_spec
 
 
 def make_accelerator(config, project_dir: str | None = None) -> Accelerator:
@@ -120,14 +119,17 @@ def place_model(config, model: torch.nn.Module, device) -> torch.nn.Module:
 
 
 def input_transform(config, train_images, device) -> InputTransform:
-    """Normalisation (dataset statistics for SimpleCNN, ImageNet's for ResNet-50) and resize."""
+    """Normalisation as the model asks (its pretrained weights' mean and std, or the dataset's
+    statistics) and a resize to its input size."""
     channels_last = uses_channels_last(config, device)
-    if config.model == "resnet50":
-        return InputTransform(IMAGENET_MEAN, IMAGENET_STD, config.image_size, channels_last)
+    spec = model_spec(config.model)
+    size = spec.image_size(config)
+    if spec.mean is not None:
+        return InputTransform(spec.mean, spec.std, size, channels_last)
     if train_images is None:  # ImageFolder: statistics unknown up front, use ImageNet's
-        return InputTransform(IMAGENET_MEAN, IMAGENET_STD, None, channels_last)
+        return InputTransform(IMAGENET_MEAN, IMAGENET_STD, size, channels_last)
     mean, std = dataset_statistics(train_images)
-    return InputTransform(mean, std, None, channels_last)
+    return InputTransform(mean, std, size, channels_last)
 
 
 def build_loaders(config, accelerator: Accelerator, train, test):

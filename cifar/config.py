@@ -12,8 +12,9 @@ from dataclasses import MISSING, asdict, dataclass, field, fields
 import yaml
 
 from cifar.errors import UserError
+from cifar.models import REGISTRY
 
-MODELS = ("cnn", "resnet50")
+MODELS = tuple(REGISTRY)
 DATASETS = ("cifar10", "cifar100", "fashion-mnist", "imagefolder", "synthetic")
 OPTIMIZERS = ("sgd", "adamw")
 SCHEDULERS = ("none", "cosine", "onecycle")
@@ -53,9 +54,9 @@ class Config:
     synthetic_train_size: int = knob(10000, "training images of --dataset synthetic")
     synthetic_test_size: int = knob(2000, "test images of --dataset synthetic")
     # Model.
-    image_size: int = knob(224, "ResNet-50 input size; images are resized on the device")
-    freeze: str = knob("backbone", "ResNet-50 parameters kept frozen", FREEZE_MODES)
-    pretrained: bool = knob(True, "ResNet-50 starts from torchvision's IMAGENET1K_V2 weights")
+    image_size: int = knob(224, "ResNet input size; images are resized on the device")
+    freeze: str = knob("backbone", "ResNet parameters kept frozen", FREEZE_MODES)
+    pretrained: bool = knob(True, "ResNets start from torchvision's ImageNet weights")
     width: int = knob(32, "SimpleCNN channels of the first conv (doubled per layer)")
     batch_norm: bool = knob(True, "SimpleCNN: BatchNorm after each conv")
     dropout: float = knob(0.0, "dropout before the last layer of the classifier head")
@@ -322,12 +323,13 @@ def validate(config: Config) -> None:
             "--cache-features works with the tensor datasets (cifar10, cifar100, fashion-mnist, "
             "synthetic), not with --dataset imagefolder. Drop --cache-features."
         )
+    with_features = [name for name, spec in REGISTRY.items() if spec.num_features]
     if config.cache_features and (
-        config.model != "resnet50" or config.freeze != "backbone" or config.augment != "none"
+        config.model not in with_features or config.freeze != "backbone" or config.augment != "none"
     ):
         raise UserError(
-            "--cache-features needs a fixed backbone input: use it with --model resnet50 "
-            "--freeze backbone --augment none."
+            f"--cache-features needs a fixed backbone input: use it with --model "
+            f"{' or '.join(with_features)}, --freeze backbone and --augment none."
         )
 
 

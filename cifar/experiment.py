@@ -34,7 +34,7 @@ from cifar.checkpoint import (
 from cifar.data import build_datasets
 from cifar.errors import say
 from cifar.loaders import DeviceLoader
-from cifar.models import RESNET_FEATURES, build_model, load_pretrained_state
+from cifar.models import build_model, load_pretrained_state, model_spec
 from cifar.progress import Progress, Shape
 from cifar.runfolder import RunFolder, log_resume
 from cifar.tracking import RunFiles, check_tracker_installed, prepare_tracker, start_tracker
@@ -229,7 +229,7 @@ def backbone_features(accelerator, model, loader: DeviceLoader, to_input) -> tor
     with accelerator.autocast():
         for images, _ in loader:
             chunks.append(model.features(to_input(images)).float())
-    empty = torch.zeros(0, RESNET_FEATURES, device=accelerator.device)
+    empty = torch.zeros(0, model.num_features, device=accelerator.device)
     local = torch.cat(chunks) if chunks else empty
     if accelerator.num_processes == 1:
         return local
@@ -274,6 +274,7 @@ def prepare_only(config) -> None:
         f"dataset {config.dataset} ready in {config.data_dir}: {len(train)} train, "
         f"{len(test)} test images"
     )
-    if config.model == "resnet50" and config.pretrained:
-        load_pretrained_state()
-        print("ResNet-50 IMAGENET1K_V2 weights ready in the torch hub cache")
+    weights = model_spec(config.model).weights
+    if weights is not None and config.pretrained:
+        load_pretrained_state(config.model)
+        print(f"{config.model} {weights.name} weights ready in the torch hub cache")

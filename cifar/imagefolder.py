@@ -26,6 +26,7 @@ from torch.utils.data import DataLoader, Dataset
 from cifar.data import IMAGE_SUFFIXES, TensorImages, decode_rgb, describe, load_rgb
 from cifar.data import unreadable_message as unreadable
 from cifar.errors import UserError
+from cifar.models import model_spec
 
 # Train + test decoded at the stored size. Every process holds its copy on its device, and the
 # main process briefly one more on the host while it builds the cache.
@@ -59,7 +60,7 @@ class ImageFiles(Dataset):
 
 def stored_size(config) -> int:
     """The side of a cached image: the model's input size."""
-    return config.image_size if config.model == "resnet50" else 32
+    return model_spec(config.model).image_size(config)
 
 
 def load_image_folders(config):

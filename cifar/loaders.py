@@ -13,8 +13,6 @@ import torch.nn.functional as F
 import torchvision.transforms.v2 as T
 
 CROP_PADDING = 4
-IMAGENET_MEAN = (0.485, 0.456, 0.406)
-IMAGENET_STD = (0.229, 0.224, 0.225)
 
 
 def epoch_generator(seed: int, epoch: int) -> torch.Generator:

@@ -1,16 +1,23 @@
-"""SimpleCNN and ResNet50Transfer. Plain nn.Modules: no devices, precision or processes here."""
+"""The models and their registry. Plain nn.Modules: no devices, precision or processes here.
+
+Each registered model carries its input contract (ModelSpec): the input size, the normalisation
+(its pretrained weights' mean and std, or the dataset's statistics), the width of its pooled
+features, and its pretrained weights. Code that feeds a model asks its spec, never its name.
+"""
 
 import os
 import socket
+from collections.abc import Callable
+from dataclasses import dataclass
 
 import torch
 from torch import nn
-from torchvision.models import ResNet50_Weights, resnet50
+from torchvision.models import ResNet50_Weights, WeightsEnum, resnet50
 
 from cifar.errors import UserError
 
-RESNET_WEIGHTS = ResNet50_Weights.IMAGENET1K_V2
-RESNET_FEATURES = 2048
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
 
 
 def classifier_head(in_features: int, hidden: int, num_classes: int, dropout: float):
@@ -55,8 +62,8 @@ class SimpleCNN(nn.Module):
         return self.head(self.features(x))
 
 
-class ResNet50Transfer(nn.Module):
-    """torchvision's ResNet-50 with its fc layer replaced by an MLP head.
+class ResNetTransfer(nn.Module):
+    """A torchvision ResNet with its fc layer replaced by an MLP head.
 
     freeze: "backbone" trains the head only, "layer4" also the last stage, "none" everything.
     Frozen parameters get requires_grad=False and their BatchNorm layers stay in eval mode, so
@@ -65,6 +72,7 @@ class ResNet50Transfer(nn.Module):
 
     def __init__(
         self,
+        architecture: Callable[..., nn.Module] = resnet50,
         num_classes: int = 10,
         freeze: str = "backbone",
         hidden: int = 512,
@@ -72,10 +80,11 @@ class ResNet50Transfer(nn.Module):
         backbone_state: dict | None = None,
     ):
         super().__init__()
-        self.net = resnet50(weights=None)
+        self.net = architecture(weights=None)
         if backbone_state is not None:
             self.net.load_state_dict(backbone_state)
-        self.net.fc = classifier_head(RESNET_FEATURES, hidden, num_classes, dropout)
+        self.num_features = self.net.fc.in_features
+        self.net.fc = classifier_head(self.num_features, hidden, num_classes, dropout)
         trainable = {"backbone": ("fc",), "layer4": ("fc", "layer4"), "none": None}[freeze]
         self.frozen = (
             []
@@ -96,7 +105,7 @@ class ResNet50Transfer(nn.Module):
         return self
 
     def features(self, x: torch.Tensor) -> torch.Tensor:
-        """Pooled backbone features, N x 2048 (everything but the head)."""
+        """Pooled backbone features, N x num_features (everything but the head)."""
         n = self.net
         x = n.maxpool(n.relu(n.bn1(n.conv1(x))))
         x = n.layer4(n.layer3(n.layer2(n.layer1(x))))
@@ -106,9 +115,56 @@ class ResNet50Transfer(nn.Module):
         return self.head(self.features(x))
 
 
-def pretrained_weights_path() -> str:
-    """Where torchvision's weights API caches the ResNet-50 weights (under TORCH_HOME)."""
-    filename = os.path.basename(RESNET_WEIGHTS.url)
+@dataclass(frozen=True)
+class ModelSpec:
+    """How to build a model and what it expects as input."""
+
+    build: Callable[..., nn.Module]  # (config, num_classes, backbone_state or None) -> model
+    input_size: int | None  # a fixed side in pixels, or None: --image-size
+    mean: tuple | None  # normalisation of its pretrained weights; None: the dataset's statistics
+    std: tuple | None
+    num_features: int | None = None  # pooled feature width of .features(), for --cache-features
+    weights: WeightsEnum | None = None  # torchvision's pretrained weights
+
+    def image_size(self, config) -> int:
+        return self.input_size or config.image_size
+
+
+def build_simple_cnn(config, num_classes: int, state=None) -> nn.Module:
+    return SimpleCNN(
+        num_classes, config.width, config.batch_norm, config.head_hidden, config.dropout
+    )
+
+
+def resnet_builder(architecture):
+    def build(config, num_classes: int, state=None) -> nn.Module:
+        return ResNetTransfer(
+            architecture, num_classes, config.freeze, config.head_hidden, config.dropout, state
+        )
+
+    return build
+
+
+REGISTRY = {
+    "cnn": ModelSpec(build_simple_cnn, input_size=32, mean=None, std=None),
+    "resnet50": ModelSpec(
+        resnet_builder(resnet50),
+        input_size=None,
+        mean=IMAGENET_MEAN,
+        std=IMAGENET_STD,
+        num_features=2048,
+        weights=ResNet50_Weights.IMAGENET1K_V2,
+    ),
+}
+
+
+def model_spec(name: str) -> ModelSpec:
+    return REGISTRY[name]
+
+
+def pretrained_weights_path(weights: WeightsEnum) -> str:
+    """Where torchvision's weights API caches these weights (under TORCH_HOME)."""
+    filename = os.path.basename(weights.url)
     return os.path.join(torch.hub.get_dir(), "checkpoints", filename)
 
 
@@ -116,38 +172,38 @@ def offline() -> bool:
     return any(os.environ.get(v, "") in ("1", "true") for v in ("CIFAR_OFFLINE", "HF_HUB_OFFLINE"))
 
 
-def load_pretrained_state() -> dict:
-    """ImageNet weights through torchvision's weights API: cache first, else download.
-
-    Loaded with weights_only=True, so a tampered file cannot run code.
-    """
-    path = pretrained_weights_path()
+def load_pretrained_state(name: str) -> dict:
+    """The ImageNet weights of a registered model through torchvision's weights API: cache
+    first, else download. Loaded with weights_only=True, so a tampered file cannot run code."""
+    weights = model_spec(name).weights
+    path = pretrained_weights_path(weights)
+    title = f"{name} {weights.name}"
     fetch = (
-        'python -c "from torchvision.models import resnet50, ResNet50_Weights; '
-        'resnet50(weights=ResNet50_Weights.IMAGENET1K_V2)"'
+        f'python -c "import torchvision; torchvision.models.get_model({name!r}, '
+        f'weights={weights.name!r})"'
     )
     if not os.path.exists(path) and offline():
         raise UserError(
-            f"the ResNet-50 ImageNet weights are not cached at {path} and downloads are off "
+            f"the {title} weights are not cached at {path} and downloads are off "
             f"(CIFAR_OFFLINE/HF_HUB_OFFLINE). On a machine with network run {fetch} (or "
-            f"`python train.py --model resnet50 --prepare-only`) and copy the file there, or "
+            f"`python train.py --model {name} --prepare-only`) and copy the file there, or "
             f"train from scratch with --no-pretrained."
         )
     previous_timeout = socket.getdefaulttimeout()
     socket.setdefaulttimeout(60)
     try:
-        return RESNET_WEIGHTS.get_state_dict(progress=False, weights_only=True)
+        return weights.get_state_dict(progress=False, weights_only=True)
     except Exception as error:  # network errors, torn files, refused pickles alike
         if os.path.exists(path):
             raise UserError(
-                f"the cached ResNet-50 weights at {path} could not be loaded "
+                f"the cached {title} weights at {path} could not be loaded "
                 f"({type(error).__name__}; only plain tensors are accepted). "
                 f"Delete the file and fetch it again with {fetch}."
             ) from None
         raise UserError(
-            f"the ResNet-50 ImageNet weights are not cached at {path} and could not be "
+            f"the {title} weights are not cached at {path} and could not be "
             f"downloaded ({type(error).__name__}). On a machine with network run {fetch} (or "
-            f"`python train.py --model resnet50 --prepare-only`) and copy the file there (set "
+            f"`python train.py --model {name} --prepare-only`) and copy the file there (set "
             f"TORCH_HOME to move the cache), or train from scratch with --no-pretrained."
         ) from None
     finally:
@@ -156,9 +212,8 @@ def load_pretrained_state() -> dict:
 
 def build_model(config, num_classes: int) -> nn.Module:
     """The model the config names, on the CPU in float32."""
-    if config.model == "cnn":
-        return SimpleCNN(
-            num_classes, config.width, config.batch_norm, config.head_hidden, config.dropout
-        )
-    state = load_pretrained_state() if config.pretrained else None
-    return ResNet50Transfer(num_classes, config.freeze, config.head_hidden, config.dropout, state)
+    spec = model_spec(config.model)
+    pretrained = spec.weights is not None and config.pretrained
+    return spec.build(
+        config, num_classes, load_pretrained_state(config.model) if pretrained else None
+    )

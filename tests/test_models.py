@@ -7,7 +7,7 @@ from torchvision.models import resnet50
 from cifar.build import build_optimizer
 from cifar.config import Config
 from cifar.errors import UserError
-from cifar.models import ResNet50Transfer, SimpleCNN, build_model, pretrained_weights_path
+from cifar.models import ResNetTransfer, SimpleCNN, build_model, model_spec, pretrained_weights_path
 
 RESNET50_BACKBONE_PARAMS = 23_508_032  # torchvision resnet50 without its fc layer
 
@@ -36,7 +36,7 @@ def test_simple_cnn_without_batch_norm_has_conv_biases():
 
 
 def test_resnet_transfer_shapes_and_parameter_count():
-    model = ResNet50Transfer(num_classes=10, freeze="backbone", hidden=512)
+    model = ResNetTransfer(num_classes=10, freeze="backbone", hidden=512)
     assert model(torch.randn(2, 3, 64, 64)).shape == (2, 10)
     assert model.features(torch.randn(2, 3, 64, 64)).shape == (2, 2048)
     head = 2048 * 512 + 512 + 512 * 10 + 10
@@ -47,7 +47,7 @@ def test_resnet_transfer_shapes_and_parameter_count():
 
 @pytest.mark.parametrize("freeze", ["backbone", "layer4", "none"])
 def test_frozen_parameters_get_no_gradient_and_no_optimizer_state(freeze):
-    model = ResNet50Transfer(freeze=freeze)
+    model = ResNetTransfer(freeze=freeze)
     trainable_prefixes = {
         "backbone": ("net.fc.",),
         "layer4": ("net.fc.", "net.layer4."),
@@ -68,7 +68,7 @@ def test_frozen_parameters_get_no_gradient_and_no_optimizer_state(freeze):
 
 
 def test_frozen_batch_norm_keeps_running_statistics():
-    model = ResNet50Transfer(freeze="backbone").train()
+    model = ResNetTransfer(freeze="backbone").train()
     before = model.net.bn1.running_mean.clone()
     model(torch.randn(4, 3, 32, 32) * 5 + 3)
     assert torch.equal(model.net.bn1.running_mean, before)
@@ -80,7 +80,7 @@ def test_pretrained_weights_load_from_the_torch_hub_cache(tmp_path, monkeypatch)
     monkeypatch.setenv("CIFAR_OFFLINE", "1")
     torch.manual_seed(123)
     state = resnet50(weights=None).state_dict()
-    path = pretrained_weights_path()
+    path = pretrained_weights_path(model_spec("resnet50").weights)
     assert path.startswith(str(tmp_path)) and path.endswith("resnet50-11ad3fa6.pth")
     os.makedirs(os.path.dirname(path))
     torch.save(state, path)
@@ -95,5 +95,5 @@ def test_missing_weights_name_the_cache_file_and_the_fetch_command(tmp_path, mon
     with pytest.raises(UserError) as error:
         build_model(Config(model="resnet50"), num_classes=10)
     message = str(error.value)
-    assert pretrained_weights_path() in message
-    assert "ResNet50_Weights.IMAGENET1K_V2" in message and "--no-pretrained" in message
+    assert pretrained_weights_path(model_spec("resnet50").weights) in message
+    assert "weights='IMAGENET1K_V2'" in message and "--no-pretrained" in message
