@@ -1,0 +1,182 @@
+"""cifar/study.py and slurm/sweep.sh: a grid of runs, its statistics, its report, its refusals.
+
+Every number of study.json is checked against one computed here from the runs' own files with
+numpy and scipy; the runs are tiny synthetic ones.
+"""
+
+import hashlib
+import json
+import os
+import re
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+from matplotlib.image import imread
+from scipy import stats
+
+from cifar.study import main
+from cifar.study_figures import curves_figure
+from tests.conftest import ROOT, read_json, read_metrics, require, train_env
+from tests.slurm_helpers import cluster_available, submit, wait_for_job
+from tests.test_tracking import read_wandb_records, wandb_summary
+
+TINY = [
+    "--dataset",
+    "synthetic",
+    "--synthetic-train-size",
+    "256",
+    "--synthetic-test-size",
+    "64",
+    "--batch-size",
+    "64",
+    "--epochs",
+    "2",
+]
+ARMS = ["--arm", "w8=--width 8", "--arm", "w16=--width 16"]
+METRICS = ("test_accuracy", "best_test_accuracy", "test_loss", "wall_seconds")
+
+
+def study(*args, env=None, check=True, timeout=600) -> subprocess.CompletedProcess:
+    """python -m cifar.study ARGS, as users run it."""
+    result = subprocess.run(
+        [sys.executable, "-m", "cifar.study", *map(str, args)],
+        cwd=ROOT,
+        env=train_env(**(env or {})),
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
+    if check and result.returncode != 0:
+        pytest.fail(f"study exited {result.returncode}\n{result.stdout}\n{result.stderr}")
+    return result
+
+
+def folder_hashes(folder: Path) -> dict:
+    """Every file below folder with its SHA-256: equal dicts mean an untouched folder."""
+    return {
+        str(p.relative_to(folder)): hashlib.sha256(p.read_bytes()).hexdigest()
+        for p in sorted(folder.rglob("*"))
+        if p.is_file()
+    }
+
+
+def t_interval(values) -> list[float]:
+    x = np.asarray(values, dtype=float)
+    return list(stats.t.interval(0.95, len(x) - 1, loc=x.mean(), scale=stats.sem(x)))
+
+
+def assert_stat(stat: dict, values) -> None:
+    x = np.asarray(values, dtype=float)
+    assert stat["n"] == len(x)
+    assert stat["mean"] == pytest.approx(x.mean(), rel=1e-12)
+    assert stat["std"] == pytest.approx(x.std(ddof=1), rel=1e-12)
+    assert stat["ci95"] == pytest.approx(t_interval(x), rel=1e-12)
+
+
+@pytest.fixture(scope="module")
+def grid(tmp_path_factory):
+    """A finished 2-arm x 3-seed study and the output of its command."""
+    out = tmp_path_factory.mktemp("study") / "widths"
+    result = study("--out", out, *ARMS, "--seeds", 0, 1, 2, "--", *TINY, "--tracker", "none")
+    return out, result
+
+
+def summaries(out: Path, arm: str, seeds=(0, 1, 2)) -> list[dict]:
+    return [read_json(out / arm / f"seed{s}" / "summary.json") for s in seeds]
+
+
+def test_study_json_equals_the_statistics_of_the_runs_summaries(grid):
+    out, _ = grid
+    result = read_json(out / "study.json")
+    assert list(result["arms"]) == ["w8", "w16"] and result["missing"] == []
+    for arm in ("w8", "w16"):
+        runs = summaries(out, arm)
+        assert result["arms"][arm]["runs"] == [str(out / arm / f"seed{s}") for s in (0, 1, 2)]
+        for metric in METRICS:
+            assert_stat(result["arms"][arm][metric], [s[metric] for s in runs])
+        for name in runs[0]["classes"]:
+            per_class = [s["per_class_accuracy"][name] for s in runs]
+            assert_stat(result["arms"][arm]["per_class_accuracy"][name], per_class)
+        curves = [read_metrics(out / arm / f"seed{s}") for s in (0, 1, 2)]
+        for epoch, point in enumerate(result["arms"][arm]["curves"]["test_accuracy"]):
+            assert point["epoch"] == epoch + 1
+            assert_stat(point, [c[epoch]["test_accuracy"] for c in curves])
+
+    (accuracy, loss) = result["pairs"]
+    for pair, metric in ((accuracy, "test_accuracy"), (loss, "test_loss")):
+        a = [s[metric] for s in summaries(out, "w16")]
+        b = [s[metric] for s in summaries(out, "w8")]
+        test = stats.ttest_rel(a, b)
+        assert (pair["a"], pair["b"], pair["metric"], pair["n"]) == ("w16", "w8", metric, 3)
+        assert pair["mean_difference"] == pytest.approx(np.mean(a) - np.mean(b), rel=1e-9)
+        assert pair["ci95"] == pytest.approx(list(test.confidence_interval(0.95)), rel=1e-9)
+        assert pair["p_value"] == pytest.approx(test.pvalue, rel=1e-9)
+
+
+def test_every_run_is_its_arm_and_seed_in_the_study_group(grid):
+    out, result = grid
+    for arm, width in (("w8", 8), ("w16", 16)):
+        for seed in (0, 1, 2):
+            config = read_json(out / arm / f"seed{seed}" / "config.json")
+            assert (config["width"], config["seed"], config["epochs"]) == (width, seed, 2)
+            assert config["wandb_group"] == "widths"
+    assert result.stdout.count("--resume auto") == 6
+
+
+def test_study_md_says_each_pair_in_one_sentence_with_interval_and_n(grid):
+    out, _ = grid
+    text = (out / "study.md").read_text()
+    pair = read_json(out / "study.json")["pairs"][0]
+    (sentence,) = [line for line in text.splitlines() if line.startswith("- w16 − w8, test acc")]
+    numbers = re.search(
+        r": ([+-][\d.]+) points \(95% CI ([+-][\d.]+) to ([+-][\d.]+), n = 3", sentence
+    )
+    assert numbers, sentence
+    expected = [pair["mean_difference"], *pair["ci95"]]
+    assert [float(v) for v in numbers.groups()] == pytest.approx(
+        [100 * v for v in expected], abs=6e-3
+    )
+    low, high = pair["ci95"]
+    verdict = (
+        "w16 is more accurate" if low > 0 else "w8 is more accurate" if high < 0 else "includes 0"
+    )
+    assert verdict in sentence
+    for name in ("test_accuracy.png", "curves.png", "per_class_accuracy.png"):
+        assert f"]({name})" in text
+        pixels = imread(out / name)
+        colours = np.unique((pixels[..., :3] * 255).astype(np.uint8).reshape(-1, 3), axis=0)
+        assert len(colours) > 50, f"{name} looks blank"
+
+
+def test_learning_curves_plot_the_mean_with_the_interval_as_band(grid):
+    out, _ = grid
+    result = read_json(out / "study.json")
+    figure = curves_figure(result)
+    accuracy_axes = figure.axes[0]
+    for line, band, arm in zip(
+        accuracy_axes.get_lines(), accuracy_axes.collections, ("w8", "w16"), strict=True
+    ):
+        points = result["arms"][arm]["curves"]["test_accuracy"]
+        assert line.get_label() == arm
+        assert list(line.get_ydata()) == [p["mean"] for p in points]
+        corners = band.get_paths()[0].vertices
+        assert corners[:, 1].min() == pytest.approx(min(p["ci95"][0] for p in points))
+        assert corners[:, 1].max() == pytest.approx(max(p["ci95"][1] for p in points))
+
+
+def test_the_same_command_again_trains_nothing(grid):
+    out, _ = grid
+    runs_before = {arm: folder_hashes(out / arm) for arm in ("w8", "w16")}
+    again = study("--out", out, *ARMS, "--seeds", 0, 1, 2, "--", *TINY, "--tracker", "none")
+    assert again.stdout.count("finished, skipped") == 6 and "--resume auto" not in again.stdout
+    assert {arm: folder_hashes(out / arm) for arm in ("w8", "w16")} == runs_before
+    # Without --arm, --seeds and --, the saved grid is the study.
+    plain = study("--out", out)
+    assert plain.stdout.count("finished, skipped") == 6
+    assert read_json(out / "study.json")["arms"]["w16"]["test_accuracy"]["n"] == 3
