@@ -86,6 +86,6 @@ def log_study(study: dict, out: str, run_config: dict, figures: list[str]) -> No
     )
     run.summary.update(summary_values(study))
     folder = os.path.dirname(run.dir)
-    run.finish(quiet=True)
+    run.finish()
     if os.environ.get("WANDB_MODE") == "offline":
         print(f"W&B summary run saved offline; upload it with: wandb sync {folder}")

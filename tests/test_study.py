@@ -24,7 +24,7 @@ from cifar.study import main
 from cifar.study_figures import curves_figure
 from tests.conftest import ROOT, read_json, read_metrics, require, train_env
 from tests.slurm_helpers import cluster_available, submit, wait_for_job
-from tests.test_tracking import read_wandb_records, wandb_summary
+from tests.test_tracking import read_wandb_records, wandb_history, wandb_summary
 
 TINY = [
     "--dataset",
@@ -180,3 +180,130 @@ def test_the_same_command_again_trains_nothing(grid):
     plain = study("--out", out)
     assert plain.stdout.count("finished, skipped") == 6
     assert read_json(out / "study.json")["arms"]["w16"]["test_accuracy"]["n"] == 3
+
+
+def test_absent_and_unfinished_runs_are_listed_never_averaged(grid, tmp_path):
+    source, _ = grid
+    out = tmp_path / "widths"
+    shutil.copytree(source, out)
+    shutil.rmtree(out / "w8" / "seed2")  # absent
+    (out / "w16" / "seed1" / "summary.json").unlink()  # unfinished
+    runs_before = folder_hashes(out / "w8") | folder_hashes(out / "w16")
+    study("--out", out, "--report-only")
+    assert folder_hashes(out / "w8") | folder_hashes(out / "w16") == runs_before  # trained nothing
+
+    result = read_json(out / "study.json")
+    assert result["missing"] == [str(out / "w8" / "seed2"), str(out / "w16" / "seed1")]
+    assert result["arms"]["w8"]["seeds"] == [0, 1] and result["arms"]["w16"]["seeds"] == [0, 2]
+    w8 = [s["test_accuracy"] for s in summaries(source, "w8", (0, 1))]
+    assert_stat(result["arms"]["w8"]["test_accuracy"], w8)
+    # Only seed 0 finished in both arms: one paired seed, a difference and no interval.
+    pair = result["pairs"][0]
+    (a,) = [s["test_accuracy"] for s in summaries(source, "w16", (0,))]
+    assert (pair["n"], pair["seeds"], pair["ci95"], pair["p_value"]) == (1, [0], None, None)
+    assert pair["mean_difference"] == pytest.approx(a - w8[0], rel=1e-12)
+    text = (out / "study.md").read_text()
+    assert "from n = 1 paired seed; one seed gives no interval" in text
+    assert f"`{out / 'w8' / 'seed2'}`" in text and "2 missing or unfinished, not counted" in text
+    assert "NaN" not in (out / "study.json").read_text()
+
+
+def test_a_study_killed_mid_run_finishes_later_without_training_a_finished_run(tmp_path):
+    out = tmp_path / "killed"
+    longer = [
+        *TINY,
+        "--tracker",
+        "none",
+        "--synthetic-train-size",
+        "2048",
+        "--epochs",
+        "3",
+        "--checkpoint-every",
+        "5",
+    ]
+    command = ["--out", out, "--arm", "cnn=--width 8", "--seeds", 0, 1, "--", *longer]
+    process = subprocess.Popen(
+        [sys.executable, "-m", "cifar.study", *map(str, command)],
+        cwd=ROOT,
+        env=train_env(),
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    second = out / "cnn" / "seed1"
+    deadline = time.monotonic() + 300
+    while not list(second.glob("checkpoints/step-*")):
+        assert process.poll() is None and time.monotonic() < deadline, "no checkpoint of seed 1"
+        time.sleep(0.2)
+    process.send_signal(signal.SIGKILL)
+    process.wait()
+    deadline = time.monotonic() + 60
+    while run_processes(second):  # the run dies with the study, it does not go on alone
+        assert time.monotonic() < deadline, f"train.py still running in {second}"
+        time.sleep(0.2)
+    assert not (second / "summary.json").exists()
+    first = folder_hashes(out / "cnn" / "seed0")
+
+    again = study(*command)
+    assert f"{out / 'cnn' / 'seed0'}: finished, skipped" in again.stdout
+    assert "resuming" in again.stdout
+    assert folder_hashes(out / "cnn" / "seed0") == first
+    assert len(read_metrics(second)) == 3
+    assert read_json(out / "study.json")["arms"]["cnn"]["test_accuracy"]["n"] == 2
+
+
+def run_processes(run_dir: Path) -> list[str]:
+    """Processes whose command line names run_dir."""
+    found = []
+    for proc in Path("/proc").iterdir():
+        try:
+            line = (proc / "cmdline").read_bytes().replace(b"\0", b" ").decode()
+        except OSError:
+            continue
+        if proc.name.isdigit() and str(run_dir) in line:
+            found.append(line)
+    return found
+
+
+def test_one_seed_gives_means_without_intervals_and_a_wandb_summary_run(tmp_path):
+    out = tmp_path / "single"
+    study(
+        "--out",
+        out,
+        *ARMS,
+        "--seeds",
+        3,
+        "--",
+        *TINY,
+        "--tracker",
+        "wandb",
+        env={"WANDB_MODE": "offline"},
+    )
+    result = read_json(out / "study.json")
+    for arm in ("w8", "w16"):
+        (summary,) = summaries(out, arm, (3,))
+        stat = result["arms"][arm]["test_accuracy"]
+        assert stat == {"n": 1, "mean": summary["test_accuracy"], "std": None, "ci95": None}
+        assert read_json(out / arm / "seed3" / "config.json")["wandb_group"] == "single"
+    # The summary run: in the study's group, its numbers those of study.json.
+    (log,) = (out / "wandb").glob("offline-run-*/run-*.wandb")
+    records = read_wandb_records(log)
+    (run,) = [r.run for r in records if r.WhichOneof("record_type") == "run"]
+    assert (run.run_group, run.display_name, run.job_type) == (
+        "single",
+        "single-summary",
+        "study-summary",
+    )
+    summary = wandb_summary(records)
+    for arm in ("w8", "w16"):
+        assert summary[f"{arm}/test_accuracy/mean"] == result["arms"][arm]["test_accuracy"]["mean"]
+        assert f"{arm}/test_accuracy/ci95_low" not in summary
+    pair = result["pairs"][0]
+    assert summary["w16-w8/test_accuracy/mean_difference"] == pair["mean_difference"]
+    # The pairs table as W&B stores it, row for row the pairs of study.json.
+    (history,) = wandb_history(records)
+    table = json.loads((log.parent / "files" / history["study/pairs/path"]).read_text())
+    assert table["columns"][:5] == ["a", "b", "metric", "n", "mean_difference"]
+    assert [row[:5] for row in table["data"]] == [
+        [p["a"], p["b"], p["metric"], p["n"], p["mean_difference"]] for p in result["pairs"]
+    ]
+    assert {"study/curves/path", "study/per_class_accuracy/path"} <= set(history)
