@@ -273,7 +273,8 @@ def run_grid(grid: dict, out: str, launcher: list[str]) -> int:
     return 0
 
 
-def print_run(grid: dict, out: str, index: int) -> None:
+def run_lines(grid: dict, out: str, index: int) -> list[str]:
+    """Run INDEX of the grid as lines: its folder, then its train.py flags (for sweep.sh)."""
     grid_cells = cells(grid)
     if not 0 <= index < len(grid_cells):
         size = len(grid_cells)
@@ -283,10 +284,10 @@ def print_run(grid: dict, out: str, index: int) -> None:
             f"slurm/sweep.sh ..."
         )
     arm, seed = grid_cells[index]
-    flags = train_flags(grid, arm, seed)
-    if any("\n" in flag for flag in flags):
+    lines = [run_folder(out, arm, seed), *train_flags(grid, arm, seed)]
+    if any("\n" in line for line in lines):
         raise UserError(f"arm {arm}: a flag holds a line break, which the job script cannot pass.")
-    print("\n".join([run_folder(out, arm, seed), *flags]))
+    return lines
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -300,11 +301,13 @@ def main(argv: list[str] | None = None) -> int:
         from cifar.study_report import collect_runs, write_study
 
         runs = collect_runs(grid, args.out, configs)  # refuses damaged or foreign runs first
+        if args.print_run is not None:
+            lines = run_lines(grid, args.out, args.print_run)
+            write_grid(grid, args.out)
+            print("\n".join(lines))
+            return 0
         if not args.report_only:
             write_grid(grid, args.out)
-            if args.print_run is not None:
-                print_run(grid, args.out, args.print_run)
-                return 0
             rc = run_grid(grid, args.out, shlex.split(args.launcher) or [sys.executable])
             if rc != 0:
                 return rc

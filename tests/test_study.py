@@ -58,11 +58,13 @@ def study(*args, env=None, check=True, timeout=600) -> subprocess.CompletedProce
 
 
 def folder_hashes(folder: Path) -> dict:
-    """Every file below folder with its SHA-256: equal dicts mean an untouched folder."""
+    """Every file below folder with its SHA-256, every folder as "dir": equal dicts mean an
+    untouched folder."""
     return {
         str(p.relative_to(folder)): hashlib.sha256(p.read_bytes()).hexdigest()
-        for p in sorted(folder.rglob("*"))
         if p.is_file()
+        else "dir"
+        for p in sorted(folder.rglob("*"))
     }
 
 
@@ -307,3 +309,75 @@ def test_one_seed_gives_means_without_intervals_and_a_wandb_summary_run(tmp_path
         [p["a"], p["b"], p["metric"], p["n"], p["mean_difference"]] for p in result["pairs"]
     ]
     assert {"study/curves/path", "study/per_class_accuracy/path"} <= set(history)
+
+
+def refused(argv: list, capsys) -> str:
+    """main(argv) exits 2 with one paragraph on stderr; returns it."""
+    assert main([str(a) for a in argv]) == 2
+    error = capsys.readouterr().err
+    assert error.startswith("error: ") and error.count("\n") == 1, error
+    return error
+
+
+@pytest.mark.parametrize(
+    "arms, says",
+    [
+        (["--arm", "w8 --width 8"], "is not NAME=FLAGS"),
+        (["--arm", "../up=--width 8"], "is not NAME=FLAGS"),
+        (["--arm", "a=--width 8", "--arm", "a=--width 16"], "--arm a is given twice"),
+        (["--arm", "a=--no-such-flag 3"], "train.py does not know --no-such-flag 3"),
+        (["--arm", "a=--width many"], "invalid int value: 'many'"),
+        (["--arm", "a=--width 0"], "--width must be at least 1"),
+        (["--arm", "a=--seed 3"], "--seed is set by the study"),
+        (["--arm", "a=--out x"], "--output-dir is set by the study"),
+        (["--arm", "a=--tags 'x"], "its flags do not parse"),
+        (["--seeds", "one"], "invalid int value: 'one'"),
+    ],
+)
+def test_a_bad_grid_is_refused_before_anything_is_written(tmp_path, capsys, arms, says):
+    out = tmp_path / "study"
+    before = folder_hashes(tmp_path)
+    assert says in refused(["--out", out, *arms, "--", *TINY], capsys)
+    assert folder_hashes(tmp_path) == before
+
+
+def test_bad_folders_and_files_are_refused_without_changing_them(grid, tmp_path, capsys):
+    source, _ = grid
+    a_file = tmp_path / "file"
+    a_file.write_text("not a folder")
+    assert "--out " + str(a_file) + " is a file" in refused(["--out", a_file], capsys)
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    assert "no run of the study" in refused(["--out", empty, "--report-only"], capsys)
+    assert "train.py does not know --bogus" in refused(["--out", empty, "--", "--bogus"], capsys)
+    assert list(empty.iterdir()) == []
+
+    out = tmp_path / "widths"
+    shutil.copytree(source, out)
+    summary = out / "w16" / "seed2" / "summary.json"
+    config = out / "w8" / "seed1" / "config.json"
+    damages = [
+        (summary, "{", "summary.json cannot be read"),
+        (summary, "[1, 2]", "is not a finished run's summary"),
+        (summary, json.dumps({"test_accuracy": 0.5}), "is not a finished run's summary"),
+        (config, json.dumps({**read_json(config), "seed": 7}), "seed 7 (the study's: 1)"),
+        (config, json.dumps({**read_json(config), "width": 64}), "width 64 (the study's: 8)"),
+        (out / "grid.json", "[]", "is not a study grid"),
+    ]
+    for path, text, says in damages:
+        original = path.read_text()
+        path.write_text(text)
+        before = folder_hashes(out)
+        for command in (["--out", out, "--report-only"], ["--out", out]):
+            assert says in refused(command, capsys)
+            assert folder_hashes(out) == before
+        path.write_text(original)
+    changed = ["--out", out, "--arm", "w8=--width 12"]
+    assert "arm w8 of the study" in refused(changed, capsys)
+    assert "not '--epochs 3'" in refused(["--out", out, "--", "--epochs", "3"], capsys)
+
+
+def test_the_command_line_shows_a_refusal_as_one_paragraph(tmp_path):
+    result = study("--out", tmp_path / "s", "--arm", "a=--nope", check=False)
+    assert result.returncode == 2 and result.stdout == ""
+    assert result.stderr.startswith("error: arm a ('--nope'") and result.stderr.count("\n") == 1
