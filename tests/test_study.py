@@ -17,9 +17,12 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from matplotlib.image import imread
 from scipy import stats
 
+from cifar.statistics import compare_paired, describe
 from cifar.study import main
 from cifar.study_figures import curves_figure
 from tests.conftest import ROOT, read_json, read_metrics, require, train_env
@@ -381,3 +384,142 @@ def test_the_command_line_shows_a_refusal_as_one_paragraph(tmp_path):
     result = study("--out", tmp_path / "s", "--arm", "a=--nope", check=False)
     assert result.returncode == 2 and result.stdout == ""
     assert result.stderr.startswith("error: arm a ('--nope'") and result.stderr.count("\n") == 1
+
+
+ACCURACY = st.floats(min_value=0, max_value=1, allow_nan=False, allow_subnormal=False)
+SAMPLES = st.lists(
+    ACCURACY,
+    min_size=2,
+    max_size=12,
+)
+
+
+@settings(max_examples=200, deadline=None)
+@given(SAMPLES)
+def test_the_interval_is_scipys_t_interval_around_the_mean(values):
+    stat = describe(values)
+    low, high = stat["ci95"]
+    assert low <= stat["mean"] <= high
+    assert stat["mean"] - low == pytest.approx(high - stat["mean"], abs=1e-12)
+    assert stat["std"] == pytest.approx(np.std(values, ddof=1), abs=1e-12)
+    if np.std(values) > 1e-9:
+        assert [low, high] == pytest.approx(t_interval(values), rel=1e-9, abs=1e-12)
+
+
+@settings(max_examples=200, deadline=None)
+@given(SAMPLES, st.randoms(use_true_random=False))
+def test_the_order_of_the_seeds_changes_nothing(values, random):
+    shuffled = random.sample(values, len(values))
+    flat = [describe(v) for v in (shuffled, values)]
+    flat = [[s["n"], s["mean"], s["std"], *s["ci95"]] for s in flat]
+    assert flat[0] == pytest.approx(flat[1], abs=1e-12)
+    a = dict(enumerate(values))
+    b = {seed: 1 - v for seed, v in enumerate(values)}
+    keys = random.sample(list(a), len(a))
+    reordered = compare_paired({k: a[k] for k in keys}, {k: b[k] for k in reversed(keys)})
+    assert reordered == compare_paired(a, b)
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.lists(st.tuples(ACCURACY, ACCURACY), min_size=2, max_size=12))
+def test_paired_difference_is_the_difference_of_means_with_scipys_interval(pairs):
+    a = {seed: x for seed, (x, _) in enumerate(pairs)}
+    b = {seed: y for seed, (_, y) in enumerate(pairs)}
+    result = compare_paired(a, b)
+    xa, xb = np.array(list(a.values())), np.array(list(b.values()))
+    assert result["n"] == len(pairs) and result["seeds"] == list(range(len(pairs)))
+    assert result["mean_difference"] == pytest.approx(xa.mean() - xb.mean(), abs=1e-12)
+    assert result["ci95"][0] <= result["mean_difference"] <= result["ci95"][1]
+    if np.std(xa - xb) > 1e-9:
+        test = stats.ttest_rel(xa, xb)
+        assert result["p_value"] == pytest.approx(test.pvalue, rel=1e-9, abs=1e-15)
+        assert result["ci95"] == pytest.approx(list(test.confidence_interval()), rel=1e-9)
+
+
+def test_what_does_not_exist_is_none_never_nan():
+    assert describe([]) == {"n": 0, "mean": None, "std": None, "ci95": None}
+    assert describe([0.25]) == {"n": 1, "mean": 0.25, "std": None, "ci95": None}
+    assert describe([0.5, 0.5])["ci95"] == [0.5, 0.5]
+    same = compare_paired({0: 0.5, 1: 0.7}, {0: 0.5, 1: 0.7})
+    assert (same["mean_difference"], same["ci95"], same["p_value"]) == (0.0, [0.0, 0.0], None)
+    shifted = compare_paired({0: 0.75, 1: 1.0}, {0: 0.5, 1: 0.75, 2: 0.125})
+    assert shifted["n"] == 2 and shifted["p_value"] == 0.0
+    assert compare_paired({0: 0.6}, {1: 0.5})["n"] == 0
+    assert json.dumps(compare_paired({0: 0.6}, {0: 0.5}), allow_nan=False)
+
+
+SWEEP_ARMS = ["--arm", "w8=--width 8", "--arm", "w16=--width 16", "--seeds", "0", "1"]
+
+
+def sweep_dry_run(out: Path, index: int, *common: str) -> subprocess.CompletedProcess:
+    """slurm/sweep.sh as array element INDEX, printing the launch instead of running it."""
+    env = {k: v for k, v in train_env().items() if not k.startswith("CIFAR_")}
+    env.update(
+        CIFAR_DRY_RUN="1",
+        SLURM_JOB_ID="4250",
+        SLURM_ARRAY_TASK_ID=str(index),
+        PATH=f"{Path(sys.executable).parent}:{os.environ['PATH']}",
+    )
+    command = ["bash", "slurm/sweep.sh", "--out", str(out), *SWEEP_ARMS, "--", *common]
+    return subprocess.run(command, cwd=ROOT, env=env, capture_output=True, text=True)
+
+
+def test_sweep_elements_run_the_studys_grid_arm_by_arm(tmp_path):
+    out = tmp_path / "grid"
+    commands = []
+    for index in range(4):
+        result = sweep_dry_run(out, index, "--epochs", "2")
+        assert result.returncode == 0, result.stderr
+        (line,) = [x for x in result.stdout.splitlines() if x.startswith("would run: ")]
+        commands.append(line.split(" train.py ", 1)[1])
+    assert commands == [
+        f"--wandb-group grid --epochs 2 --width {width} --seed {seed} "
+        f"--output-dir {out}/w{width}/seed{seed} --resume auto"
+        for width in (8, 16)
+        for seed in (0, 1)
+    ]
+    assert read_json(out / "grid.json")["seeds"] == [0, 1]
+    bad = sweep_dry_run(tmp_path / "other", 4)
+    assert bad.returncode == 2 and "sbatch --array=0-3 slurm/sweep.sh" in bad.stderr
+    assert not (tmp_path / "other").exists()
+
+
+@pytest.mark.slurm
+def test_report_after_a_slurm_array_of_two_arms_by_two_seeds(tmp_path):
+    require(cluster_available(), "no SLURM cluster: start one with `sudo make cluster`")
+    out = tmp_path / "array"
+    job = submit(
+        ROOT / "slurm" / "sweep.sh",
+        "--array=0-3",
+        "--gres=none",
+        "--cpus-per-task=1",
+        "--time=10",
+        f"--output={tmp_path}/%x-%A_%a.out",
+        env=train_env(CIFAR_VENV=str(Path(sys.executable).parent.parent)),
+        cwd=ROOT,
+        script_args=["--out", str(out), *SWEEP_ARMS, "--", *TINY, "--tracker", "none"],
+    )
+    for index in range(4):
+        state = wait_for_job(f"{job}_{index}", timeout_s=300)
+        log = tmp_path / f"sweep-{job}_{index}.out"
+        assert state == "COMPLETED", log.read_text() if log.exists() else state
+    result = study("--out", out, "--report-only")
+    assert "--resume auto" not in result.stdout  # aggregates, trains nothing
+    report = read_json(out / "study.json")
+    assert report["missing"] == [] and report["name"] == "array"
+    for arm, width in (("w8", 8), ("w16", 16)):
+        assert_stat(
+            report["arms"][arm]["test_accuracy"],
+            [s["test_accuracy"] for s in summaries(out, arm, (0, 1))],
+        )
+        for seed in (0, 1):
+            config = read_json(out / arm / f"seed{seed}" / "config.json")
+            assert (config["width"], config["seed"], config["wandb_group"]) == (
+                width,
+                seed,
+                "array",
+            )
+    pair = report["pairs"][0]
+    a = [s["test_accuracy"] for s in summaries(out, "w16", (0, 1))]
+    b = [s["test_accuracy"] for s in summaries(out, "w8", (0, 1))]
+    assert pair["n"] == 2 and pair["p_value"] == pytest.approx(stats.ttest_rel(a, b).pvalue)
