@@ -256,6 +256,31 @@ def test_a_study_killed_mid_run_finishes_later_without_training_a_finished_run(t
     assert read_json(out / "study.json")["arms"]["cnn"]["test_accuracy"]["n"] == 2
 
 
+def test_a_stop_signal_to_the_study_checkpoints_the_run_and_exits_75(tmp_path):
+    out = tmp_path / "stopped"
+    longer = [*TINY, "--tracker", "none", "--synthetic-train-size", "2048", "--epochs", "3"]
+    command = ["--out", out, "--arm", "cnn=--width 8", "--seeds", 0, "--", *longer]
+    process = subprocess.Popen(
+        [sys.executable, "-m", "cifar.study", *map(str, command), "--checkpoint-every", "5"],
+        cwd=ROOT,
+        env=train_env(),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+    run_dir = out / "cnn" / "seed0"
+    deadline = time.monotonic() + 300
+    while not list(run_dir.glob("checkpoints/step-*")):
+        assert process.poll() is None and time.monotonic() < deadline, "no checkpoint"
+        time.sleep(0.2)
+    process.send_signal(signal.SIGTERM)
+    output, _ = process.communicate(timeout=120)
+    assert process.returncode == 75, output
+    assert f"stopped in {run_dir}: run the same command again to continue." in output
+    assert re.search(r"SIGTERM: (checkpoint saved at step|stopped after epoch)", output), output
+    assert not (run_dir / "summary.json").exists() and not run_processes(run_dir)
+
+
 def run_processes(run_dir: Path) -> list[str]:
     """Processes whose command line names run_dir."""
     found = []
