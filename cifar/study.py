@@ -230,21 +230,25 @@ def die_with_parent() -> None:
 def train_run(command: list[str]) -> int:
     """Run train.py in its own process group; a stop signal to the study is passed on to it as
     SIGTERM (checkpoint and exit 75). Returns its exit code, 75 after a stop."""
-    child = subprocess.Popen(command, start_new_session=True, preexec_fn=die_with_parent)
-    stopped = []
+    children, stopped = [], []
 
     def stop(signum, _frame):
         stopped.append(signum)
-        if child.poll() is None:
-            os.killpg(child.pid, signal.SIGTERM)
+        if children and children[0].poll() is None:
+            os.killpg(children[0].pid, signal.SIGTERM)
 
     previous = {s: signal.signal(s, stop) for s in (signal.SIGINT, signal.SIGTERM, signal.SIGUSR1)}
     try:
-        rc = child.wait()
+        children.append(
+            subprocess.Popen(command, start_new_session=True, preexec_fn=die_with_parent)
+        )
+        if stopped:  # the signal came while the child was being started
+            os.killpg(children[0].pid, signal.SIGTERM)
+        rc = children[0].wait()
     finally:
         for s, handler in previous.items():
             signal.signal(s, handler)
-    return REQUEUE_EXIT_CODE if stopped and rc != 0 else rc
+    return REQUEUE_EXIT_CODE if stopped else rc
 
 
 def run_grid(grid: dict, out: str, launcher: list[str]) -> int:
