@@ -548,3 +548,24 @@ def test_report_after_a_slurm_array_of_two_arms_by_two_seeds(tmp_path):
     a = [s["test_accuracy"] for s in summaries(out, "w16", (0, 1))]
     b = [s["test_accuracy"] for s in summaries(out, "w8", (0, 1))]
     assert pair["n"] == 2 and pair["p_value"] == pytest.approx(stats.ttest_rel(a, b).pvalue)
+
+
+def test_the_launcher_runs_each_run_for_example_on_two_processes(tmp_path):
+    out = tmp_path / "launched"
+    torchrun = f"{Path(sys.executable).parent / 'torchrun'} --standalone --nproc_per_node 2"
+    study(
+        "--out",
+        out,
+        "--arm",
+        "cnn=--width 8",
+        "--seeds",
+        0,
+        "--launcher",
+        torchrun,
+        "--",
+        *TINY,
+        "--tracker",
+        "none",
+    )
+    assert read_json(out / "cnn" / "seed0" / "summary.json")["world_size"] == 2
+    assert read_json(out / "study.json")["arms"]["cnn"]["test_accuracy"]["n"] == 1
