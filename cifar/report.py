@@ -33,9 +33,9 @@ def read_run_file(run_dir: str, name: str):
             if name.endswith(".jsonl"):
                 return [json.loads(line) for line in f if line.strip()]
             return json.load(f)
-    except ValueError as error:
+    except (OSError, ValueError) as error:
         raise UserError(
-            f"{path} is not valid JSON ({error}); the run folder is damaged. Re-run that "
+            f"{path} cannot be read as JSON ({error}); the run folder is damaged. Re-run that "
             f"training, or leave {run_dir} out of the report."
         ) from None
 
@@ -63,12 +63,60 @@ def load_run(run_dir: str) -> dict:
             f"--output-dir {run_dir} --resume auto` (same settings), or leave it out."
         )
     config_path = os.path.join(run_dir, "config.json")
-    return {
+    run = {
         "dir": run_dir,
         "config": read_run_file(run_dir, "config.json") if os.path.isfile(config_path) else {},
         "metrics": read_run_file(run_dir, "metrics.jsonl"),
         "summary": read_run_file(run_dir, "summary.json"),
     }
+    check_run(run)
+    return run
+
+
+SUMMARY_NUMBERS = ("test_accuracy", "test_loss", "epochs", "wall_seconds", "world_size")
+SUMMARY_NUMBERS += ("train_images_per_second", "num_test_samples")
+EPOCH_NUMBERS = ("epoch", "train_loss", "train_accuracy", "test_loss", "test_accuracy")
+
+
+def is_number(value) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
+def check_run(run: dict) -> None:
+    """A UserError naming the file when a run folder's files do not have the shapes we read."""
+    summary, metrics, folder = run["summary"], run["metrics"], run["dir"]
+    problem = ""
+    if not isinstance(run["config"], dict):
+        problem = "config.json is not an object of settings"
+    elif not isinstance(summary, dict):
+        problem = "summary.json is not an object"
+    elif missing := [k for k in SUMMARY_NUMBERS if not is_number(summary.get(k))]:
+        problem = f"summary.json lacks the number(s) {', '.join(missing)}"
+    elif not all(isinstance(summary.get(k), str) for k in ("model", "dataset")):
+        problem = "summary.json lacks the model or dataset name"
+    elif not confusion_ok(summary):
+        problem = "summary.json's classes, per_class_accuracy and confusion_matrix do not agree"
+    elif not metrics or not all(
+        isinstance(r, dict) and all(is_number(r.get(k)) for k in EPOCH_NUMBERS) for r in metrics
+    ):
+        problem = f"metrics.jsonl needs one object per epoch with {', '.join(EPOCH_NUMBERS)}"
+    if problem:
+        raise UserError(
+            f"{folder}: {problem}; it is not a run folder as train.py writes it. Re-run that "
+            f"training, or leave {folder} out of the report."
+        )
+
+
+def confusion_ok(summary: dict) -> bool:
+    classes, matrix = summary.get("classes"), summary.get("confusion_matrix")
+    per_class = summary.get("per_class_accuracy")
+    if not (isinstance(classes, list) and isinstance(matrix, list) and isinstance(per_class, dict)):
+        return False
+    rows_ok = all(
+        isinstance(row, list) and len(row) == len(classes) and all(map(is_number, row))
+        for row in matrix
+    )
+    return rows_ok and len(matrix) == len(classes) and all(map(is_number, per_class.values()))
 
 
 def run_labels(run_dirs: list[str]) -> list[str]:
@@ -233,6 +281,8 @@ def write_report(run_dirs: list[str], out: str) -> list[str]:
     runs = [load_run(d) for d in run_dirs]
     for run, label in zip(runs, run_labels(run_dirs), strict=True):
         run["label"] = label
+    if os.path.exists(out) and not os.path.isdir(out):
+        raise UserError(f"--out {out} is a file. Pass a folder for the report, e.g. --out report.")
     os.makedirs(out, exist_ok=True)
     written = [
         save(curves_figure(runs, "test_accuracy", "test accuracy"), out, "accuracy.png"),

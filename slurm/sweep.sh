@@ -1,17 +1,18 @@
 #!/bin/bash
-# A sweep as a job array: every element trains one (model, seed) of the grid
-# CIFAR_SWEEP_MODELS x CIFAR_SWEEP_SEEDS on one node (all its GPUs), in its own run folder
-# runs/sweep-<array job id>/<model>-seed<seed>. Element i is model i / (number of seeds),
-# seed i % (number of seeds); the default grid (cnn resnet50) x (0 1 2) is --array=0-5.
+# A study (python -m cifar.study) as a job array: element i trains run i of the grid, arm by
+# arm (arm i / number of seeds, seed i % number of seeds), in the study's own run folder
+# DIR/<arm>/seed<k>, with the flags the local study would use. The arguments are the study's.
+# The default grid (cnn resnet50) x (0 1 2) is --array=0-5.
 #
-#   sbatch slurm/sweep.sh --dataset cifar10 --epochs 10        # arguments go to every element
-#   CIFAR_SWEEP_MODELS=cnn CIFAR_SWEEP_SEEDS="0 1 2 3" sbatch --array=0-3 slurm/sweep.sh
-#   sbatch --array=0-5%2 slurm/sweep.sh                        # at most 2 elements at a time
-#   python -m cifar.report runs/sweep-<array job id>/* --out runs/sweep-<array job id>/report
+#   sbatch slurm/sweep.sh --out runs/study -- --dataset cifar10 --epochs 10
+#   sbatch --array=0-5 slurm/sweep.sh --out runs/tta --arm "plain=--model cnn" \
+#       --arm "tta=--model cnn --tta" --seeds 0 1 2 -- --epochs 10
+#   sbatch --array=0-5%2 slurm/sweep.sh --out runs/study    # at most 2 elements at a time
+#   python -m cifar.study --out runs/study --report-only     # when the array is done
 #
 # Every element is requeue-safe like cnn.sh: on the warning signal it checkpoints, requeues
-# itself (same element, same folder) and resumes. All elements share the W&B group
-# sweep-<array job id>. Settings: slurm/common.sh (CIFAR_SWEEP_DIR moves the sweep folder).
+# itself (same element, same folder) and resumes. All runs share the W&B group of the study
+# (its --name, else the folder's name). Settings: slurm/common.sh.
 #SBATCH --job-name=sweep
 #SBATCH --array=0-5
 #SBATCH --nodes=1
@@ -39,23 +40,16 @@ cd "$CIFAR_REPO" 2>/dev/null && [[ -f slurm/common.sh ]] || {
 # shellcheck source=slurm/common.sh
 source slurm/common.sh
 
-read -ra models <<<"${CIFAR_SWEEP_MODELS:-cnn resnet50}"
-read -ra seeds <<<"${CIFAR_SWEEP_SEEDS:-0 1 2}"
-size=$((${#models[@]} * ${#seeds[@]}))
 index=${SLURM_ARRAY_TASK_ID:-${CIFAR_SWEEP_INDEX:-}}
-if ((size == 0)); then cifar_die "CIFAR_SWEEP_MODELS and CIFAR_SWEEP_SEEDS must not be empty"; fi
-if [[ ! $index =~ ^[0-9]+$ ]] || ((index >= size)); then
-    cifar_die "array index '${index}' is not in the grid of $size (${#models[@]} model(s) x" \
-        "${#seeds[@]} seed(s)): submit with sbatch --array=0-$((size - 1)) slurm/sweep.sh" \
-        "(or set CIFAR_SWEEP_INDEX to run one element without an array)"
+if [[ ! $index =~ ^[0-9]+$ ]]; then
+    cifar_die "no array index: submit with sbatch --array=0-<runs - 1> slurm/sweep.sh --out DIR" \
+        "... (or set CIFAR_SWEEP_INDEX to run one element without an array)"
 fi
-model=${models[index / ${#seeds[@]}]}
-seed=${seeds[index % ${#seeds[@]}]}
-sweep=sweep-${SLURM_ARRAY_JOB_ID:-$(cifar_stamp)}
-CIFAR_SWEEP_DIR=${CIFAR_SWEEP_DIR:-${CIFAR_RUNS_DIR:-runs}/$sweep}
-CIFAR_RUN_DIR=$CIFAR_SWEEP_DIR/$model-seed$seed
-cifar_log "sweep element $index of $size: --model $model --seed $seed"
-
-CIFAR_FIRST_ARGS=(--wandb-group "$sweep")
-CIFAR_LAST_ARGS=(--model "$model" --seed "$seed")
-cifar_single_node "$model-seed$seed" "$@"
+cifar_activate
+# The study names the run folder and its train.py flags (first line: the folder), and refuses
+# a grid it cannot run (exit 2, with the reason).
+run=$(python -m cifar.study --print-run "$index" "$@") || exit $?
+mapfile -t run <<<"$run"
+CIFAR_RUN_DIR=${run[0]}
+cifar_log "sweep element $index: $CIFAR_RUN_DIR"
+cifar_single_node sweep "${run[@]:1}"

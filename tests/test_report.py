@@ -1,6 +1,8 @@
 """cifar/report.py: figures and the results table from real run folders."""
 
+import json
 import re
+import shutil
 import subprocess
 import sys
 
@@ -124,3 +126,50 @@ def test_a_folder_that_is_not_a_run_is_a_clear_error(tmp_path, capsys):
 
     assert main([str(tmp_path / "missing")]) == 2
     assert "is not a folder" in capsys.readouterr().err
+
+
+def replace_key(path, key, value):
+    data = read_json(path)
+    data[key] = value
+    return json.dumps(data)
+
+
+@pytest.mark.parametrize(
+    "name, damage, says",
+    [
+        ("summary.json", lambda p: "{", "summary.json cannot be read as JSON"),
+        ("summary.json", lambda p: "[1]", "summary.json is not an object"),
+        (
+            "summary.json",
+            lambda p: replace_key(p, "test_loss", "low"),
+            "lacks the number(s) test_loss",
+        ),
+        ("summary.json", lambda p: replace_key(p, "model", None), "lacks the model or dataset"),
+        ("summary.json", lambda p: replace_key(p, "confusion_matrix", [[1]]), "do not agree"),
+        ("config.json", lambda p: "[]", "config.json is not an object"),
+        ("metrics.jsonl", lambda p: "[1, 2]\n", "metrics.jsonl needs one object per epoch"),
+        ("metrics.jsonl", lambda p: '{"epoch": 1}\n', "metrics.jsonl needs one object per epoch"),
+    ],
+)
+def test_damaged_run_files_are_one_paragraph_and_no_report(
+    two_runs, tmp_path, capsys, name, damage, says
+):
+    run_dir = tmp_path / "run"
+    shutil.copytree(two_runs[0], run_dir)
+    (run_dir / name).write_text(damage(run_dir / name))
+    assert main([str(run_dir), "--out", str(tmp_path / "out")]) == 2
+    message = capsys.readouterr().err
+    assert message.startswith(f"error: {run_dir}") and says in message, message
+    assert message.count("\n") == 1 and not (tmp_path / "out").exists()
+
+
+def test_out_that_is_a_file_is_refused(two_runs, tmp_path, capsys):
+    out = tmp_path / "report.md"
+    out.write_text("mine")
+    assert main([str(two_runs[0]), "--out", str(out)]) == 2
+    message = capsys.readouterr().err
+    assert (
+        message
+        == f"error: --out {out} is a file. Pass a folder for the report, e.g. --out report.\n"
+    )
+    assert out.read_text() == "mine"

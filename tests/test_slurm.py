@@ -211,33 +211,6 @@ def test_multinode_command_per_node():
     assert "2 machine(s) x 4 process(es) (4 GPU(s) each), main node001:24242" in batch
 
 
-def test_sweep_grid_and_bad_index():
-    seen = []
-    for index in range(6):
-        out = dry_run(
-            ["bash", "slurm/sweep.sh", "--epochs", "2"],
-            SLURM_ARRAY_JOB_ID="4240",
-            SLURM_ARRAY_TASK_ID=str(index),
-            SLURM_JOB_NAME="sweep",
-        )
-        command = would_run(out)
-        assert "--wandb-group sweep-4240 --epochs 2" in command
-        seen.append(command.split(" --output-dir ")[1])
-    assert seen == [
-        f"runs/sweep-4240/{model}-seed{seed} --resume auto"
-        for model in ("cnn", "resnet50")
-        for seed in (0, 1, 2)
-    ]
-    bad = subprocess.run(
-        ["bash", "slurm/sweep.sh"],
-        cwd=ROOT,
-        env={**os.environ, "SLURM_ARRAY_TASK_ID": "6", "CIFAR_DRY_RUN": "1"},
-        capture_output=True,
-        text=True,
-    )
-    assert bad.returncode == 2 and "--array=0-5" in bad.stderr
-
-
 def test_flags_the_script_owns_are_refused():
     result = subprocess.run(
         ["bash", "slurm/cnn.sh", "--output-dir", "elsewhere"],
@@ -315,27 +288,6 @@ def test_plain_scancel_cancels_after_a_checkpoint(cluster, tmp_path):
     assert "not requeued (job state COMPLETING)" in log
     assert f"CIFAR_RUN_DIR={run_dir} sbatch" in log
     assert not (run_dir / "summary.json").exists()
-
-
-@pytest.mark.slurm
-def test_array_sweep_one_run_folder_per_element(cluster, tmp_path):
-    job = sbatch(
-        "sweep.sh",
-        tmp_path,
-        "--array=0-1",
-        f"--output={tmp_path}/%x-%A_%a.out",
-        args=TINY,
-        CIFAR_SWEEP_MODELS="cnn",
-        CIFAR_SWEEP_SEEDS="0 1",
-    )
-    for index in (0, 1):
-        wait_completed(f"{job}_{index}", tmp_path, f"sweep-{job}_{index}.out")
-    sweep = tmp_path / "runs" / f"sweep-{job}"
-    assert sorted(p.name for p in sweep.iterdir()) == ["cnn-seed0", "cnn-seed1"]
-    for seed in (0, 1):
-        config = read_json(sweep / f"cnn-seed{seed}" / "config.json")
-        assert config["seed"] == seed and config["wandb_group"] == f"sweep-{job}"
-        assert read_json(sweep / f"cnn-seed{seed}" / "summary.json")["model"] == "cnn"
 
 
 @pytest.mark.slurm

@@ -1,0 +1,194 @@
+"""A study's results from its run folders: study.json, study.md, the figures, a W&B summary run.
+
+Only finished runs (summary.json written) count; absent and unfinished ones are listed as
+missing, never averaged. Pairs compare later arms with earlier ones (a - b), paired by seed.
+"""
+
+import json
+import math
+import os
+
+from cifar.errors import UserError
+from cifar.statistics import compare_paired, describe
+
+METRICS = (
+    "test_accuracy",
+    "best_test_accuracy",
+    "test_loss",
+    "wall_seconds",
+    "train_images_per_second",
+)
+PAIR_METRICS = ("test_accuracy", "test_loss")
+CURVE_KEYS = ("test_accuracy", "test_loss")
+# Config fields that differ between the runs of one study by design.
+RUN_SETTINGS = ("output_dir", "resume", "seed")
+
+
+def is_number(value) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+
+
+def read_json_file(path: str, fix: str):
+    try:
+        with open(path) as f:
+            if path.endswith(".jsonl"):
+                return [json.loads(line) for line in f if line.strip()]
+            return json.load(f)
+    except (OSError, ValueError) as error:
+        raise UserError(f"{path} cannot be read ({error}). {fix}") from None
+
+
+def check_run(folder: str, summary, metrics, config, expected: dict, seed: int) -> None:
+    """A UserError unless the files are a finished run of this study's (arm, seed)."""
+    fix = (
+        f"Move {folder} away (the study then trains that run again) or restore it from the run "
+        f"that made it."
+    )
+    shape_ok = isinstance(summary, dict) and all(is_number(summary.get(k)) for k in METRICS)
+    per_class = summary.get("per_class_accuracy") if isinstance(summary, dict) else None
+    shape_ok = shape_ok and isinstance(per_class, dict)
+    shape_ok = shape_ok and all(is_number(v) for v in per_class.values())
+    if not shape_ok:
+        raise UserError(
+            f"{folder}/summary.json is not a finished run's summary (it needs the numbers "
+            f"{', '.join(METRICS)} and per_class_accuracy). {fix}"
+        )
+    curve_ok = isinstance(metrics, list) and all(
+        isinstance(r, dict)
+        and is_number(r.get("epoch"))
+        and all(is_number(r.get(k)) for k in CURVE_KEYS)
+        for r in metrics
+    )
+    if not curve_ok:
+        raise UserError(
+            f"{folder}/metrics.jsonl does not hold one record per epoch with "
+            f"{', '.join(CURVE_KEYS)}. {fix}"
+        )
+    if not isinstance(config, dict):
+        raise UserError(f"{folder}/config.json is not a run's settings. {fix}")
+    differ = [
+        f"{k} {config[k]!r} (the study's: {v!r})"
+        for k, v in expected.items()
+        if k in config and k not in RUN_SETTINGS and config[k] != v
+    ]
+    if config.get("seed") != seed:
+        differ.insert(0, f"seed {config.get('seed')!r} (the study's: {seed})")
+    if differ:
+        raise UserError(
+            f"{folder} holds a run made with other settings than this study's: "
+            f"{'; '.join(differ[:3])}. {fix}"
+        )
+
+
+def collect_runs(grid: dict, out: str, configs: dict) -> dict:
+    """{"finished": {(arm, seed): run}, "missing": [folders]}; a UserError for a damaged run
+    folder or one made with other settings than the study gives it."""
+    from cifar.study import cells, run_folder
+
+    finished, missing = {}, []
+    for arm, seed in cells(grid):
+        folder = run_folder(out, arm, seed)
+        if not os.path.isfile(os.path.join(folder, "summary.json")):
+            missing.append(folder)
+            continue
+        fix = f"Move {folder} away (the study then trains that run again)."
+        run = {
+            "dir": folder,
+            "summary": read_json_file(os.path.join(folder, "summary.json"), fix),
+            "metrics": read_json_file(os.path.join(folder, "metrics.jsonl"), fix),
+            "config": read_json_file(os.path.join(folder, "config.json"), fix),
+        }
+        check_run(folder, run["summary"], run["metrics"], run["config"], configs[arm, seed], seed)
+        finished[arm, seed] = run
+    return {"finished": finished, "missing": missing}
+
+
+def curve(runs: list[dict], key: str) -> list[dict]:
+    """Mean and interval of one metrics.jsonl key per epoch, over the runs that reached it."""
+    epochs = sorted({r["epoch"] for run in runs for r in run["metrics"]})
+    return [
+        {
+            "epoch": epoch,
+            **describe(r[key] for run in runs for r in run["metrics"] if r["epoch"] == epoch),
+        }
+        for epoch in epochs
+    ]
+
+
+def aggregate(grid: dict, collected: dict) -> dict:
+    """study.json's content (see docs/study.md for its schema)."""
+    finished = collected["finished"]
+    arms, by_seed = {}, {}
+    for arm, flags in grid["arms"].items():
+        seeds = [s for s in grid["seeds"] if (arm, s) in finished]
+        runs = [finished[arm, s] for s in seeds]
+        by_seed[arm] = {m: {s: finished[arm, s]["summary"][m] for s in seeds} for m in METRICS}
+        classes = list(
+            dict.fromkeys(c for run in runs for c in run["summary"]["per_class_accuracy"])
+        )
+        arms[arm] = {
+            "flags": flags,
+            "runs": [run["dir"] for run in runs],
+            "seeds": seeds,
+            "per_seed": {m: list(by_seed[arm][m].values()) for m in METRICS},
+            **{m: describe(by_seed[arm][m].values()) for m in METRICS},
+            "per_class_accuracy": {
+                c: describe(
+                    run["summary"]["per_class_accuracy"][c]
+                    for run in runs
+                    if c in run["summary"]["per_class_accuracy"]
+                )
+                for c in classes
+            },
+            "curves": {key: curve(runs, key) for key in CURVE_KEYS},
+        }
+    names = list(grid["arms"])
+    pairs = [
+        {"a": a, "b": b, "metric": metric, **compare_paired(by_seed[a][metric], by_seed[b][metric])}
+        for j, a in enumerate(names)
+        for b in names[:j]
+        for metric in PAIR_METRICS
+    ]
+    return {
+        "name": grid["name"],
+        "seeds": grid["seeds"],
+        "common_flags": grid["common"],
+        "arms": arms,
+        "pairs": pairs,
+        "missing": collected["missing"],
+    }
+
+
+def write_study(grid: dict, out: str, collected: dict) -> list[str]:
+    """study.json, study.md and the figures in out (plus the W&B summary run when the runs used
+    W&B); returns the paths written. A UserError when no run has finished."""
+    if not collected["finished"]:
+        raise UserError(
+            f"no run of the study in {out} has finished yet ({len(collected['missing'])} "
+            f"missing, e.g. {collected['missing'][0] if collected['missing'] else out}). Train "
+            f"them with the same `python -m cifar.study --out {out} ...` command (or "
+            f"slurm/sweep.sh), then report."
+        )
+    from cifar.study_figures import write_figures
+    from cifar.study_markdown import study_markdown
+
+    study = aggregate(grid, collected)
+    os.makedirs(out, exist_ok=True)
+    figures = write_figures(study, out)
+    written = []
+    for name, text in (
+        ("study.json", json.dumps(study, indent=1) + "\n"),
+        ("study.md", study_markdown(study, [os.path.basename(f) for f in figures])),
+    ):
+        path = os.path.join(out, name)
+        temporary = f"{path}.tmp{os.getpid()}"
+        with open(temporary, "w") as f:
+            f.write(text)
+        os.replace(temporary, path)
+        written.append(path)
+    configs = [run["config"] for run in collected["finished"].values()]
+    if any(c.get("tracker") == "wandb" for c in configs):
+        from cifar.study_wandb import log_study
+
+        log_study(study, out, next(c for c in configs if c.get("tracker") == "wandb"), figures)
+    return [*written, *figures]

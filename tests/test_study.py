@@ -1,0 +1,571 @@
+"""cifar/study.py and slurm/sweep.sh: a grid of runs, its statistics, its report, its refusals.
+
+Every number of study.json is checked against one computed here from the runs' own files with
+numpy and scipy; the runs are tiny synthetic ones.
+"""
+
+import hashlib
+import json
+import os
+import re
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from matplotlib.image import imread
+from scipy import stats
+
+from cifar.statistics import compare_paired, describe
+from cifar.study import main
+from cifar.study_figures import curves_figure
+from tests.conftest import ROOT, read_json, read_metrics, require, train_env
+from tests.slurm_helpers import cluster_available, submit, wait_for_job
+from tests.test_tracking import read_wandb_records, wandb_history, wandb_summary
+
+TINY = [
+    "--dataset",
+    "synthetic",
+    "--synthetic-train-size",
+    "256",
+    "--synthetic-test-size",
+    "64",
+    "--batch-size",
+    "64",
+    "--epochs",
+    "2",
+]
+ARMS = ["--arm", "w8=--width 8", "--arm", "w16=--width 16"]
+METRICS = ("test_accuracy", "best_test_accuracy", "test_loss", "wall_seconds")
+
+
+def study(*args, env=None, check=True, timeout=600) -> subprocess.CompletedProcess:
+    """python -m cifar.study ARGS, as users run it."""
+    result = subprocess.run(
+        [sys.executable, "-m", "cifar.study", *map(str, args)],
+        cwd=ROOT,
+        env=train_env(**(env or {})),
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
+    if check and result.returncode != 0:
+        pytest.fail(f"study exited {result.returncode}\n{result.stdout}\n{result.stderr}")
+    return result
+
+
+def folder_hashes(folder: Path) -> dict:
+    """Every file below folder with its SHA-256, every folder as "dir": equal dicts mean an
+    untouched folder."""
+    return {
+        str(p.relative_to(folder)): hashlib.sha256(p.read_bytes()).hexdigest()
+        if p.is_file()
+        else "dir"
+        for p in sorted(folder.rglob("*"))
+    }
+
+
+def t_interval(values) -> list[float]:
+    x = np.asarray(values, dtype=float)
+    return list(stats.t.interval(0.95, len(x) - 1, loc=x.mean(), scale=stats.sem(x)))
+
+
+def assert_stat(stat: dict, values) -> None:
+    x = np.asarray(values, dtype=float)
+    assert stat["n"] == len(x)
+    assert stat["mean"] == pytest.approx(x.mean(), rel=1e-12)
+    assert stat["std"] == pytest.approx(x.std(ddof=1), rel=1e-12)
+    assert stat["ci95"] == pytest.approx(t_interval(x), rel=1e-12)
+
+
+@pytest.fixture(scope="module")
+def grid(tmp_path_factory):
+    """A finished 2-arm x 3-seed study and the output of its command."""
+    out = tmp_path_factory.mktemp("study") / "widths"
+    result = study("--out", out, *ARMS, "--seeds", 0, 1, 2, "--", *TINY, "--tracker", "none")
+    return out, result
+
+
+def summaries(out: Path, arm: str, seeds=(0, 1, 2)) -> list[dict]:
+    return [read_json(out / arm / f"seed{s}" / "summary.json") for s in seeds]
+
+
+def test_study_json_equals_the_statistics_of_the_runs_summaries(grid):
+    out, _ = grid
+    result = read_json(out / "study.json")
+    assert list(result["arms"]) == ["w8", "w16"] and result["missing"] == []
+    for arm in ("w8", "w16"):
+        runs = summaries(out, arm)
+        assert result["arms"][arm]["runs"] == [str(out / arm / f"seed{s}") for s in (0, 1, 2)]
+        for metric in METRICS:
+            assert_stat(result["arms"][arm][metric], [s[metric] for s in runs])
+        for name in runs[0]["classes"]:
+            per_class = [s["per_class_accuracy"][name] for s in runs]
+            assert_stat(result["arms"][arm]["per_class_accuracy"][name], per_class)
+        curves = [read_metrics(out / arm / f"seed{s}") for s in (0, 1, 2)]
+        for epoch, point in enumerate(result["arms"][arm]["curves"]["test_accuracy"]):
+            assert point["epoch"] == epoch + 1
+            assert_stat(point, [c[epoch]["test_accuracy"] for c in curves])
+
+    (accuracy, loss) = result["pairs"]
+    for pair, metric in ((accuracy, "test_accuracy"), (loss, "test_loss")):
+        a = [s[metric] for s in summaries(out, "w16")]
+        b = [s[metric] for s in summaries(out, "w8")]
+        test = stats.ttest_rel(a, b)
+        assert (pair["a"], pair["b"], pair["metric"], pair["n"]) == ("w16", "w8", metric, 3)
+        assert pair["mean_difference"] == pytest.approx(np.mean(a) - np.mean(b), rel=1e-9)
+        assert pair["ci95"] == pytest.approx(list(test.confidence_interval(0.95)), rel=1e-9)
+        assert pair["p_value"] == pytest.approx(test.pvalue, rel=1e-9)
+
+
+def test_every_run_is_its_arm_and_seed_in_the_study_group(grid):
+    out, result = grid
+    for arm, width in (("w8", 8), ("w16", 16)):
+        for seed in (0, 1, 2):
+            config = read_json(out / arm / f"seed{seed}" / "config.json")
+            assert (config["width"], config["seed"], config["epochs"]) == (width, seed, 2)
+            assert config["wandb_group"] == "widths"
+    assert result.stdout.count("--resume auto") == 6
+
+
+def test_study_md_says_each_pair_in_one_sentence_with_interval_and_n(grid):
+    out, _ = grid
+    text = (out / "study.md").read_text()
+    pair = read_json(out / "study.json")["pairs"][0]
+    (sentence,) = [line for line in text.splitlines() if line.startswith("- w16 − w8, test acc")]
+    numbers = re.search(
+        r": ([+-][\d.]+) points \(95% CI ([+-][\d.]+) to ([+-][\d.]+), n = 3", sentence
+    )
+    assert numbers, sentence
+    expected = [pair["mean_difference"], *pair["ci95"]]
+    assert [float(v) for v in numbers.groups()] == pytest.approx(
+        [100 * v for v in expected], abs=6e-3
+    )
+    low, high = pair["ci95"]
+    verdict = (
+        "w16 is more accurate" if low > 0 else "w8 is more accurate" if high < 0 else "includes 0"
+    )
+    assert verdict in sentence
+    for name in ("test_accuracy.png", "curves.png", "per_class_accuracy.png"):
+        assert f"]({name})" in text
+        pixels = imread(out / name)
+        colours = np.unique((pixels[..., :3] * 255).astype(np.uint8).reshape(-1, 3), axis=0)
+        assert len(colours) > 50, f"{name} looks blank"
+
+
+def test_learning_curves_plot_the_mean_with_the_interval_as_band(grid):
+    out, _ = grid
+    result = read_json(out / "study.json")
+    figure = curves_figure(result)
+    accuracy_axes = figure.axes[0]
+    for line, band, arm in zip(
+        accuracy_axes.get_lines(), accuracy_axes.collections, ("w8", "w16"), strict=True
+    ):
+        points = result["arms"][arm]["curves"]["test_accuracy"]
+        assert line.get_label() == arm
+        assert list(line.get_ydata()) == [p["mean"] for p in points]
+        corners = band.get_paths()[0].vertices
+        assert corners[:, 1].min() == pytest.approx(min(p["ci95"][0] for p in points))
+        assert corners[:, 1].max() == pytest.approx(max(p["ci95"][1] for p in points))
+
+
+def test_the_same_command_again_trains_nothing(grid):
+    out, _ = grid
+    runs_before = {arm: folder_hashes(out / arm) for arm in ("w8", "w16")}
+    again = study("--out", out, *ARMS, "--seeds", 0, 1, 2, "--", *TINY, "--tracker", "none")
+    assert again.stdout.count("finished, skipped") == 6 and "--resume auto" not in again.stdout
+    assert {arm: folder_hashes(out / arm) for arm in ("w8", "w16")} == runs_before
+    # Without --arm, --seeds and --, the saved grid is the study.
+    plain = study("--out", out)
+    assert plain.stdout.count("finished, skipped") == 6
+    assert read_json(out / "study.json")["arms"]["w16"]["test_accuracy"]["n"] == 3
+
+
+def test_absent_and_unfinished_runs_are_listed_never_averaged(grid, tmp_path):
+    source, _ = grid
+    out = tmp_path / "widths"
+    shutil.copytree(source, out)
+    shutil.rmtree(out / "w8" / "seed2")  # absent
+    (out / "w16" / "seed1" / "summary.json").unlink()  # unfinished
+    runs_before = folder_hashes(out / "w8") | folder_hashes(out / "w16")
+    study("--out", out, "--report-only")
+    assert folder_hashes(out / "w8") | folder_hashes(out / "w16") == runs_before  # trained nothing
+
+    result = read_json(out / "study.json")
+    assert result["missing"] == [str(out / "w8" / "seed2"), str(out / "w16" / "seed1")]
+    assert result["arms"]["w8"]["seeds"] == [0, 1] and result["arms"]["w16"]["seeds"] == [0, 2]
+    w8 = [s["test_accuracy"] for s in summaries(source, "w8", (0, 1))]
+    assert_stat(result["arms"]["w8"]["test_accuracy"], w8)
+    # Only seed 0 finished in both arms: one paired seed, a difference and no interval.
+    pair = result["pairs"][0]
+    (a,) = [s["test_accuracy"] for s in summaries(source, "w16", (0,))]
+    assert (pair["n"], pair["seeds"], pair["ci95"], pair["p_value"]) == (1, [0], None, None)
+    assert pair["mean_difference"] == pytest.approx(a - w8[0], rel=1e-12)
+    text = (out / "study.md").read_text()
+    assert "from n = 1 paired seed; one seed gives no interval" in text
+    assert f"`{out / 'w8' / 'seed2'}`" in text and "2 missing or unfinished, not counted" in text
+    assert "NaN" not in (out / "study.json").read_text()
+
+
+def test_a_study_killed_mid_run_finishes_later_without_training_a_finished_run(tmp_path):
+    out = tmp_path / "killed"
+    longer = [
+        *TINY,
+        "--tracker",
+        "none",
+        "--synthetic-train-size",
+        "2048",
+        "--epochs",
+        "3",
+        "--checkpoint-every",
+        "5",
+    ]
+    command = ["--out", out, "--arm", "cnn=--width 8", "--seeds", 0, 1, "--", *longer]
+    process = subprocess.Popen(
+        [sys.executable, "-m", "cifar.study", *map(str, command)],
+        cwd=ROOT,
+        env=train_env(),
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    second = out / "cnn" / "seed1"
+    deadline = time.monotonic() + 300
+    while not list(second.glob("checkpoints/step-*")):
+        assert process.poll() is None and time.monotonic() < deadline, "no checkpoint of seed 1"
+        time.sleep(0.2)
+    process.send_signal(signal.SIGKILL)
+    process.wait()
+    deadline = time.monotonic() + 60
+    while run_processes(second):  # the run dies with the study, it does not go on alone
+        assert time.monotonic() < deadline, f"train.py still running in {second}"
+        time.sleep(0.2)
+    assert not (second / "summary.json").exists()
+    first = folder_hashes(out / "cnn" / "seed0")
+
+    again = study(*command)
+    assert f"{out / 'cnn' / 'seed0'}: finished, skipped" in again.stdout
+    assert "resuming" in again.stdout
+    assert folder_hashes(out / "cnn" / "seed0") == first
+    assert len(read_metrics(second)) == 3
+    assert read_json(out / "study.json")["arms"]["cnn"]["test_accuracy"]["n"] == 2
+
+
+def test_a_stop_signal_to_the_study_checkpoints_the_run_and_exits_75(tmp_path):
+    out = tmp_path / "stopped"
+    longer = [*TINY, "--tracker", "none", "--synthetic-train-size", "2048", "--epochs", "3"]
+    command = ["--out", out, "--arm", "cnn=--width 8", "--seeds", 0, "--", *longer]
+    process = subprocess.Popen(
+        [sys.executable, "-m", "cifar.study", *map(str, command), "--checkpoint-every", "5"],
+        cwd=ROOT,
+        env=train_env(),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+    run_dir = out / "cnn" / "seed0"
+    deadline = time.monotonic() + 300
+    while not list(run_dir.glob("checkpoints/step-*")):
+        assert process.poll() is None and time.monotonic() < deadline, "no checkpoint"
+        time.sleep(0.2)
+    process.send_signal(signal.SIGTERM)
+    output, _ = process.communicate(timeout=120)
+    assert process.returncode == 75, output
+    assert f"stopped in {run_dir}: run the same command again to continue." in output
+    assert re.search(r"SIGTERM: (checkpoint saved at step|stopped after epoch)", output), output
+    assert not (run_dir / "summary.json").exists() and not run_processes(run_dir)
+
+
+def run_processes(run_dir: Path) -> list[str]:
+    """Processes whose command line names run_dir."""
+    found = []
+    for proc in Path("/proc").iterdir():
+        try:
+            line = (proc / "cmdline").read_bytes().replace(b"\0", b" ").decode()
+        except OSError:
+            continue
+        if proc.name.isdigit() and str(run_dir) in line:
+            found.append(line)
+    return found
+
+
+def test_one_seed_gives_means_without_intervals_and_a_wandb_summary_run(tmp_path):
+    out = tmp_path / "single"
+    study(
+        "--out",
+        out,
+        *ARMS,
+        "--seeds",
+        3,
+        "--",
+        *TINY,
+        "--tracker",
+        "wandb",
+        env={"WANDB_MODE": "offline"},
+    )
+    result = read_json(out / "study.json")
+    for arm in ("w8", "w16"):
+        (summary,) = summaries(out, arm, (3,))
+        stat = result["arms"][arm]["test_accuracy"]
+        assert stat == {"n": 1, "mean": summary["test_accuracy"], "std": None, "ci95": None}
+        assert read_json(out / arm / "seed3" / "config.json")["wandb_group"] == "single"
+    # The summary run: in the study's group, its numbers those of study.json.
+    (log,) = (out / "wandb").glob("offline-run-*/run-*.wandb")
+    records = read_wandb_records(log)
+    (run,) = [r.run for r in records if r.WhichOneof("record_type") == "run"]
+    assert (run.run_group, run.display_name, run.job_type) == (
+        "single",
+        "single-summary",
+        "study-summary",
+    )
+    summary = wandb_summary(records)
+    for arm in ("w8", "w16"):
+        assert summary[f"{arm}/test_accuracy/mean"] == result["arms"][arm]["test_accuracy"]["mean"]
+        assert f"{arm}/test_accuracy/ci95_low" not in summary
+    pair = result["pairs"][0]
+    assert summary["w16-w8/test_accuracy/mean_difference"] == pair["mean_difference"]
+    # The pairs table as W&B stores it, row for row the pairs of study.json.
+    (history,) = wandb_history(records)
+    table = json.loads((log.parent / "files" / history["study/pairs/path"]).read_text())
+    assert table["columns"][:5] == ["a", "b", "metric", "n", "mean_difference"]
+    assert [row[:5] for row in table["data"]] == [
+        [p["a"], p["b"], p["metric"], p["n"], p["mean_difference"]] for p in result["pairs"]
+    ]
+    assert {"study/curves/path", "study/per_class_accuracy/path"} <= set(history)
+
+
+def refused(argv: list, capsys) -> str:
+    """main(argv) exits 2 with one paragraph on stderr; returns it."""
+    assert main([str(a) for a in argv]) == 2
+    error = capsys.readouterr().err
+    assert error.startswith("error: ") and error.count("\n") == 1, error
+    return error
+
+
+@pytest.mark.parametrize(
+    "arms, says",
+    [
+        (["--arm", "w8 --width 8"], "is not NAME=FLAGS"),
+        (["--arm", "../up=--width 8"], "is not NAME=FLAGS"),
+        (["--arm", "a=--width 8", "--arm", "a=--width 16"], "--arm a is given twice"),
+        (["--arm", "a=--no-such-flag 3"], "train.py does not know --no-such-flag 3"),
+        (["--arm", "a=--width many"], "invalid int value: 'many'"),
+        (["--arm", "a=--width 0"], "--width must be at least 1"),
+        (["--arm", "a=--seed 3"], "--seed is set by the study"),
+        (["--arm", "a=--out x"], "--output-dir is set by the study"),
+        (["--arm", "a=--tags 'x"], "its flags do not parse"),
+        (["--seeds", "one"], "invalid int value: 'one'"),
+    ],
+)
+def test_a_bad_grid_is_refused_before_anything_is_written(tmp_path, capsys, arms, says):
+    out = tmp_path / "study"
+    before = folder_hashes(tmp_path)
+    assert says in refused(["--out", out, *arms, "--", *TINY], capsys)
+    assert folder_hashes(tmp_path) == before
+
+
+def test_bad_folders_and_files_are_refused_without_changing_them(grid, tmp_path, capsys):
+    source, _ = grid
+    a_file = tmp_path / "file"
+    a_file.write_text("not a folder")
+    assert "--out " + str(a_file) + " is a file" in refused(["--out", a_file], capsys)
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    assert "no run of the study" in refused(["--out", empty, "--report-only"], capsys)
+    assert "train.py does not know --bogus" in refused(["--out", empty, "--", "--bogus"], capsys)
+    assert list(empty.iterdir()) == []
+
+    out = tmp_path / "widths"
+    shutil.copytree(source, out)
+    summary = out / "w16" / "seed2" / "summary.json"
+    config = out / "w8" / "seed1" / "config.json"
+    damages = [
+        (summary, "{", "summary.json cannot be read"),
+        (summary, "[1, 2]", "is not a finished run's summary"),
+        (summary, json.dumps({"test_accuracy": 0.5}), "is not a finished run's summary"),
+        (config, json.dumps({**read_json(config), "seed": 7}), "seed 7 (the study's: 1)"),
+        (config, json.dumps({**read_json(config), "width": 64}), "width 64 (the study's: 8)"),
+        (out / "grid.json", "[]", "is not a study grid"),
+    ]
+    for path, text, says in damages:
+        original = path.read_text()
+        path.write_text(text)
+        before = folder_hashes(out)
+        for command in (["--out", out, "--report-only"], ["--out", out]):
+            assert says in refused(command, capsys)
+            assert folder_hashes(out) == before
+        path.write_text(original)
+    changed = ["--out", out, "--arm", "w8=--width 12"]
+    assert "arm w8 of the study" in refused(changed, capsys)
+    assert "not '--epochs 3'" in refused(["--out", out, "--", "--epochs", "3"], capsys)
+
+
+def test_the_command_line_shows_a_refusal_as_one_paragraph(tmp_path):
+    result = study("--out", tmp_path / "s", "--arm", "a=--nope", check=False)
+    assert result.returncode == 2 and result.stdout == ""
+    assert result.stderr.startswith("error: arm a ('--nope'") and result.stderr.count("\n") == 1
+
+
+ACCURACY = st.floats(min_value=0, max_value=1, allow_nan=False, allow_subnormal=False)
+SAMPLES = st.lists(
+    ACCURACY,
+    min_size=2,
+    max_size=12,
+)
+
+
+@settings(max_examples=200, deadline=None)
+@given(SAMPLES)
+def test_the_interval_is_scipys_t_interval_around_the_mean(values):
+    stat = describe(values)
+    low, high = stat["ci95"]
+    assert low <= stat["mean"] <= high
+    assert stat["mean"] - low == pytest.approx(high - stat["mean"], abs=1e-12)
+    assert stat["std"] == pytest.approx(np.std(values, ddof=1), abs=1e-12)
+    if np.std(values) > 1e-9:
+        assert [low, high] == pytest.approx(t_interval(values), rel=1e-9, abs=1e-12)
+
+
+@settings(max_examples=200, deadline=None)
+@given(SAMPLES, st.randoms(use_true_random=False))
+def test_the_order_of_the_seeds_changes_nothing(values, random):
+    shuffled = random.sample(values, len(values))
+    flat = [describe(v) for v in (shuffled, values)]
+    flat = [[s["n"], s["mean"], s["std"], *s["ci95"]] for s in flat]
+    assert flat[0] == pytest.approx(flat[1], abs=1e-12)
+    a = dict(enumerate(values))
+    b = {seed: 1 - v for seed, v in enumerate(values)}
+    keys = random.sample(list(a), len(a))
+    reordered = compare_paired({k: a[k] for k in keys}, {k: b[k] for k in reversed(keys)})
+    assert reordered == compare_paired(a, b)
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.lists(st.tuples(ACCURACY, ACCURACY), min_size=2, max_size=12))
+def test_paired_difference_is_the_difference_of_means_with_scipys_interval(pairs):
+    a = {seed: x for seed, (x, _) in enumerate(pairs)}
+    b = {seed: y for seed, (_, y) in enumerate(pairs)}
+    result = compare_paired(a, b)
+    xa, xb = np.array(list(a.values())), np.array(list(b.values()))
+    assert result["n"] == len(pairs) and result["seeds"] == list(range(len(pairs)))
+    assert result["mean_difference"] == pytest.approx(xa.mean() - xb.mean(), abs=1e-12)
+    assert result["ci95"][0] <= result["mean_difference"] <= result["ci95"][1]
+    if np.std(xa - xb) > 1e-9:
+        test = stats.ttest_rel(xa, xb)
+        assert result["p_value"] == pytest.approx(test.pvalue, rel=1e-9, abs=1e-15)
+        assert result["ci95"] == pytest.approx(list(test.confidence_interval()), rel=1e-9)
+
+
+def test_what_does_not_exist_is_none_never_nan():
+    assert describe([]) == {"n": 0, "mean": None, "std": None, "ci95": None}
+    assert describe([0.25]) == {"n": 1, "mean": 0.25, "std": None, "ci95": None}
+    assert describe([0.5, 0.5])["ci95"] == [0.5, 0.5]
+    same = compare_paired({0: 0.5, 1: 0.7}, {0: 0.5, 1: 0.7})
+    assert (same["mean_difference"], same["ci95"], same["p_value"]) == (0.0, [0.0, 0.0], None)
+    shifted = compare_paired({0: 0.75, 1: 1.0}, {0: 0.5, 1: 0.75, 2: 0.125})
+    assert shifted["n"] == 2 and shifted["p_value"] == 0.0
+    assert compare_paired({0: 0.6}, {1: 0.5})["n"] == 0
+    assert json.dumps(compare_paired({0: 0.6}, {0: 0.5}), allow_nan=False)
+
+
+SWEEP_ARMS = ["--arm", "w8=--width 8", "--arm", "w16=--width 16", "--seeds", "0", "1"]
+
+
+def sweep_dry_run(out: Path, index: int, *common: str) -> subprocess.CompletedProcess:
+    """slurm/sweep.sh as array element INDEX, printing the launch instead of running it."""
+    env = {k: v for k, v in train_env().items() if not k.startswith("CIFAR_")}
+    env.update(
+        CIFAR_DRY_RUN="1",
+        SLURM_JOB_ID="4250",
+        SLURM_ARRAY_TASK_ID=str(index),
+        PATH=f"{Path(sys.executable).parent}:{os.environ['PATH']}",
+    )
+    command = ["bash", "slurm/sweep.sh", "--out", str(out), *SWEEP_ARMS, "--", *common]
+    return subprocess.run(command, cwd=ROOT, env=env, capture_output=True, text=True)
+
+
+def test_sweep_elements_run_the_studys_grid_arm_by_arm(tmp_path):
+    out = tmp_path / "grid"
+    commands = []
+    for index in range(4):
+        result = sweep_dry_run(out, index, "--epochs", "2")
+        assert result.returncode == 0, result.stderr
+        (line,) = [x for x in result.stdout.splitlines() if x.startswith("would run: ")]
+        commands.append(line.split(" train.py ", 1)[1])
+    assert commands == [
+        f"--wandb-group grid --epochs 2 --width {width} --seed {seed} "
+        f"--output-dir {out}/w{width}/seed{seed} --resume auto"
+        for width in (8, 16)
+        for seed in (0, 1)
+    ]
+    assert read_json(out / "grid.json")["seeds"] == [0, 1]
+    bad = sweep_dry_run(tmp_path / "other", 4)
+    assert bad.returncode == 2 and "sbatch --array=0-3 slurm/sweep.sh" in bad.stderr
+    assert not (tmp_path / "other").exists()
+
+
+@pytest.mark.slurm
+def test_report_after_a_slurm_array_of_two_arms_by_two_seeds(tmp_path):
+    require(cluster_available(), "no SLURM cluster: start one with `sudo make cluster`")
+    out = tmp_path / "array"
+    job = submit(
+        ROOT / "slurm" / "sweep.sh",
+        "--array=0-3",
+        "--gres=none",
+        "--cpus-per-task=1",
+        "--time=10",
+        f"--output={tmp_path}/%x-%A_%a.out",
+        env=train_env(CIFAR_VENV=str(Path(sys.executable).parent.parent)),
+        cwd=ROOT,
+        script_args=["--out", str(out), *SWEEP_ARMS, "--", *TINY, "--tracker", "none"],
+    )
+    for index in range(4):
+        state = wait_for_job(f"{job}_{index}", timeout_s=300)
+        log = tmp_path / f"sweep-{job}_{index}.out"
+        assert state == "COMPLETED", log.read_text() if log.exists() else state
+    result = study("--out", out, "--report-only")
+    assert "--resume auto" not in result.stdout  # aggregates, trains nothing
+    report = read_json(out / "study.json")
+    assert report["missing"] == [] and report["name"] == "array"
+    for arm, width in (("w8", 8), ("w16", 16)):
+        assert_stat(
+            report["arms"][arm]["test_accuracy"],
+            [s["test_accuracy"] for s in summaries(out, arm, (0, 1))],
+        )
+        for seed in (0, 1):
+            config = read_json(out / arm / f"seed{seed}" / "config.json")
+            assert (config["width"], config["seed"], config["wandb_group"]) == (
+                width,
+                seed,
+                "array",
+            )
+    pair = report["pairs"][0]
+    a = [s["test_accuracy"] for s in summaries(out, "w16", (0, 1))]
+    b = [s["test_accuracy"] for s in summaries(out, "w8", (0, 1))]
+    assert pair["n"] == 2 and pair["p_value"] == pytest.approx(stats.ttest_rel(a, b).pvalue)
+
+
+def test_the_launcher_runs_each_run_for_example_on_two_processes(tmp_path):
+    out = tmp_path / "launched"
+    torchrun = f"{Path(sys.executable).parent / 'torchrun'} --standalone --nproc_per_node 2"
+    study(
+        "--out",
+        out,
+        "--arm",
+        "cnn=--width 8",
+        "--seeds",
+        0,
+        "--launcher",
+        torchrun,
+        "--",
+        *TINY,
+        "--tracker",
+        "none",
+    )
+    assert read_json(out / "cnn" / "seed0" / "summary.json")["world_size"] == 2
+    assert read_json(out / "study.json")["arms"]["cnn"]["test_accuracy"]["n"] == 1
