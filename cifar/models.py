@@ -12,7 +12,7 @@ from dataclasses import dataclass
 
 import torch
 from torch import nn
-from torchvision.models import ResNet50_Weights, WeightsEnum, resnet50
+from torchvision.models import ResNet18_Weights, ResNet50_Weights, WeightsEnum, resnet18, resnet50
 
 from cifar.errors import UserError
 
@@ -154,6 +154,14 @@ REGISTRY = {
         std=IMAGENET_STD,
         num_features=2048,
         weights=ResNet50_Weights.IMAGENET1K_V2,
+    ),
+    "resnet18": ModelSpec(
+        resnet_builder(resnet18),
+        input_size=None,
+        mean=IMAGENET_MEAN,
+        std=IMAGENET_STD,
+        num_features=512,
+        weights=ResNet18_Weights.IMAGENET1K_V1,
     ),
 }
 

@@ -2,12 +2,13 @@ import os
 
 import pytest
 import torch
-from torchvision.models import resnet50
+from torchvision.models import resnet18, resnet50
 
 from cifar.build import build_optimizer
 from cifar.config import Config
 from cifar.errors import UserError
 from cifar.models import ResNetTransfer, SimpleCNN, build_model, model_spec, pretrained_weights_path
+from tests.conftest import SMOKE, read_json, run_train
 
 RESNET50_BACKBONE_PARAMS = 23_508_032  # torchvision resnet50 without its fc layer
 
@@ -97,3 +98,45 @@ def test_missing_weights_name_the_cache_file_and_the_fetch_command(tmp_path, mon
     message = str(error.value)
     assert pretrained_weights_path(model_spec("resnet50").weights) in message
     assert "weights='IMAGENET1K_V2'" in message and "--no-pretrained" in message
+
+
+RESNET18_BACKBONE_PARAMS = 11_176_512  # torchvision resnet18 without its fc layer
+
+
+def test_resnet18_is_a_registered_model_with_its_own_contract():
+    spec = model_spec("resnet18")
+    assert (spec.num_features, spec.weights.name) == (512, "IMAGENET1K_V1")
+    model = build_model(Config(model="resnet18", pretrained=False, head_hidden=64), num_classes=7)
+    assert model(torch.randn(2, 3, 32, 32)).shape == (2, 7)
+    assert model.features(torch.randn(2, 3, 32, 32)).shape == (2, 512)
+    head = 512 * 64 + 64 + 64 * 7 + 7
+    assert count(model) == RESNET18_BACKBONE_PARAMS + head
+    assert count(model, trainable_only=True) == head
+
+
+def test_resnet18_loads_its_cached_imagenet_weights(tmp_path, monkeypatch):
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path))
+    monkeypatch.setenv("CIFAR_OFFLINE", "1")
+    torch.manual_seed(7)
+    state = resnet18(weights=None).state_dict()
+    path = pretrained_weights_path(model_spec("resnet18").weights)
+    assert path.startswith(str(tmp_path)) and path.endswith("resnet18-f37072fd.pth")
+    os.makedirs(os.path.dirname(path))
+    torch.save(state, path)
+    model = build_model(Config(model="resnet18"), num_classes=10)
+    assert torch.equal(model.net.conv1.weight, state["conv1.weight"])
+    assert torch.equal(model.net.layer4[1].bn2.running_mean, state["layer4.1.bn2.running_mean"])
+
+
+def test_resnet18_trains_end_to_end_from_cached_weights(tmp_path):
+    torch_home = tmp_path / "torch"
+    path = pretrained_weights_path(model_spec("resnet18").weights)
+    cached = torch_home / "hub" / "checkpoints" / os.path.basename(path)
+    cached.parent.mkdir(parents=True)
+    torch.save(resnet18(weights=None).state_dict(), cached)
+    run_dir = tmp_path / "run"
+    resnet = ["--model", "resnet18", "--image-size", "32", "--freeze", "layer4"]
+    run_train([*SMOKE, *resnet, "--output-dir", run_dir], env={"TORCH_HOME": str(torch_home)})
+    summary = read_json(run_dir / "summary.json")
+    assert summary["model"] == "resnet18" and summary["num_test_samples"] == 256
+    assert read_json(run_dir / "config.json")["model"] == "resnet18"
