@@ -19,6 +19,7 @@ import torch
 from cifar.config import RESUME_MAY_CHANGE
 from cifar.errors import UserError
 from cifar.progress import InvalidProgress, Progress, Shape
+from cifar.runfolder import write_json
 
 PROGRESS_FILE = "progress.json"
 # SIGINT too: Ctrl-C saves a checkpoint like a scheduler's SIGTERM; a second Ctrl-C stops at once.
@@ -193,16 +194,6 @@ def all_processes_agree(accelerator, flag: float) -> bool:
 def warn(accelerator, message: str) -> None:
     if accelerator.is_main_process:
         warnings.warn(message, stacklevel=2)
-
-
-def write_json(path: str, data) -> None:
-    """Write atomically: a reader sees the old file or the new one, never half of one."""
-    temporary = f"{path}.tmp{os.getpid()}"
-    with open(temporary, "w") as f:
-        json.dump(data, f, indent=1)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(temporary, path)
 
 
 class StopRequest:

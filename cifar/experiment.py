@@ -36,8 +36,8 @@ from cifar.errors import say
 from cifar.loaders import DeviceLoader
 from cifar.models import build_model, load_pretrained_state, model_spec
 from cifar.progress import Progress, Shape
-from cifar.runfolder import RunFolder, log_resume
-from cifar.tracking import RunFiles, check_tracker_installed, prepare_tracker, start_tracker
+from cifar.runfolder import CONFIG_FILE, SUMMARY_FILE, RunFiles, RunFolder, log_resume
+from cifar.tracking import check_tracker_installed, prepare_tracker, start_tracker
 
 
 @dataclass
@@ -82,7 +82,7 @@ def run_settings(config, accelerator, train=None, test=None) -> dict:
 def finished_message(config, accelerator, run_dir: str, candidates: list[str]) -> str:
     """What to say when the folder holds this very run, finished (checked before any data is
     read); empty otherwise. A finished run asked for under other settings is refused."""
-    if not candidates or not os.path.isfile(os.path.join(run_dir, "summary.json")):
+    if not candidates or not os.path.isfile(os.path.join(run_dir, SUMMARY_FILE)):
         return ""
     try:
         with open(os.path.join(candidates[0], PROGRESS_FILE), encoding="utf-8") as f:
@@ -96,7 +96,7 @@ def finished_message(config, accelerator, run_dir: str, candidates: list[str]) -
     refuse_other_settings(settings_differences(settings, current), run_dir)
     return (
         f"the run in {run_dir} is finished ({config.epochs} epochs); nothing to do, no file "
-        f"changed. Its results are in {os.path.join(run_dir, 'summary.json')}."
+        f"changed. Its results are in {os.path.join(run_dir, SUMMARY_FILE)}."
     )
 
 
@@ -156,7 +156,7 @@ def assemble_run(config, accelerator, run_dir: str, folder) -> Run:
         progress = Progress(settings)
         files.write_config(describe_run(config, accelerator, run_dir))
     else:
-        if not os.path.exists(files.path("config.json")):
+        if not os.path.exists(files.path(CONFIG_FILE)):
             files.write_config(describe_run(config, accelerator, run_dir))
         run_on_main(accelerator, lambda: log_resume(run_dir, resumed_from, progress, settings))
     files.write_metrics(progress.history)

@@ -7,17 +7,7 @@ with the reason, and its checkpoint is skipped like a torn one.
 import math
 from dataclasses import asdict, dataclass, field
 
-# The keys of each metrics.jsonl line, in order.
-METRIC_KEYS = (
-    "epoch",
-    "train_loss",
-    "train_accuracy",
-    "test_loss",
-    "test_accuracy",
-    "lr",
-    "epoch_seconds",
-    "train_images_per_second",
-)
+from cifar.runfolder import METRIC_KEYS
 
 
 class InvalidProgress(ValueError):

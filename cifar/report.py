@@ -8,7 +8,6 @@ train_vs_test.png, per_class_accuracy.png, confusion-<run>.png for each run, and
 """
 
 import argparse
-import json
 import os
 import re
 import sys
@@ -20,24 +19,16 @@ matplotlib.use("Agg")  # files only, never a window; also safe on nodes without 
 from matplotlib.figure import Figure  # noqa: E402
 from matplotlib.ticker import MaxNLocator  # noqa: E402
 
-from cifar.errors import USAGE_EXIT_CODE, UserError, report_user_error  # noqa: E402
+from cifar.errors import USAGE_EXIT_CODE, UserError, report_user_error
+from cifar.runfolder import CONFIG_FILE, METRICS_FILE, SUMMARY_FILE, read_run_file  # noqa: E402
 
 DPI = 120
 ANNOTATE_UP_TO = 12  # classes: above this the confusion matrix cells carry no counts
 
 
-def read_run_file(run_dir: str, name: str):
-    path = os.path.join(run_dir, name)
-    try:
-        with open(path) as f:
-            if name.endswith(".jsonl"):
-                return [json.loads(line) for line in f if line.strip()]
-            return json.load(f)
-    except (OSError, ValueError) as error:
-        raise UserError(
-            f"{path} cannot be read as JSON ({error}); the run folder is damaged. Re-run that "
-            f"training, or leave {run_dir} out of the report."
-        ) from None
+def read_file(run_dir: str, name: str):
+    fix = f"The run folder is damaged: re-run that training, or leave {run_dir} out of the report."
+    return read_run_file(os.path.join(run_dir, name), fix)
 
 
 def load_run(run_dir: str) -> dict:
@@ -48,26 +39,26 @@ def load_run(run_dir: str) -> dict:
             f"--output-dir, by default runs/<model>-<dataset>-<time>), e.g. "
             f"`python -m cifar.report runs/cnn-cifar10-20260101-120000 --out report`."
         )
-    has = {n: os.path.isfile(os.path.join(run_dir, n)) for n in ("metrics.jsonl", "summary.json")}
-    if not has["metrics.jsonl"]:
+    has = {n: os.path.isfile(os.path.join(run_dir, n)) for n in (METRICS_FILE, SUMMARY_FILE)}
+    if not has[METRICS_FILE]:
         raise UserError(
             f"{run_dir} is not a run folder: it has no metrics.jsonl (train.py writes "
             f"config.json, metrics.jsonl and summary.json into its --output-dir). Pass run "
             f"folders that train.py wrote, e.g. `python -m cifar.report runs/cnn-cifar10-"
             f"20260101-120000 --out report`."
         )
-    if not has["summary.json"]:
+    if not has[SUMMARY_FILE]:
         raise UserError(
             f"{run_dir} holds an unfinished run: metrics.jsonl but no summary.json, which "
             f"train.py writes after the last epoch. Finish it with `python train.py "
             f"--output-dir {run_dir} --resume auto` (same settings), or leave it out."
         )
-    config_path = os.path.join(run_dir, "config.json")
+    config_path = os.path.join(run_dir, CONFIG_FILE)
     run = {
         "dir": run_dir,
-        "config": read_run_file(run_dir, "config.json") if os.path.isfile(config_path) else {},
-        "metrics": read_run_file(run_dir, "metrics.jsonl"),
-        "summary": read_run_file(run_dir, "summary.json"),
+        "config": read_file(run_dir, CONFIG_FILE) if os.path.isfile(config_path) else {},
+        "metrics": read_file(run_dir, METRICS_FILE),
+        "summary": read_file(run_dir, SUMMARY_FILE),
     }
     check_run(run)
     return run

@@ -26,6 +26,7 @@ import sys
 
 from cifar.config import build_parser, parse_config
 from cifar.errors import REQUEUE_EXIT_CODE, USAGE_EXIT_CODE, UserError, report_user_error
+from cifar.runfolder import SUMMARY_FILE
 
 DEFAULT_ARMS = {"cnn": "--model cnn", "resnet50": "--model resnet50"}
 DEFAULT_SEEDS = [0, 1, 2]
@@ -255,7 +256,7 @@ def run_grid(grid: dict, out: str, launcher: list[str]) -> int:
     """Train every unfinished run, one after another; 0 when all finished."""
     for arm, seed in cells(grid):
         folder = run_folder(out, arm, seed)
-        if os.path.isfile(os.path.join(folder, "summary.json")):
+        if os.path.isfile(os.path.join(folder, SUMMARY_FILE)):
             print(f"{folder}: finished, skipped", flush=True)
             continue
         command = [*launcher, TRAIN_PY, *run_command(grid, out, arm, seed), "--resume", "auto"]
@@ -264,7 +265,7 @@ def run_grid(grid: dict, out: str, launcher: list[str]) -> int:
         if rc == REQUEUE_EXIT_CODE:
             print(f"stopped in {folder}: run the same command again to continue.", flush=True)
             return rc
-        if rc == 0 and not os.path.isfile(os.path.join(folder, "summary.json")):
+        if rc == 0 and not os.path.isfile(os.path.join(folder, SUMMARY_FILE)):
             rc = 1
         if rc != 0:
             report_user_error(

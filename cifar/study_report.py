@@ -9,6 +9,7 @@ import math
 import os
 
 from cifar.errors import UserError
+from cifar.runfolder import CONFIG_FILE, METRICS_FILE, SUMMARY_FILE, read_run_file
 from cifar.statistics import compare_paired, describe
 
 METRICS = (
@@ -26,16 +27,6 @@ RUN_SETTINGS = ("output_dir", "resume", "seed")
 
 def is_number(value) -> bool:
     return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
-
-
-def read_json_file(path: str, fix: str):
-    try:
-        with open(path) as f:
-            if path.endswith(".jsonl"):
-                return [json.loads(line) for line in f if line.strip()]
-            return json.load(f)
-    except (OSError, ValueError) as error:
-        raise UserError(f"{path} cannot be read ({error}). {fix}") from None
 
 
 def check_run(folder: str, summary, metrics, config, expected: dict, seed: int) -> None:
@@ -88,15 +79,15 @@ def collect_runs(grid: dict, out: str, configs: dict) -> dict:
     finished, missing = {}, []
     for arm, seed in cells(grid):
         folder = run_folder(out, arm, seed)
-        if not os.path.isfile(os.path.join(folder, "summary.json")):
+        if not os.path.isfile(os.path.join(folder, SUMMARY_FILE)):
             missing.append(folder)
             continue
         fix = f"Move {folder} away (the study then trains that run again)."
         run = {
             "dir": folder,
-            "summary": read_json_file(os.path.join(folder, "summary.json"), fix),
-            "metrics": read_json_file(os.path.join(folder, "metrics.jsonl"), fix),
-            "config": read_json_file(os.path.join(folder, "config.json"), fix),
+            "summary": read_run_file(os.path.join(folder, SUMMARY_FILE), fix),
+            "metrics": read_run_file(os.path.join(folder, METRICS_FILE), fix),
+            "config": read_run_file(os.path.join(folder, CONFIG_FILE), fix),
         }
         check_run(folder, run["summary"], run["metrics"], run["config"], configs[arm, seed], seed)
         finished[arm, seed] = run

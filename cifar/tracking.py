@@ -1,7 +1,5 @@
-"""What a run leaves behind: the run folder's files and the experiment tracker (W&B, TensorBoard).
-
-Only the main process writes; every file is replaced atomically.
-"""
+"""The experiment tracker (W&B, TensorBoard) through Accelerate's trackers, on the main
+process only."""
 
 import importlib.util
 import json
@@ -12,43 +10,10 @@ import warnings
 import torch
 from accelerate.tracking import GeneralTracker, TensorBoardTracker
 
-from cifar.checkpoint import write_json
 from cifar.errors import UserError
+from cifar.runfolder import write_json
 
 TRACKER_FILE = "tracker.json"
-
-
-class RunFiles:
-    """config.json, metrics.jsonl and summary.json of one run folder."""
-
-    def __init__(self, run_dir: str, is_main: bool):
-        self.run_dir, self.is_main = run_dir, is_main
-
-    def path(self, name: str) -> str:
-        return os.path.join(self.run_dir, name)
-
-    def write_config(self, config: dict) -> None:
-        if self.is_main:
-            write_json(self.path("config.json"), config)
-
-    def write_metrics(self, history: list[dict]) -> None:
-        """metrics.jsonl, one object per finished epoch (rewritten whole, so resumes never
-        leave a duplicate or half line)."""
-        if not self.is_main:
-            return
-        temporary = self.path(f"metrics.jsonl.tmp{os.getpid()}")
-        with open(temporary, "w") as f:
-            f.writelines(json.dumps(record) + "\n" for record in history)
-        os.replace(temporary, self.path("metrics.jsonl"))
-
-    def write_summary(self, summary: dict) -> None:
-        if self.is_main:
-            write_json(self.path("summary.json"), summary)
-
-
-def read_jsonl(path: str) -> list[dict]:
-    with open(path) as f:
-        return [json.loads(line) for line in f if line.strip()]
 
 
 def wandb_base_url() -> str:

@@ -92,17 +92,6 @@ def read_metrics(run_dir) -> list[dict]:
     return [json.loads(line) for line in Path(run_dir, "metrics.jsonl").read_text().splitlines()]
 
 
-# The keys of each metrics.jsonl line, in order (the contract tools read).
-METRIC_KEYS = (
-    "epoch",
-    "train_loss",
-    "train_accuracy",
-    "test_loss",
-    "test_accuracy",
-    "lr",
-    "epoch_seconds",
-    "train_images_per_second",
-)
 TIMING_KEYS = ("epoch_seconds", "train_images_per_second")
 
 

@@ -14,8 +14,8 @@ from pathlib import Path
 
 import pytest
 
+from cifar.runfolder import METRIC_KEYS
 from tests.conftest import (
-    METRIC_KEYS,
     ROOT,
     SMOKE,
     read_json,
