@@ -265,7 +265,9 @@ def build_optimizer(config, model: torch.nn.Module) -> torch.optim.Optimizer:
         {"params": [p for _, p in trainable if p.ndim <= 1], "weight_decay": 0.0},
     ]
     if config.optimizer == "sgd":
-        return torch.optim.SGD(groups, lr=config.lr, momentum=config.momentum, nesterov=True)
+        # Nesterov needs momentum; --momentum 0 is plain SGD.
+        nesterov = config.momentum > 0
+        return torch.optim.SGD(groups, lr=config.lr, momentum=config.momentum, nesterov=nesterov)
     return torch.optim.AdamW(groups, lr=config.lr)
 
 
