@@ -23,10 +23,12 @@ from torch.utils.data import DataLoader
 
 from bench.ours import prepare_model, settings, train_on
 from bench.timing import Row, best, sync, timed_epochs
-from cifar.build import build_loaders, build_optimizer, input_transform
+from cifar.build import build_optimizer
 from cifar.config import Config
 from cifar.data import build_datasets
+from cifar.loaders import build_loaders
 from cifar.models import IMAGENET_MEAN, IMAGENET_STD
+from cifar.transforms import input_transform
 
 FOLDER_CASE = "imagefolder"
 PHOTO_SIZE = (500, 375)  # width x height, a typical photo of an image-classification set

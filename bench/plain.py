@@ -10,8 +10,8 @@ from bench.cases import case_config
 from bench.timing import PeakMemory, Row, timed_epochs
 from cifar.build import build_optimizer
 from cifar.data import make_synthetic
-from cifar.loaders import dataset_statistics
 from cifar.models import IMAGENET_MEAN, IMAGENET_STD, build_model
+from cifar.transforms import dataset_statistics
 
 
 class PlainImages(Dataset):

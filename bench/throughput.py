@@ -39,11 +39,11 @@ from bench.markdown import device_name, format_section, load_average, write_sect
 from bench.ours import prepare_model, settings, train_on
 from bench.plain import measure_plain, plain_without_cache
 from bench.timing import PeakMemory, Row, best, timed_epochs
-from cifar.build import build_loaders, input_transform, make_accelerator
+from cifar.build import make_accelerator
 from cifar.data import make_synthetic
 from cifar.errors import UserError
-from cifar.experiment import backbone_features, feature_loaders
-from cifar.loaders import DeviceLoader
+from cifar.loaders import DeviceLoader, backbone_features, build_loaders, feature_loaders
+from cifar.transforms import input_transform
 
 
 def parse_args(argv=None) -> argparse.Namespace:

@@ -17,6 +17,7 @@ import warnings
 import torch
 
 from cifar.config import RESUME_MAY_CHANGE
+from cifar.distributed import all_processes_agree
 from cifar.errors import UserError
 from cifar.progress import InvalidProgress, Progress, Shape
 from cifar.runfolder import write_json
@@ -182,13 +183,6 @@ def load_checkpoint(accelerator, candidates: list[str], settings: dict, shape: S
             f"from another run with --resume PATH."
         )
     return None, None
-
-
-def all_processes_agree(accelerator, flag: float) -> bool:
-    if accelerator.num_processes == 1:
-        return bool(flag)
-    value = torch.tensor([flag], device=accelerator.device)
-    return bool(accelerator.reduce(value, reduction="sum").item() == accelerator.num_processes)
 
 
 def warn(accelerator, message: str) -> None:

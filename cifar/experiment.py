@@ -8,22 +8,10 @@ from dataclasses import dataclass
 import accelerate
 import torch
 import torchvision
-from accelerate.utils import pad_across_processes, set_seed
+from accelerate.utils import set_seed
 from torch import nn
 
-from cifar.build import (
-    broadcast,
-    build_loaders,
-    build_optimizer,
-    build_scheduler,
-    decide_on_main,
-    default_run_dir,
-    input_transform,
-    make_accelerator,
-    on_main_first,
-    place_model,
-    run_on_main,
-)
+from cifar.build import build_optimizer, build_scheduler, make_accelerator, place_model
 from cifar.checkpoint import (
     PROGRESS_FILE,
     load_checkpoint,
@@ -32,12 +20,21 @@ from cifar.checkpoint import (
     settings_differences,
 )
 from cifar.data import build_datasets
+from cifar.distributed import broadcast, decide_on_main, on_main_first, run_on_main
 from cifar.errors import say
-from cifar.loaders import DeviceLoader
+from cifar.loaders import build_loaders, feature_loaders
 from cifar.models import build_model, load_pretrained_state, model_spec
 from cifar.progress import Progress, Shape
-from cifar.runfolder import CONFIG_FILE, SUMMARY_FILE, RunFiles, RunFolder, log_resume
+from cifar.runfolder import (
+    CONFIG_FILE,
+    SUMMARY_FILE,
+    RunFiles,
+    RunFolder,
+    default_run_dir,
+    log_resume,
+)
 from cifar.tracking import check_tracker_installed, prepare_tracker, start_tracker
+from cifar.transforms import input_transform
 
 
 @dataclass
@@ -219,52 +216,6 @@ def cpu_name() -> str:
     except OSError:
         pass
     return platform.processor() or platform.machine()
-
-
-@torch.no_grad()
-def backbone_features(accelerator, model, loader: DeviceLoader, to_input) -> torch.Tensor:
-    """Backbone features of the whole set in order: each process computes its shard."""
-    model.to(accelerator.device).eval()
-    chunks = []
-    with accelerator.autocast():
-        for images, _ in loader:
-            chunks.append(model.features(to_input(images)).float())
-    empty = torch.zeros(0, model.num_features, device=accelerator.device)
-    local = torch.cat(chunks) if chunks else empty
-    if accelerator.num_processes == 1:
-        return local
-    counts = accelerator.gather(torch.tensor([len(local)], device=accelerator.device)).tolist()
-    gathered = accelerator.gather(pad_across_processes(local, dim=0))
-    width = max(counts)
-    return torch.cat([gathered[i * width : i * width + n] for i, n in enumerate(counts)])
-
-
-def feature_loaders(config, accelerator, model, to_input, train_loader, test_loader):
-    """Loaders over cached backbone features instead of images (frozen backbone, no aug)."""
-    shard = {
-        "rank": accelerator.process_index,
-        "world_size": accelerator.num_processes,
-        "device": accelerator.device,
-    }
-    in_order = DeviceLoader(
-        train_loader.images, train_loader.labels, batch_size=config.batch_size, train=False, **shard
-    )
-    train_features = backbone_features(accelerator, model, in_order, to_input)
-    test_features = backbone_features(accelerator, model, test_loader, to_input)
-    train_loader = DeviceLoader(
-        train_features,
-        train_loader.labels,
-        batch_size=config.batch_size,
-        train=True,
-        shuffle=config.shuffle,
-        seed=config.seed,
-        accumulation_steps=train_loader.accumulation_steps,
-        **shard,
-    )
-    test_loader = DeviceLoader(
-        test_features, test_loader.labels, batch_size=config.batch_size, train=False, **shard
-    )
-    return train_loader, test_loader
 
 
 def prepare_only(config) -> None:

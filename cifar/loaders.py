@@ -1,4 +1,5 @@
-"""Batches for the loop: device-resident tensor loaders, and the transforms of ImageFolder's.
+"""Every way a batch is made: device-resident tensor loaders (DeviceLoader), Accelerate's
+DataLoader for image folders read from files, and the cache of a frozen backbone's features.
 
 Tensor datasets live on the device as uint8; each epoch a seeded permutation and per-image
 augmentation parameters are drawn for the whole set (identically on every process), and each
@@ -10,18 +11,19 @@ import math
 
 import torch
 import torch.nn.functional as F
-import torchvision.transforms.v2 as T
+from accelerate import Accelerator
+from accelerate.utils import pad_across_processes
+from torch.utils.data import DataLoader, Subset
 
-CROP_PADDING = 4
+from cifar.data import TensorImages
+from cifar.distributed import decide_on_main
+from cifar.errors import UserError
+from cifar.imagefolder import find_unreadable, refuse_or_skip, stored_size
+from cifar.transforms import CROP_PADDING, crop_padding, image_folder_transforms
 
 
 def epoch_generator(seed: int, epoch: int) -> torch.Generator:
     return torch.Generator().manual_seed(seed * 1_000_003 + epoch)
-
-
-def crop_padding(size: int) -> int:
-    """Zero padding of the random crop: 4 at CIFAR's 32 pixels, the same share at other sizes."""
-    return max(1, size // 8)
 
 
 def crop_flip(
@@ -125,46 +127,172 @@ class DeviceLoader:
             yield images, self.labels[index]
 
 
-class InputTransform:
-    """uint8 batch -> normalised float model input, resized for ResNet-50: one fused step."""
+def build_loaders(config, accelerator: Accelerator, train, test):
+    """(train_loader, test_loader) of device batches for this process."""
+    if not isinstance(train, TensorImages):
+        return image_folder_loaders(config, accelerator, train, test)
+    shard = {"rank": accelerator.process_index, "world_size": accelerator.num_processes}
+    steps = accelerator.gradient_accumulation_steps
+    if len(train) < config.batch_size * accelerator.num_processes * steps:
+        raise UserError(
+            f"the training set has {len(train)} images, fewer than one optimizer step "
+            f"needs ({config.batch_size} per process x {accelerator.num_processes} processes "
+            f"x {steps} accumulation steps). Lower --batch-size or raise --train-subset."
+        )
+    train_loader = DeviceLoader(
+        train.images,
+        train.labels,
+        batch_size=config.batch_size,
+        device=accelerator.device,
+        train=True,
+        shuffle=config.shuffle,
+        augment=config.augment,
+        seed=config.seed,
+        accumulation_steps=steps,
+        **shard,
+    )
+    test_loader = DeviceLoader(
+        test.images,
+        test.labels,
+        batch_size=config.batch_size,
+        device=accelerator.device,
+        train=False,
+        **shard,
+    )
+    return train_loader, test_loader
 
-    def __init__(self, mean, std, size: int | None, channels_last: bool = False):
-        self.scale = torch.tensor([1 / (255 * s) for s in std]).view(1, -1, 1, 1)
-        shift = [-m / s for m, s in zip(mean, std, strict=True)]
-        self.shift = torch.tensor(shift).view(1, -1, 1, 1)
-        self.size, self.channels_last = size, channels_last
 
-    def __call__(self, images: torch.Tensor) -> torch.Tensor:
-        if self.scale.device != images.device:
-            self.scale, self.shift = self.scale.to(images.device), self.shift.to(images.device)
-        x = torch.addcmul(self.shift, images.float(), self.scale)
-        if self.size and x.shape[-1] != self.size:
-            x = F.interpolate(
-                x,
-                size=(self.size, self.size),
-                mode="bilinear",
-                align_corners=False,
-                antialias=False,
+def image_folder_loaders(config, accelerator: Accelerator, train, test):
+    """DataLoaders that decode ImageFiles in workers, after the main process checked the files
+    (a header read; a full decode with --skip-bad-images, whose failures every process drops)."""
+
+    def check():
+        samples = train.samples + test.samples
+        failures = find_unreadable(samples, not config.skip_bad_images, config.num_workers)
+        refuse_or_skip(failures, config.skip_bad_images)
+        return [path for path, _ in failures]
+
+    skipped = set(decide_on_main(accelerator, check))
+    train, test = train.without(skipped), test.without(skipped)
+    size = stored_size(config)
+    train.transform = image_folder_transforms(size, config.augment)
+    test.transform = image_folder_transforms(size, "none")
+    if len(train) < config.batch_size * accelerator.num_processes:
+        raise UserError(
+            f"the training folder has {len(train)} images, fewer than one batch "
+            f"({config.batch_size} x {accelerator.num_processes} processes). Lower --batch-size."
+        )
+    workers = {
+        "num_workers": config.num_workers,
+        "pin_memory": accelerator.device.type == "cuda",
+        "persistent_workers": config.num_workers > 0,
+    }
+    train_loader = EpochLoader(
+        accelerator,
+        accelerator.prepare_data_loader(
+            DataLoader(
+                train,
+                batch_size=config.batch_size,
+                shuffle=config.shuffle,
+                drop_last=True,
+                **workers,
             )
-        if self.channels_last:
-            x = x.contiguous(memory_format=torch.channels_last)
-        return x
+        ),
+        config.batch_size,
+    )
+    # Contiguous, uneven shards: each test image is evaluated exactly once.
+    n, rank, world = len(test), accelerator.process_index, accelerator.num_processes
+    lo, hi = rank * n // world, (rank + 1) * n // world
+    test_loader = OnDevice(
+        DataLoader(Subset(test, range(lo, hi)), batch_size=config.batch_size, **workers),
+        accelerator.device,
+    )
+    return train_loader, test_loader
 
 
-def dataset_statistics(images: torch.Tensor) -> tuple[tuple, tuple]:
-    """Per-channel mean and std (in [0, 1] units) of a uint8 image tensor."""
-    sample = images[:10_000].double() / 255
-    # A channel that never changes (solid colours, a blank channel) must not divide by zero.
-    std = sample.std(dim=(0, 2, 3)).clamp_min(1 / 255)
-    return tuple(sample.mean(dim=(0, 2, 3)).tolist()), tuple(std.tolist())
+class EpochLoader:
+    """Accelerate's prepared DataLoader behind the DeviceLoader interface (epochs, resuming)."""
+
+    def __init__(self, accelerator: Accelerator, loader, batch_size: int):
+        self.accelerator, self.loader, self.skip_batches = accelerator, loader, 0
+        self.batch_size = batch_size
+
+    def set_epoch(self, epoch: int, skip_batches: int = 0) -> None:
+        self.loader.set_epoch(epoch)
+        self.skip_batches = skip_batches
+
+    def __len__(self) -> int:
+        return len(self.loader)
+
+    @property
+    def num_samples(self) -> int:
+        """Images this process sees per epoch (whole batches only)."""
+        return len(self.loader) * self.batch_size
+
+    def __iter__(self):
+        if not self.skip_batches:
+            return iter(self.loader)
+        return iter(self.accelerator.skip_first_batches(self.loader, self.skip_batches))
 
 
-def image_folder_transforms(size: int, augment: str):
-    """One decoded uint8 image -> size x size, cropped and flipped as DeviceLoader does (each
-    image its own draw: v2 transforms on a batch would draw once for the whole batch)."""
-    steps = [T.Resize((size, size), antialias=True)]
-    if augment == "crop-flip":
-        steps.append(T.RandomCrop(size, padding=crop_padding(size)))
-    if augment in ("crop-flip", "flip"):
-        steps.append(T.RandomHorizontalFlip())
-    return T.Compose(steps)
+class OnDevice:
+    """Wraps a DataLoader so its batches arrive on the device (non-blocking from pinned memory)."""
+
+    def __init__(self, loader, device):
+        self.loader, self.device = loader, device
+
+    def __len__(self) -> int:
+        return len(self.loader)
+
+    def __iter__(self):
+        for images, labels in self.loader:
+            yield (
+                images.to(self.device, non_blocking=True),
+                labels.to(self.device, non_blocking=True),
+            )
+
+
+@torch.no_grad()
+def backbone_features(accelerator, model, loader: DeviceLoader, to_input) -> torch.Tensor:
+    """Backbone features of the whole set in order: each process computes its shard."""
+    model.to(accelerator.device).eval()
+    chunks = []
+    with accelerator.autocast():
+        for images, _ in loader:
+            chunks.append(model.features(to_input(images)).float())
+    empty = torch.zeros(0, model.num_features, device=accelerator.device)
+    local = torch.cat(chunks) if chunks else empty
+    if accelerator.num_processes == 1:
+        return local
+    counts = accelerator.gather(torch.tensor([len(local)], device=accelerator.device)).tolist()
+    gathered = accelerator.gather(pad_across_processes(local, dim=0))
+    width = max(counts)
+    return torch.cat([gathered[i * width : i * width + n] for i, n in enumerate(counts)])
+
+
+def feature_loaders(config, accelerator, model, to_input, train_loader, test_loader):
+    """Loaders over cached backbone features instead of images (frozen backbone, no aug)."""
+    shard = {
+        "rank": accelerator.process_index,
+        "world_size": accelerator.num_processes,
+        "device": accelerator.device,
+    }
+    in_order = DeviceLoader(
+        train_loader.images, train_loader.labels, batch_size=config.batch_size, train=False, **shard
+    )
+    train_features = backbone_features(accelerator, model, in_order, to_input)
+    test_features = backbone_features(accelerator, model, test_loader, to_input)
+    train_loader = DeviceLoader(
+        train_features,
+        train_loader.labels,
+        batch_size=config.batch_size,
+        train=True,
+        shuffle=config.shuffle,
+        seed=config.seed,
+        accumulation_steps=train_loader.accumulation_steps,
+        **shard,
+    )
+    test_loader = DeviceLoader(
+        test_features, test_loader.labels, batch_size=config.batch_size, train=False, **shard
+    )
+    return train_loader, test_loader

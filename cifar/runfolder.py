@@ -269,3 +269,9 @@ def log_resume(run_dir: str, checkpoint: str, progress, settings: dict) -> None:
     }
     with open(os.path.join(run_dir, RESUME_LOG), "a", encoding="utf-8") as f:
         f.write(json.dumps(record) + "\n")
+
+
+def default_run_dir(config) -> str:
+    job = os.environ.get("SLURM_JOB_ID")
+    stamp = f"job{job}" if job else time.strftime("%Y%m%d-%H%M%S")
+    return os.path.join("runs", f"{config.model}-{config.dataset}-{stamp}")

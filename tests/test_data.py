@@ -11,7 +11,8 @@ from PIL import Image
 from cifar.config import Config
 from cifar.data import FASHION_FILES, build_datasets
 from cifar.errors import UserError
-from cifar.loaders import DeviceLoader, InputTransform, crop_flip
+from cifar.loaders import DeviceLoader, crop_flip
+from cifar.transforms import InputTransform
 from tests.conftest import FASHION_DIR, require
 
 

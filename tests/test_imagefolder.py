@@ -13,7 +13,7 @@ from cifar.config import Config, default_workers
 from cifar.data import TensorImages, build_datasets, load_rgb
 from cifar.errors import UserError
 from cifar.imagefolder import ImageFiles
-from cifar.loaders import image_folder_transforms
+from cifar.transforms import image_folder_transforms
 from tests.conftest import read_json, run_train
 from tests.test_distributed import final_weights, max_difference
 

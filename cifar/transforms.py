@@ -1,0 +1,79 @@
+"""From stored uint8 images to the model's input: normalisation, resize and memory format on the
+device (InputTransform, as the model's spec asks), and the per-image transforms of an image
+folder read from files."""
+
+import torch
+import torch.nn.functional as F
+import torchvision.transforms.v2 as T
+
+from cifar.models import IMAGENET_MEAN, IMAGENET_STD, model_spec
+
+CROP_PADDING = 4
+
+
+def crop_padding(size: int) -> int:
+    """Zero padding of the random crop: 4 at CIFAR's 32 pixels, the same share at other sizes."""
+    return max(1, size // 8)
+
+
+class InputTransform:
+    """uint8 batch -> normalised float model input, resized for ResNet-50: one fused step."""
+
+    def __init__(self, mean, std, size: int | None, channels_last: bool = False):
+        self.scale = torch.tensor([1 / (255 * s) for s in std]).view(1, -1, 1, 1)
+        shift = [-m / s for m, s in zip(mean, std, strict=True)]
+        self.shift = torch.tensor(shift).view(1, -1, 1, 1)
+        self.size, self.channels_last = size, channels_last
+
+    def __call__(self, images: torch.Tensor) -> torch.Tensor:
+        if self.scale.device != images.device:
+            self.scale, self.shift = self.scale.to(images.device), self.shift.to(images.device)
+        x = torch.addcmul(self.shift, images.float(), self.scale)
+        if self.size and x.shape[-1] != self.size:
+            x = F.interpolate(
+                x,
+                size=(self.size, self.size),
+                mode="bilinear",
+                align_corners=False,
+                antialias=False,
+            )
+        if self.channels_last:
+            x = x.contiguous(memory_format=torch.channels_last)
+        return x
+
+
+def dataset_statistics(images: torch.Tensor) -> tuple[tuple, tuple]:
+    """Per-channel mean and std (in [0, 1] units) of a uint8 image tensor."""
+    sample = images[:10_000].double() / 255
+    # A channel that never changes (solid colours, a blank channel) must not divide by zero.
+    std = sample.std(dim=(0, 2, 3)).clamp_min(1 / 255)
+    return tuple(sample.mean(dim=(0, 2, 3)).tolist()), tuple(std.tolist())
+
+
+def image_folder_transforms(size: int, augment: str):
+    """One decoded uint8 image -> size x size, cropped and flipped as DeviceLoader does (each
+    image its own draw: v2 transforms on a batch would draw once for the whole batch)."""
+    steps = [T.Resize((size, size), antialias=True)]
+    if augment == "crop-flip":
+        steps.append(T.RandomCrop(size, padding=crop_padding(size)))
+    if augment in ("crop-flip", "flip"):
+        steps.append(T.RandomHorizontalFlip())
+    return T.Compose(steps)
+
+
+def uses_channels_last(config, device) -> bool:
+    return config.channels_last and device.type in ("cuda", "cpu")
+
+
+def input_transform(config, train_images, device) -> InputTransform:
+    """Normalisation as the model asks (its pretrained weights' mean and std, or the dataset's
+    statistics) and a resize to its input size."""
+    channels_last = uses_channels_last(config, device)
+    spec = model_spec(config.model)
+    size = spec.image_size(config)
+    if spec.mean is not None:
+        return InputTransform(spec.mean, spec.std, size, channels_last)
+    if train_images is None:  # ImageFolder: statistics unknown up front, use ImageNet's
+        return InputTransform(IMAGENET_MEAN, IMAGENET_STD, size, channels_last)
+    mean, std = dataset_statistics(train_images)
+    return InputTransform(mean, std, size, channels_last)
