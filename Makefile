@@ -1,6 +1,7 @@
 # make train ARGS="--model cnn"   set up .venv, then python train.py $(ARGS); its exit code
 # make train PROCESSES=4 ARGS=... the same with `accelerate launch` over 4 GPUs of this machine
 # make test                       set up .venv, lint, and run the test suite
+# make test-fast                  the in-process tests only, for the inner loop (about a minute)
 # make setup TORCH=cu126          the environment of locks/cu126.txt (see docs/install.md)
 # make lock [TORCH=...]           re-resolve locks/$(TORCH).txt from pyproject.toml
 # make compare ARGS="..."         train both models with the same settings, then the report
@@ -29,17 +30,21 @@ LAUNCH = $(BIN)/accelerate launch --multi_gpu --num_processes $(PROCESSES) --num
 	--mixed_precision no --dynamo_backend no
 endif
 
-.PHONY: setup train test lint lock compare system-deps cluster
+.PHONY: setup train test test-fast lint lock compare system-deps cluster
 
-setup: $(VENV)/.installed-$(TORCH)
+setup: $(VENV)/.project-$(TORCH)
 
 # A new lock (or another TORCH) makes a new venv, so nothing outside the lock stays installed.
-$(VENV)/.installed-$(TORCH): pyproject.toml $(LOCK)
+$(VENV)/.installed-$(TORCH): $(LOCK)
 	rm -rf $(VENV)
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --progress-bar on --require-hashes --no-deps $(TORCH_INDEX) -r $(LOCK)
-	$(BIN)/pip install -q --no-deps --no-build-isolation -e .
 	echo $(LOCK) > $(VENV)/lock-file
+	touch $@
+
+# The project itself, editable; an edit of pyproject.toml reinstalls it, not the environment.
+$(VENV)/.project-$(TORCH): $(VENV)/.installed-$(TORCH) pyproject.toml
+	$(BIN)/pip install -q --no-deps --no-build-isolation -e .
 	touch $@
 
 locks/%.txt:
@@ -66,6 +71,12 @@ lint: setup
 
 test: lint
 	$(BIN)/python -m pytest -q -p no:cacheprovider $(PYTEST_ARGS)
+
+# The inner loop: in-process tests of config, data, loaders, models, progress records and
+# every-input properties (fewer Hypothesis examples); `make test` and CI run everything.
+test-fast: setup
+	CIFAR_HYPOTHESIS_EXAMPLES=8 $(BIN)/python -m pytest -q -p no:cacheprovider \
+		-m "fast and not slow and not slurm" $(PYTEST_ARGS)
 
 compare: setup
 	PATH=$(abspath $(BIN)):$$PATH bash slurm/compare.sh $(ARGS)

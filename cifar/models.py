@@ -136,33 +136,22 @@ def build_simple_cnn(config, num_classes: int, state=None) -> nn.Module:
     )
 
 
-def resnet_builder(architecture):
+def imagenet_resnet(architecture, num_features: int, weights: WeightsEnum) -> ModelSpec:
+    """A torchvision ResNet for transfer: any input size (--image-size), ImageNet's
+    normalisation, a new head."""
+
     def build(config, num_classes: int, state=None) -> nn.Module:
         return ResNetTransfer(
             architecture, num_classes, config.freeze, config.head_hidden, config.dropout, state
         )
 
-    return build
+    return ModelSpec(build, None, IMAGENET_MEAN, IMAGENET_STD, num_features, weights)
 
 
 REGISTRY = {
     "cnn": ModelSpec(build_simple_cnn, input_size=32, mean=None, std=None),
-    "resnet50": ModelSpec(
-        resnet_builder(resnet50),
-        input_size=None,
-        mean=IMAGENET_MEAN,
-        std=IMAGENET_STD,
-        num_features=2048,
-        weights=ResNet50_Weights.IMAGENET1K_V2,
-    ),
-    "resnet18": ModelSpec(
-        resnet_builder(resnet18),
-        input_size=None,
-        mean=IMAGENET_MEAN,
-        std=IMAGENET_STD,
-        num_features=512,
-        weights=ResNet18_Weights.IMAGENET1K_V1,
-    ),
+    "resnet50": imagenet_resnet(resnet50, 2048, ResNet50_Weights.IMAGENET1K_V2),
+    "resnet18": imagenet_resnet(resnet18, 512, ResNet18_Weights.IMAGENET1K_V1),
 }
 
 

@@ -15,6 +15,8 @@ from cifar.loaders import DeviceLoader, crop_flip
 from cifar.transforms import InputTransform
 from tests.conftest import FASHION_DIR, require
 
+pytestmark = pytest.mark.fast  # in-process: part of `make test-fast`
+
 
 def test_synthetic_set_is_deterministic_from_the_seed_and_sized_by_flags():
     config = Config(dataset="synthetic", synthetic_train_size=300, synthetic_test_size=50)

@@ -10,6 +10,8 @@ from cifar import devices
 from cifar.errors import UserError
 from tests.conftest import SMOKE, run_train
 
+pytestmark = pytest.mark.fast  # in-process: part of `make test-fast`
+
 NO_GPU_HERE = pytest.mark.skipif(torch.cuda.is_available(), reason="torch sees a GPU here")
 
 
@@ -92,6 +94,7 @@ def test_unusable_gpus_name_torch_the_driver_and_the_fix(tmp_path, monkeypatch):
 
 @NO_GPU_HERE
 @pytest.mark.parametrize("variable", ["SLURM_GPUS_ON_NODE", "CUDA_VISIBLE_DEVICES"])
+@pytest.mark.slow
 def test_train_stops_with_exit_2_when_given_gpus_torch_cannot_see(tmp_path, variable):
     value = "1" if variable == "SLURM_GPUS_ON_NODE" else "0"
     run_dir = tmp_path / "run"
@@ -106,6 +109,7 @@ def test_train_stops_with_exit_2_when_given_gpus_torch_cannot_see(tmp_path, vari
 
 
 @NO_GPU_HERE
+@pytest.mark.slow
 def test_allow_cpu_trains_on_the_cpu_although_gpus_were_given(tmp_path):
     run_dir = tmp_path / "run"
     run_train([*SMOKE, "--output-dir", run_dir, "--allow-cpu"], env={"SLURM_GPUS_ON_NODE": "1"})

@@ -17,6 +17,8 @@ from cifar.transforms import image_folder_transforms
 from tests.conftest import read_json, run_train
 from tests.test_distributed import final_weights, max_difference
 
+pytestmark = pytest.mark.fast  # in-process: part of `make test-fast`
+
 
 @pytest.fixture(autouse=True)
 def cache_home(tmp_path, monkeypatch):
@@ -48,6 +50,7 @@ def folder_config(root, **settings) -> Config:
     return Config(dataset="imagefolder", data_dir=str(root), num_workers=0, **settings)
 
 
+@pytest.mark.slow
 def test_cached_folder_trains_equally_on_two_processes_and_one(tmp_path, cache_home):
     images = make_jpegs(tmp_path / "images", per_class=32)
     args = [
@@ -152,6 +155,7 @@ def test_a_bad_image_is_named_when_the_cache_is_built(tmp_path):
     assert "--skip-bad-images" in str(error.value)
 
 
+@pytest.mark.slow
 def test_a_truncated_jpeg_decoded_in_a_worker_is_named_with_exit_2(tmp_path):
     root = make_jpegs(tmp_path / "images", per_class=4)
     broken = root / "train" / "blue" / "002.jpg"
@@ -169,6 +173,7 @@ def test_a_truncated_jpeg_decoded_in_a_worker_is_named_with_exit_2(tmp_path):
 
 
 @pytest.mark.parametrize("cache", ["always", "never"])
+@pytest.mark.slow
 def test_skip_bad_images_lists_the_skipped_files_and_trains(tmp_path, cache):
     root = make_jpegs(tmp_path / "images", per_class=4)
     truncated, garbage = root / "train" / "red" / "001.jpg", root / "test" / "blue" / "003.jpg"

@@ -19,6 +19,8 @@ from hypothesis import strategies as st
 
 import train
 
+pytestmark = pytest.mark.fast  # in-process: part of `make test-fast`
+
 EXAMPLES = int(os.environ.get("CIFAR_HYPOTHESIS_EXAMPLES", "30"))
 NAN_MESSAGE = "became NaN or infinite"
 

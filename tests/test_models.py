@@ -10,6 +10,8 @@ from cifar.errors import UserError
 from cifar.models import ResNetTransfer, SimpleCNN, build_model, model_spec, pretrained_weights_path
 from tests.conftest import SMOKE, read_json, run_train
 
+pytestmark = pytest.mark.fast  # in-process: part of `make test-fast`
+
 RESNET50_BACKBONE_PARAMS = 23_508_032  # torchvision resnet50 without its fc layer
 
 
@@ -76,18 +78,27 @@ def test_frozen_batch_norm_keeps_running_statistics():
     assert not model.net.bn1.training and model.net.fc.training
 
 
-def test_pretrained_weights_load_from_the_torch_hub_cache(tmp_path, monkeypatch):
+@pytest.mark.parametrize(
+    "name, architecture, filename, buffer",
+    [
+        ("resnet50", resnet50, "resnet50-11ad3fa6.pth", "layer4.2.bn3.running_var"),
+        ("resnet18", resnet18, "resnet18-f37072fd.pth", "layer4.1.bn2.running_mean"),
+    ],
+)
+def test_pretrained_weights_load_from_the_torch_hub_cache(
+    tmp_path, monkeypatch, name, architecture, filename, buffer
+):
     monkeypatch.setenv("TORCH_HOME", str(tmp_path))
     monkeypatch.setenv("CIFAR_OFFLINE", "1")
     torch.manual_seed(123)
-    state = resnet50(weights=None).state_dict()
-    path = pretrained_weights_path(model_spec("resnet50").weights)
-    assert path.startswith(str(tmp_path)) and path.endswith("resnet50-11ad3fa6.pth")
+    state = architecture(weights=None).state_dict()
+    path = pretrained_weights_path(model_spec(name).weights)
+    assert path.startswith(str(tmp_path)) and path.endswith(filename)
     os.makedirs(os.path.dirname(path))
     torch.save(state, path)
-    model = build_model(Config(model="resnet50"), num_classes=10)
+    model = build_model(Config(model=name), num_classes=10)
     assert torch.equal(model.net.conv1.weight, state["conv1.weight"])
-    assert torch.equal(model.net.layer4[2].bn3.running_var, state["layer4.2.bn3.running_var"])
+    assert torch.equal(model.state_dict()[f"net.{buffer}"], state[buffer])
 
 
 def test_missing_weights_name_the_cache_file_and_the_fetch_command(tmp_path, monkeypatch):
@@ -114,20 +125,7 @@ def test_resnet18_is_a_registered_model_with_its_own_contract():
     assert count(model, trainable_only=True) == head
 
 
-def test_resnet18_loads_its_cached_imagenet_weights(tmp_path, monkeypatch):
-    monkeypatch.setenv("TORCH_HOME", str(tmp_path))
-    monkeypatch.setenv("CIFAR_OFFLINE", "1")
-    torch.manual_seed(7)
-    state = resnet18(weights=None).state_dict()
-    path = pretrained_weights_path(model_spec("resnet18").weights)
-    assert path.startswith(str(tmp_path)) and path.endswith("resnet18-f37072fd.pth")
-    os.makedirs(os.path.dirname(path))
-    torch.save(state, path)
-    model = build_model(Config(model="resnet18"), num_classes=10)
-    assert torch.equal(model.net.conv1.weight, state["conv1.weight"])
-    assert torch.equal(model.net.layer4[1].bn2.running_mean, state["layer4.1.bn2.running_mean"])
-
-
+@pytest.mark.slow
 def test_resnet18_trains_end_to_end_from_cached_weights(tmp_path):
     torch_home = tmp_path / "torch"
     path = pretrained_weights_path(model_spec("resnet18").weights)

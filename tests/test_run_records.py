@@ -12,14 +12,11 @@ import pytest
 
 from cifar.config import Config
 from tests.conftest import (
-    ROOT,
     SMOKE,
-    launcher,
     read_json,
     read_metrics,
     require,
     run_train,
-    train_env,
 )
 from tests.test_reliability import snapshot, start_train, wait_for_checkpoint
 
@@ -258,16 +255,7 @@ def children(pid: int) -> list[int]:
 def test_sigterm_to_accelerate_launch_checkpoints_and_stops_the_training(tmp_path):
     run_dir = tmp_path / "run"
     args = [*SMOKE, "--synthetic-train-size", "4096", "--epochs", "2", "--checkpoint-every", "5"]
-    command = launcher("accelerate") + [str(ROOT / "train.py"), *args, "--output-dir", str(run_dir)]
-    process = subprocess.Popen(
-        command,
-        cwd=ROOT,
-        env=train_env(),
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
-        start_new_session=True,
-    )
+    process = start_train([*args, "--output-dir", run_dir], kind="accelerate")
     wait_for_checkpoint(run_dir, after_step=5, process=process)
     (training,) = children(process.pid)
     process.send_signal(signal.SIGTERM)  # to the launcher alone
