@@ -79,16 +79,11 @@ have_binaries() { command -v slurmctld && command -v slurmd && command -v munged
 apt_busy() {
     pgrep -x apt-get || pgrep -x apt || pgrep -x dpkg || pgrep -x unattended-upgr
 } >/dev/null
-# Another shell may be installing the packages right now, logging to /work/apt.log (whose last
-# line is 'done' when it finished): wait for it (at most 10 min) rather than fight the lock.
-apt_log_pending() {
-    [[ -f /work/apt.log ]] && ! grep -qx done /work/apt.log \
-        && (($(date +%s) - $(stat -c %Y /work/apt.log) < 120))
-}
 if ! have_binaries; then
+    # Another apt may be installing them right now (make system-deps): let it finish (at most
+    # 10 min) rather than fight over the dpkg lock.
     for _ in $(seq 600); do
-        have_binaries && ! apt_busy && break
-        apt_busy || apt_log_pending || break
+        apt_busy || break
         sleep 1
     done
     if ! have_binaries; then

@@ -10,7 +10,7 @@
 # Log: logs/<job name>-<job id>.out (logs/ is in the repository; requeued runs append to it).
 # Run folder: runs/<job name>-job<job id> (CIFAR_RUNS_DIR or CIFAR_RUN_DIR move it).
 # Near the time limit SLURM sends USR1; train.py checkpoints, the job requeues itself and the
-# next run resumes (--resume auto) in the same folder. All settings: slurm/common.sh and README.md (SLURM).
+# next run resumes (--resume auto) in the same folder. Settings: slurm/common.sh, docs/slurm.md.
 #SBATCH --job-name=cnn
 #SBATCH --nodes=1
 #SBATCH --ntasks=1
@@ -25,17 +25,10 @@
 ##SBATCH --account=myproject
 set -euo pipefail
 
-# sbatch runs a copy of this file: find the repository ($CIFAR_REPO, else the folder sbatch
-# was called from, else the folder above this file).
-for CIFAR_REPO in "${CIFAR_REPO:-}" "$PWD" "$(dirname "$0")/.."; do
-    [[ -f $CIFAR_REPO/slurm/common.sh ]] && break
-done
-cd "$CIFAR_REPO" 2>/dev/null && [[ -f slurm/common.sh ]] || {
-    echo "error: cannot find the repository: submit from its root, or set CIFAR_REPO" >&2
-    exit 2
-}
+# sbatch runs a copy of this file: the repository is then $CIFAR_REPO or where sbatch was called.
+repo=$(dirname "$0")/..
+[[ -f $repo/slurm/common.sh ]] || repo=${CIFAR_REPO:-$PWD}
 # shellcheck source=slurm/common.sh
-source slurm/common.sh
+source "$repo/slurm/common.sh" || exit 2
 
-CIFAR_FIRST_ARGS=(--model cnn)
-cifar_single_node "$(cifar_job_label cnn)" "$@"
+cifar_model_job cnn "$@"

@@ -1,13 +1,15 @@
 # shellcheck shell=bash
-# Shared by slurm/cnn.sh, resnet.sh, sweep.sh and multinode.sh; sourced from the repository
-# root, never run by itself. It activates the Python environment, names the run folder after
-# the job, builds the `accelerate launch` command for the GPUs of the node (or the CPU), runs
-# it, and turns SLURM's warning signal into a checkpoint and a requeue:
+# Shared by slurm/cnn.sh, resnet.sh, sweep.sh, multinode.sh and compare.sh; sourced, never run
+# by itself. Sourcing it moves into the repository (the folder above this file). It activates
+# the Python environment, names the run folder after the job, builds the `accelerate launch`
+# command for the GPUs of the node (or the CPU), runs it, and turns SLURM's warning signal into
+# a checkpoint and a requeue:
 #
 #   USR1 (sbatch --signal=B:USR1@120, time limit near) or TERM (pre-emption, scancel) reaches
-#   the batch shell -> SIGTERM to the training processes -> train.py checkpoints and exits 75
-#   -> `scontrol requeue` -> the job starts again with the same job id, so the same run folder,
-#   and `--resume auto` continues from that checkpoint (and the same W&B run).
+#   the batch shell -> SIGTERM to the training processes (or to the study, which passes it on)
+#   -> train.py checkpoints and exits 75 -> `scontrol requeue` -> the job starts again with the
+#   same job id, so the same run folder, and `--resume auto` continues from that checkpoint
+#   (and the same W&B run).
 #
 # Settings (environment variables; all optional):
 #   CIFAR_VENV             a virtual environment to activate (default: .venv when it exists,
@@ -32,7 +34,10 @@
 #   CIFAR_STOP_TIMEOUT     seconds to wait for the checkpoint after a stop signal (default 100)
 #   CIFAR_DRY_RUN=1        print the commands instead of running them
 
+# Run folders, logs and train.py are named relative to the repository.
+cd "$(dirname "${BASH_SOURCE[0]}")/.."
 CIFAR_STOP_TIMEOUT=${CIFAR_STOP_TIMEOUT:-100}
+CIFAR_FINISHED=summary.json  # the file a finished run leaves in $CIFAR_RUN_DIR
 CIFAR_FIRST_ARGS=()   # train.py flags before CIFAR_TRAIN_ARGS and the script arguments
 CIFAR_LAST_ARGS=()    # train.py flags after them (the script's own choices, not overridable)
 
@@ -174,13 +179,13 @@ cifar_build_train_args() {
         --output-dir "$CIFAR_RUN_DIR" --resume auto)
 }
 
-cifar_finished() { [[ -f $CIFAR_RUN_DIR/summary.json ]]; }
+cifar_finished() { [[ -f $CIFAR_RUN_DIR/$CIFAR_FINISHED ]]; }
 
 # ---- running the launcher: signals, waiting, verdict ---------------------------------------
 _cifar_stop=0         # a stop signal arrived
 _cifar_delivered=0    # and was passed on to the training processes
-_cifar_pid=""         # the launcher (or srun)
-_cifar_trainers=""    # its children when the signal was passed on
+_cifar_pid=""         # the launcher (or srun, or the study)
+_cifar_trainers=""    # the processes to wait for once the signal was passed on
 _cifar_forward=children
 
 _cifar_on_signal() {
@@ -191,27 +196,45 @@ _cifar_on_signal() {
     _cifar_deliver
 }
 
+_cifar_descendants() {
+    local kid
+    for kid in $(pgrep -P "$1" || true); do
+        echo "$kid"
+        _cifar_descendants "$kid"
+    done
+}
+
 # Pass the stop on: SIGTERM to the launcher's children (the training processes; the launcher
-# itself would die of SIGUSR1, and the single-process launcher does not forward signals), or
-# for srun to every process of the job's steps on all nodes (each node's wrapper traps it).
+# itself would die of SIGUSR1, and the single-process launcher does not forward signals), for
+# srun to every process of the job's steps on all nodes (each node's wrapper traps it), or to a
+# process that stops its own runs (the study; its runs' launchers may die before train.py has
+# saved its checkpoint, so every process below it is waited for).
 _cifar_deliver() {
     local kids
     if ((_cifar_delivered)) || [[ -z $_cifar_pid ]]; then return 0; fi
-    if [[ $_cifar_forward == steps ]]; then
-        # Only once srun's step exists (before that, scancel would signal nothing).
-        if squeue -h -s -j "$SLURM_JOB_ID" -o %i 2>/dev/null |
-            grep -Ev 'batch|extern' >/dev/null; then
-            scancel --signal=TERM "$SLURM_JOB_ID" && _cifar_delivered=1
-        fi
-        return 0
-    fi
-    kids=$(pgrep -P "$_cifar_pid" || true)
-    if [[ -n $kids ]]; then
-        _cifar_trainers=$kids
-        # shellcheck disable=SC2086
-        kill -TERM $kids 2>/dev/null || true
-        _cifar_delivered=1
-    fi
+    case $_cifar_forward in
+        steps)
+            # Only once srun's step exists (before that, scancel would signal nothing).
+            if squeue -h -s -j "$SLURM_JOB_ID" -o %i 2>/dev/null |
+                grep -Ev 'batch|extern' >/dev/null; then
+                scancel --signal=TERM "$SLURM_JOB_ID" && _cifar_delivered=1
+            fi
+            ;;
+        process)
+            _cifar_trainers=$(_cifar_descendants "$_cifar_pid")
+            kill -TERM "$_cifar_pid" 2>/dev/null || true
+            _cifar_delivered=1
+            ;;
+        children)
+            kids=$(pgrep -P "$_cifar_pid" || true)
+            if [[ -n $kids ]]; then
+                _cifar_trainers=$kids
+                # shellcheck disable=SC2086
+                kill -TERM $kids 2>/dev/null || true
+                _cifar_delivered=1
+            fi
+            ;;
+    esac
 }
 
 # After a stop: wait for training processes that outlive the launcher (a launcher killed by
@@ -230,9 +253,10 @@ _cifar_wait_trainers() {
     cifar_log "warning: training processes still running ${CIFAR_STOP_TIMEOUT} s after the stop"
 }
 
-# Run COMMAND in the background and supervise it. Returns 0 when the run finished (summary.json
-# exists), 75 when a stop signal ended it before that, else the command's exit code.
-#   cifar_supervise children|steps COMMAND...
+# Run COMMAND in the background and supervise it. Returns 0 when the run finished
+# ($CIFAR_FINISHED exists), 75 when a stop signal ended it before that, else the command's exit
+# code.
+#   cifar_supervise children|steps|process COMMAND...
 cifar_supervise() {
     _cifar_forward=$1
     shift
@@ -296,32 +320,61 @@ cifar_banner() {
         "restart ${SLURM_RESTART_COUNT:-0}, run folder $CIFAR_RUN_DIR"
 }
 
-# One node: `accelerate launch` with one process per GPU (or the CPU), supervised; requeue on
-# a stop signal. CIFAR_RUN_DIR defaults to $CIFAR_RUNS_DIR/<job name>-job<id>.
-#   cifar_single_node LABEL [train.py flags...]
-cifar_single_node() {
-    local label=$1 gpus procs rc=0
-    shift
-    CIFAR_RUN_DIR=${CIFAR_RUN_DIR:-${CIFAR_RUNS_DIR:-runs}/$label-$(cifar_stamp)}
-    cifar_build_train_args "$@"
+# Activate the environment and log the job. False when $CIFAR_RUN_DIR holds a finished run.
+cifar_begin() {
     cifar_activate
     cifar_banner
     if cifar_finished; then
-        cifar_log "$CIFAR_RUN_DIR/summary.json exists: this run finished already"
-        return 0
+        cifar_log "$CIFAR_RUN_DIR/$CIFAR_FINISHED exists: this run finished already"
+        return 1
     fi
+}
+
+# Set CIFAR_LAUNCH for this node: one process per GPU (or the CPU, or CIFAR_NUM_PROCESSES).
+cifar_node_launch() {
+    local gpus procs
     gpus=$(cifar_gpu_count)
     procs=$(cifar_processes_per_node "$gpus")
     cifar_build_launch "$gpus" "$procs"
-    cifar_log "$gpus GPU(s), $procs process(es): ${CIFAR_LAUNCH[*]} train.py ${CIFAR_TRAIN[*]}"
-    cifar_supervise children "${CIFAR_LAUNCH[@]}" train.py "${CIFAR_TRAIN[@]}" || rc=$?
-    if [[ ${CIFAR_DRY_RUN:-0} == 1 ]]; then return 0; fi
+    cifar_log "$gpus GPU(s), $procs process(es)"
+}
+
+# Run COMMAND supervised (cifar_supervise MODE COMMAND...) and act on how it ended: requeue
+# after a stop, else log and return its exit code.
+#   cifar_run children|steps|process COMMAND...
+cifar_run() {
+    local rc=0
+    if [[ ${CIFAR_DRY_RUN:-0} == 1 ]]; then
+        cifar_supervise "$@"
+        return 0
+    fi
+    cifar_log "running: ${*:2}"
+    cifar_supervise "$@" || rc=$?
     case $rc in
-        0) cifar_log "done: $CIFAR_RUN_DIR/summary.json" ;;
+        0) cifar_log "done: $CIFAR_RUN_DIR/$CIFAR_FINISHED" ;;
         75) cifar_requeue ;;
         *) cifar_log "training failed (exit $rc); run folder $CIFAR_RUN_DIR" ;;
     esac
     return "$rc"
+}
+
+# One node: `accelerate launch` with one process per GPU (or the CPU), supervised; requeue on
+# a stop signal. CIFAR_RUN_DIR defaults to $CIFAR_RUNS_DIR/<job name>-job<id>.
+#   cifar_single_node LABEL [train.py flags...]
+cifar_single_node() {
+    CIFAR_RUN_DIR=${CIFAR_RUN_DIR:-${CIFAR_RUNS_DIR:-runs}/$1-$(cifar_stamp)}
+    shift
+    cifar_build_train_args "$@"
+    cifar_begin || return 0
+    cifar_node_launch
+    cifar_run children "${CIFAR_LAUNCH[@]}" train.py "${CIFAR_TRAIN[@]}"
+}
+
+# cifar_single_node for one model, named after it (or the job name).
+#   cifar_model_job MODEL [train.py flags...]
+cifar_model_job() {
+    CIFAR_FIRST_ARGS=(--model "$1")
+    cifar_single_node "$(cifar_job_label "$1")" "${@:2}"
 }
 
 # One machine of a multi-node run, inside `srun`: rank from SLURM_NODEID (one task per node),

@@ -1,99 +1,54 @@
 #!/bin/bash
-# The comparison study in one command: SimpleCNN and ResNet-50 trained with the same settings,
-# one after the other, then the report (figures + results table) from their run folders.
+# The comparison in one command: SimpleCNN and ResNet-50 trained with the same settings, one
+# after the other (a study, python -m cifar.study, with the arms cnn and resnet50 and seed 0),
+# then the study's statistics and the report (figures + results table) from their run folders.
 #
 #   sbatch slurm/compare.sh --dataset cifar10 --epochs 10       # from the repository root
 #   sbatch --gres=gpu:1 --cpus-per-task=8 slurm/compare.sh     # ask for what your site needs
+#   sbatch slurm/compare.sh --seeds 0 1 2 -- --dataset cifar10 # study options before --
 #   bash slurm/compare.sh --dataset synthetic --epochs 1 --tracker none
 #   make compare ARGS="--dataset fashion-mnist --data-dir /usr/share/datasets/fashion-mnist"
 #
-# Every flag goes to train.py for both models (the script sets --model and --output-dir).
-# Output: runs/compare-<stamp>/cnn, runs/compare-<stamp>/resnet50, runs/compare-<stamp>/report;
-# both runs share the W&B group compare-<stamp> (override with --wandb-group).
-# Under SLURM the stamp is the job id: on the warning signal train.py checkpoints, the job
-# requeues itself, and the requeued job resumes the same folders (finished models are skipped).
-# Environment: COMPARE_DIR overrides the study folder; PYTHON the interpreter.
-#SBATCH --job-name=cifar-compare
+# Without --, every argument is a train.py flag for both models (the study sets --seed,
+# --output-dir, --resume and --wandb-group). With --, what comes before goes to the study
+# (--seeds, --name, --arm) and what comes after to train.py.
+# Output: runs/compare-<stamp>/{cnn,resnet50}/seed0, study.md and study.json there, and
+# runs/compare-<stamp>/report; all runs share the W&B group compare-<stamp> (the folder's name;
+# --name before -- changes it). The stamp is job<id> under SLURM (CIFAR_RUN_DIR or COMPARE_DIR
+# choose the folder). On the warning signal the study stops its run at a checkpoint, the job
+# requeues itself and resumes the same folders (finished runs are skipped). Settings:
+# slurm/common.sh and docs/slurm.md.
+#SBATCH --job-name=compare
 #SBATCH --nodes=1
 #SBATCH --ntasks=1
+#SBATCH --gres=gpu:1
+#SBATCH --cpus-per-task=8
 #SBATCH --time=04:00:00
 #SBATCH --requeue
 #SBATCH --signal=B:USR1@180
-#SBATCH --output=slurm-%x-%j.out
+#SBATCH --output=logs/%x-%j.out
 #SBATCH --open-mode=append
+##SBATCH --partition=gpu
+##SBATCH --account=myproject
 set -euo pipefail
+# sbatch runs a copy of this file: the repository is then $CIFAR_REPO or where sbatch was called.
+repo=$(dirname "$0")/..
+[[ -f $repo/slurm/common.sh ]] || repo=${CIFAR_REPO:-$PWD}
+# shellcheck source=slurm/common.sh
+source "$repo/slurm/common.sh" || exit 2
 
-# sbatch runs a copy of this script from its spool folder: the repository is where it was
-# submitted from. Run directly, it is the folder above this script.
-if [[ -n "${SLURM_JOB_ID:-}" && -f "${SLURM_SUBMIT_DIR:-}/train.py" ]]; then
-    cd "$SLURM_SUBMIT_DIR"
-elif [[ -f "$(dirname "${BASH_SOURCE[0]}")/../train.py" ]]; then
-    cd "$(dirname "${BASH_SOURCE[0]}")/.."
-else
-    echo "error: cannot find train.py. Submit from the repository root: cd cifar-accelerate &&" \
-        "sbatch slurm/compare.sh [train.py flags]" >&2
-    exit 2
+label=$(cifar_job_label compare)
+CIFAR_RUN_DIR=${CIFAR_RUN_DIR:-${COMPARE_DIR:-${CIFAR_RUNS_DIR:-runs}/$label-$(cifar_stamp)}}
+CIFAR_FINISHED=study.json
+separated=0
+for arg in "$@"; do [[ $arg != -- ]] || separated=1; done
+((separated)) || set -- -- "$@"
+if cifar_begin; then
+    cifar_node_launch
+    cifar_run process python -m cifar.study --out "$CIFAR_RUN_DIR" --seeds 0 \
+        --launcher "${CIFAR_LAUNCH[*]}" "$@"
 fi
-
-STAMP=${SLURM_JOB_ID:+job$SLURM_JOB_ID}
-STAMP=${STAMP:-$(date +%Y%m%d-%H%M%S)}
-OUT=${COMPARE_DIR:-runs/compare-$STAMP}
-PYTHON=${PYTHON:-$(command -v python || command -v python3)}
-if command -v accelerate >/dev/null 2>&1; then
-    LAUNCH=(accelerate launch train.py)
-else
-    LAUNCH=("$PYTHON" train.py)
+if [[ ${CIFAR_DRY_RUN:-0} != 1 && ! -f $CIFAR_RUN_DIR/report/results.md ]]; then
+    python -m cifar.report "$CIFAR_RUN_DIR"/*/seed* --out "$CIFAR_RUN_DIR/report"
+    cifar_log "report: $CIFAR_RUN_DIR/report/results.md"
 fi
-
-# SLURM's warning signal goes to this shell (B:). Pass it on to the training processes, the
-# leaves of the launcher's process tree: a launcher itself would die of SIGUSR1.
-CHILD=""
-STOPPING=0
-leaves() {
-    local kids kid
-    kids=$(pgrep -P "$1" || true)
-    if [[ -z "$kids" ]]; then echo "$1"; return; fi
-    for kid in $kids; do leaves "$kid"; done
-}
-stop_training() {
-    STOPPING=1
-    if [[ -n "$CHILD" ]]; then
-        for pid in $(leaves "$CHILD"); do kill -USR1 "$pid" 2>/dev/null || true; done
-    fi
-}
-trap stop_training USR1 TERM
-
-train_model() {
-    local model=$1
-    shift
-    if [[ -f "$OUT/$model/summary.json" ]]; then
-        echo "$model: finished already in $OUT/$model"
-        return 0
-    fi
-    "${LAUNCH[@]}" --wandb-group "compare-$STAMP" "$@" \
-        --model "$model" --output-dir "$OUT/$model" --resume auto &
-    CHILD=$!
-    local rc=0
-    wait "$CHILD" || rc=$?
-    while kill -0 "$CHILD" 2>/dev/null; do  # wait was cut short by the trapped signal
-        rc=0
-        wait "$CHILD" || rc=$?
-    done
-    CHILD=""
-    if ((STOPPING)); then
-        echo "$model: stopped at a checkpoint in $OUT/$model"
-        if [[ -n "${SLURM_JOB_ID:-}" ]]; then scontrol requeue "$SLURM_JOB_ID"; fi
-        exit 75
-    fi
-    if ((rc != 0)); then
-        echo "error: training $model failed (exit $rc); its run folder is $OUT/$model" >&2
-        exit "$rc"
-    fi
-}
-
-mkdir -p "$OUT"
-echo "comparison study in $OUT: ${LAUNCH[*]} $*"
-train_model cnn "$@"
-train_model resnet50 "$@"
-"$PYTHON" -m cifar.report "$OUT/cnn" "$OUT/resnet50" --out "$OUT/report"
-echo "report: $OUT/report/results.md"

@@ -13,7 +13,7 @@
 #   CIFAR_TASKS_AS_MACHINES=1 sbatch --nodes=1 --ntasks=2 --gres=none slurm/multinode.sh ...
 # Stop and requeue work as in cnn.sh: the warning signal reaches this shell, which passes
 # SIGTERM to every process of the srun step on all nodes; each node's processes checkpoint
-# together and exit 75; the job requeues and resumes. Settings: slurm/common.sh and README.md (SLURM).
+# together and exit 75; the job requeues and resumes. Settings: slurm/common.sh and docs/slurm.md.
 #SBATCH --job-name=multinode
 #SBATCH --nodes=2
 #SBATCH --ntasks-per-node=1
@@ -28,29 +28,18 @@
 ##SBATCH --account=myproject
 set -euo pipefail
 
-# sbatch runs a copy of this file: find the repository ($CIFAR_REPO, else the folder sbatch
-# was called from, else the folder above this file).
-for CIFAR_REPO in "${CIFAR_REPO:-}" "$PWD" "$(dirname "$0")/.."; do
-    [[ -f $CIFAR_REPO/slurm/common.sh ]] && break
-done
-cd "$CIFAR_REPO" 2>/dev/null && [[ -f slurm/common.sh ]] || {
-    echo "error: cannot find the repository: submit from its root, or set CIFAR_REPO" >&2
-    exit 2
-}
+# sbatch runs a copy of this file: the repository is then $CIFAR_REPO or where sbatch was called.
+repo=$(dirname "$0")/..
+[[ -f $repo/slurm/common.sh ]] || repo=${CIFAR_REPO:-$PWD}
 # shellcheck source=slurm/common.sh
-source slurm/common.sh
+source "$repo/slurm/common.sh" || exit 2
 
 if [[ -z ${SLURM_JOB_ID:-} && ${CIFAR_DRY_RUN:-0} != 1 ]]; then
     cifar_die "multinode.sh runs under SLURM only: sbatch slurm/multinode.sh [train.py flags]"
 fi
 CIFAR_RUN_DIR=${CIFAR_RUN_DIR:-${CIFAR_RUNS_DIR:-runs}/$(cifar_job_label multinode)-$(cifar_stamp)}
 cifar_build_train_args "$@"
-cifar_activate
-cifar_banner
-if cifar_finished; then
-    cifar_log "$CIFAR_RUN_DIR/summary.json exists: this run finished already"
-    exit 0
-fi
+cifar_begin || exit 0
 
 # What every node's launcher needs, computed once here (on the first node).
 CIFAR_GPUS=$(cifar_gpu_count)
@@ -77,13 +66,5 @@ cifar_log "$CIFAR_MACHINES machine(s) x $CIFAR_PER_MACHINE process(es) ($CIFAR_G
     "main $CIFAR_MAIN_IP:$CIFAR_PORT"
 
 # Each task expands its own rank (SLURM_NODEID, or SLURM_PROCID in test mode) in cifar_node.
-rc=0
-cifar_supervise steps "${STEP[@]}" bash -c 'source slurm/common.sh && cifar_node "$@"' \
-    cifar-node "${CIFAR_TRAIN[@]}" || rc=$?
-if [[ ${CIFAR_DRY_RUN:-0} == 1 ]]; then exit 0; fi
-case $rc in
-    0) cifar_log "done: $CIFAR_RUN_DIR/summary.json" ;;
-    75) cifar_requeue ;;
-    *) cifar_log "training failed (exit $rc); run folder $CIFAR_RUN_DIR" ;;
-esac
-exit "$rc"
+cifar_run steps "${STEP[@]}" bash -c 'source slurm/common.sh && cifar_node "$@"' \
+    cifar-node "${CIFAR_TRAIN[@]}"

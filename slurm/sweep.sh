@@ -28,17 +28,11 @@
 ##SBATCH --account=myproject
 set -euo pipefail
 
-# sbatch runs a copy of this file: find the repository ($CIFAR_REPO, else the folder sbatch
-# was called from, else the folder above this file).
-for CIFAR_REPO in "${CIFAR_REPO:-}" "$PWD" "$(dirname "$0")/.."; do
-    [[ -f $CIFAR_REPO/slurm/common.sh ]] && break
-done
-cd "$CIFAR_REPO" 2>/dev/null && [[ -f slurm/common.sh ]] || {
-    echo "error: cannot find the repository: submit from its root, or set CIFAR_REPO" >&2
-    exit 2
-}
+# sbatch runs a copy of this file: the repository is then $CIFAR_REPO or where sbatch was called.
+repo=$(dirname "$0")/..
+[[ -f $repo/slurm/common.sh ]] || repo=${CIFAR_REPO:-$PWD}
 # shellcheck source=slurm/common.sh
-source slurm/common.sh
+source "$repo/slurm/common.sh" || exit 2
 
 index=${SLURM_ARRAY_TASK_ID:-${CIFAR_SWEEP_INDEX:-}}
 if [[ ! $index =~ ^[0-9]+$ ]]; then

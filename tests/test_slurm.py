@@ -7,6 +7,7 @@ train on synthetic data on the CPU. Without a cluster the tests skip (fail in CI
 """
 
 import os
+import re
 import subprocess
 import sys
 import time
@@ -119,6 +120,7 @@ def test_every_script_parses():
         "resnet.sh",
         "multinode.sh",
         "sweep.sh",
+        "compare.sh",
         "common.sh",
     }
     for script in SCRIPTS:
@@ -211,6 +213,27 @@ def test_multinode_command_per_node():
     assert "2 machine(s) x 4 process(es) (4 GPU(s) each), main node001:24242" in batch
 
 
+def test_compare_runs_the_study_with_the_node_launcher():
+    """compare.sh is the study with seed 0: flags without -- go to train.py, those before --
+    to the study; the launcher is the one the other scripts use."""
+    launcher = (
+        "--launcher accelerate launch --num_processes 2 --num_machines 1 --multi_gpu "
+        "--main_process_port 24242 --mixed_precision no --dynamo_backend no"
+    )
+    output = dry_run(["bash", "slurm/compare.sh", "--epochs", "1"], SLURM_GPUS_ON_NODE="2")
+    assert would_run(output) == (
+        f"python -m cifar.study --out runs/compare-job4242 --seeds 0 {launcher} -- --epochs 1"
+    )
+    output = dry_run(
+        ["bash", "slurm/compare.sh", "--seeds", "1", "2", "--", "--epochs", "1"],
+        SLURM_GPUS_ON_NODE="2",
+        COMPARE_DIR="runs/mine",
+    )
+    assert would_run(output) == (
+        f"python -m cifar.study --out runs/mine --seeds 0 {launcher} --seeds 1 2 -- --epochs 1"
+    )
+
+
 def test_flags_the_script_owns_are_refused():
     result = subprocess.run(
         ["bash", "slurm/cnn.sh", "--output-dir", "elsewhere"],
@@ -274,20 +297,67 @@ def test_signalled_job_checkpoints_requeues_and_resumes_exactly(cluster, tmp_pat
     ]
 
 
-@pytest.mark.slurm
-def test_plain_scancel_cancels_after_a_checkpoint(cluster, tmp_path):
-    """scancel (SIGTERM, job COMPLETING) is not a warning: checkpoint, but no requeue."""
-    job = sbatch("cnn.sh", tmp_path, args=LONGER)
-    run_dir = tmp_path / "runs" / f"cnn-job{job}"
+def scancel_after_first_checkpoint(job: int, tmp_path: Path, name: str, run_dir: Path) -> str:
+    """A plain scancel (SIGTERM, job COMPLETING) once training runs is not a warning: the job
+    checkpoints and ends CANCELLED, not requeued. Returns its log."""
     wait_for_checkpoint(job, run_dir)
     subprocess.run(["scancel", str(job)], check=True)
     assert wait_for_job(job, timeout_s=JOB_TIMEOUT) == "CANCELLED"
     assert restart_count(job) == 0
-    log = log_of(tmp_path, "cnn", job)
+    log = log_of(tmp_path, name, job)
     assert "got SIGTERM" in log and "checkpoint saved at step" in log
     assert "not requeued (job state COMPLETING)" in log
-    assert f"CIFAR_RUN_DIR={run_dir} sbatch" in log
     assert not (run_dir / "summary.json").exists()
+    return log
+
+
+@pytest.mark.slurm
+def test_plain_scancel_cancels_after_a_checkpoint(cluster, tmp_path):
+    job = sbatch("cnn.sh", tmp_path, args=LONGER)
+    run_dir = tmp_path / "runs" / f"cnn-job{job}"
+    log = scancel_after_first_checkpoint(job, tmp_path, "cnn", run_dir)
+    assert f"CIFAR_RUN_DIR={run_dir} sbatch" in log
+
+
+COMPARE = [*LONGER, "--no-pretrained", "--image-size", "32"]
+
+
+@pytest.mark.slurm
+def test_compare_requeues_on_the_warning_and_skips_the_finished_model(cluster, tmp_path):
+    """USR1 while ResNet-50 trains: the study stops it at a checkpoint, the job requeues, the
+    finished CNN is skipped, ResNet-50 resumes, and the study and the report are written."""
+    job = sbatch("compare.sh", tmp_path, args=COMPARE)
+    out = tmp_path / "runs" / f"compare-job{job}"
+    signal_after_first_checkpoint(job, out / "resnet50" / "seed0")
+    wait_completed(job, tmp_path, f"compare-{job}.out")
+    assert restart_count(job) == 1
+    log = log_of(tmp_path, "compare", job)
+    assert "got SIGUSR1" in log and f"job {job} requeued" in log
+    # The study's launcher dies at once; the job waits for train.py's checkpoint, then requeues,
+    # and the requeued run resumes from that checkpoint.
+    assert log.index("checkpoint saved at step") < log.index(f"job {job} requeued")
+    (saved,) = re.findall(r"checkpoint saved at step (\d+)", log)
+    assert re.search(rf"resuming at epoch \d+ step {saved}\b", log)
+    assert f"{out}/cnn/seed0: finished, skipped" in log
+    assert log.count("resuming at epoch") == 1
+    for model in ("cnn", "resnet50"):
+        run = out / model / "seed0"
+        assert read_json(run / "summary.json")["model"] == model
+        assert len(read_metrics(run)) == 2
+    resumes = (out / "resnet50" / "seed0" / "resume.jsonl").read_text().splitlines()
+    assert not (out / "cnn" / "seed0" / "resume.jsonl").exists() and len(resumes) == 1
+    assert read_json(out / "study.json")["arms"].keys() == {"cnn", "resnet50"}
+    results = (out / "report" / "results.md").read_text()
+    assert "| cnn/seed0 | cnn |" in results and "| resnet50/seed0 | resnet50 |" in results
+
+
+@pytest.mark.slurm
+def test_plain_scancel_cancels_compare_after_a_checkpoint(cluster, tmp_path):
+    job = sbatch("compare.sh", tmp_path, args=COMPARE)
+    out = tmp_path / "runs" / f"compare-job{job}"
+    log = scancel_after_first_checkpoint(job, tmp_path, "compare", out / "cnn" / "seed0")
+    assert f"CIFAR_RUN_DIR={out} sbatch" in log
+    assert not (out / "study.json").exists()
 
 
 @pytest.mark.slurm
