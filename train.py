@@ -11,6 +11,8 @@ it); 75 stopped by SIGTERM/SIGUSR1/SIGINT after saving a checkpoint (resume with
 second Ctrl-C without a checkpoint; 1 anything else.
 """
 
+import errno
+import os
 import sys
 
 from cifar.config import parse_config
@@ -22,6 +24,9 @@ from cifar.errors import (
     report_user_error,
 )
 
+# Errors of the disk rather than of the program: exit 74, not a traceback.
+DISK_ERRORS = (errno.ENOSPC, errno.EDQUOT, errno.EIO, errno.EROFS, errno.EFBIG)
+
 
 def main(argv: list[str] | None = None) -> int:
     try:
@@ -31,7 +36,7 @@ def main(argv: list[str] | None = None) -> int:
 
             prepare_only(config)
             return 0
-        from cifar.checkpoint import CheckpointWriteError, stop_with_launcher
+        from cifar.checkpoint import CheckpointWriteError, stop_with_launcher, write_failure
         from cifar.data import UnreadableImage
         from cifar.engine import NonFiniteLoss, run_experiment
         from cifar.experiment import RunFinished
@@ -52,9 +57,30 @@ def main(argv: list[str] | None = None) -> int:
         except CheckpointWriteError as error:
             report_user_error(error)
             return IO_ERROR_EXIT_CODE
-        except UnreadableImage as error:
-            report_user_error(UserError(error.reason))
+        except OSError as error:  # a result file (metrics, summary) on a full or failing disk
+            if error.errno not in DISK_ERRORS:
+                raise
+            path = error.filename or "a file of the run folder"
+            report_user_error(
+                UserError(
+                    f"could not write {path} ({write_failure(path, error)}). The checkpoints "
+                    f"written before are intact: free some space and continue with --resume auto."
+                )
+            )
+            return IO_ERROR_EXIT_CODE
+        except UnreadableImage as error:  # maybe in this process's shard alone: say it here
+            print(f"error: {error.reason}", file=sys.stderr, flush=True)
             return USAGE_EXIT_CODE
+        except RuntimeError as error:
+            if not peer_stopped(error):
+                raise
+            print(
+                "error: another process of this run stopped (its message is above); this one "
+                "stops too.",
+                file=sys.stderr,
+                flush=True,
+            )
+            return 1
     except UserError as error:
         report_user_error(error)
         return USAGE_EXIT_CODE
@@ -69,6 +95,13 @@ def main(argv: list[str] | None = None) -> int:
     finally:
         leave_process_group()
     return 0
+
+
+def peer_stopped(error: RuntimeError) -> bool:
+    """A collective failed because another process of the run exited (gloo and NCCL say so)."""
+    text = str(error)
+    gone = ("Connection closed by peer", "Connection reset by peer", "Broken pipe")
+    return int(os.environ.get("WORLD_SIZE", "1")) > 1 and any(g in text for g in gone)
 
 
 def leave_process_group() -> None:

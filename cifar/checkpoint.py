@@ -20,7 +20,7 @@ from cifar.config import RESUME_MAY_CHANGE
 from cifar.distributed import all_processes_agree
 from cifar.errors import UserError
 from cifar.progress import InvalidProgress, Progress, Shape
-from cifar.runfolder import write_json
+from cifar.runfolder import list_checkpoints, write_json
 
 PROGRESS_FILE = "progress.json"
 # SIGINT too: Ctrl-C saves a checkpoint like a scheduler's SIGTERM; a second Ctrl-C stops at once.
@@ -31,30 +31,28 @@ class CheckpointWriteError(Exception):
     """Saving a checkpoint failed (disk full, I/O error); the previous checkpoints are intact."""
 
     def __init__(self, folder: str, error: Exception):
-        root = os.path.dirname(folder)
-        try:
-            free = f"{shutil.disk_usage(root).free / 2**20:,.0f} MiB free there"
-        except OSError:
-            free = "free space unknown"
-        reason = getattr(error, "strerror", None) or " ".join(str(error).split())
         super().__init__(
-            f"could not write the checkpoint {folder} ({type(error).__name__}: {reason}; "
-            f"{free}). The partial folder was removed and the checkpoints before it are intact. "
-            f"Free some space (or point --output-dir at a larger disk) and continue with "
-            f"--resume auto."
+            f"could not write the checkpoint {folder} ({write_failure(folder, error)}). The "
+            f"partial folder was removed and the checkpoints before it are intact. Free some "
+            f"space (or point --output-dir at a larger disk) and continue with --resume auto."
         )
+
+
+def write_failure(path: str, error: Exception) -> str:
+    """The error and the free space where path was being written."""
+    try:
+        free_bytes = shutil.disk_usage(os.path.dirname(path) or ".").free
+        free = f"{free_bytes / 2**20:,.0f} MiB free there"
+        if free_bytes < 64 * 2**20:
+            free += ": the disk is full or nearly"
+    except OSError:
+        free = "free space unknown"
+    reason = getattr(error, "strerror", None) or " ".join(str(error).split())
+    return f"{type(error).__name__}: {reason}; {free}"
 
 
 def checkpoint_name(global_step: int) -> str:
     return f"step-{global_step:09d}"
-
-
-def list_checkpoints(root: str) -> list[str]:
-    """Complete checkpoint folders under root, oldest first."""
-    if not os.path.isdir(root):
-        return []
-    names = sorted(n for n in os.listdir(root) if n.startswith("step-"))
-    return [os.path.join(root, n) for n in names]
 
 
 def save_checkpoint(accelerator, root: str, progress: Progress, keep: int) -> str:
@@ -94,6 +92,8 @@ def read_progress(folder: str, shape: Shape, settings: dict) -> Progress:
             data = json.load(f)
     except (UnicodeDecodeError, json.JSONDecodeError) as error:
         raise InvalidProgress(f"not JSON ({error})") from None
+    except RecursionError:
+        raise InvalidProgress("nested too deeply to be a progress record") from None
     if isinstance(data, dict) and isinstance(data.get("settings"), dict):
         refuse_other_settings(settings_differences(data["settings"], settings), folder)
     return Progress.from_json(data, shape, step=checkpoint_step(folder))

@@ -233,6 +233,11 @@ def read_config_file(path: str) -> dict:
         ) from None
     try:
         data = json.loads(text) if path.endswith(".json") else yaml.safe_load(text)
+    except RecursionError:
+        raise UserError(
+            f"config file {path!r} is nested too deeply to read. A config file is a flat "
+            f"mapping of setting: value; fix the file or pass the settings as flags."
+        ) from None
     except (json.JSONDecodeError, yaml.YAMLError) as error:
         raise UserError(
             f"config file {path!r} is not valid {'JSON' if path.endswith('.json') else 'YAML'}: "
@@ -318,6 +323,16 @@ def validate(config: Config) -> None:
         )
     for name, (low, high) in LIMITS.items():
         check_range(name, getattr(config, name), low, high, EXCLUSIVE.get(name, ""))
+    for f in fields(Config):
+        texts = getattr(config, f.name) if f.type is list else [getattr(config, f.name)]
+        for text in texts:
+            try:
+                str(text).encode("utf-8")
+            except UnicodeEncodeError:
+                raise UserError(
+                    f"{flag_name(f.name)} holds bytes that are not UTF-8 text ({text!r}); run "
+                    f"folders, trackers and reports need text. Give it in UTF-8."
+                ) from None
     if config.cache_features and config.dataset == "imagefolder":
         raise UserError(
             "--cache-features works with the tensor datasets (cifar10, cifar100, fashion-mnist, "

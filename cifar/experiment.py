@@ -21,7 +21,7 @@ from cifar.checkpoint import (
 )
 from cifar.data import build_datasets
 from cifar.distributed import broadcast, decide_on_main, on_main_first, run_on_main
-from cifar.errors import say
+from cifar.errors import UserError, say
 from cifar.loaders import build_loaders, feature_loaders
 from cifar.models import build_model, load_pretrained_state, model_spec
 from cifar.progress import Progress, Shape
@@ -31,6 +31,7 @@ from cifar.runfolder import (
     RunFiles,
     RunFolder,
     default_run_dir,
+    holds_a_run,
     log_resume,
 )
 from cifar.tracking import check_tracker_installed, prepare_tracker, start_tracker
@@ -71,9 +72,29 @@ def run_settings(config, accelerator, train=None, test=None) -> dict:
         "gradient_accumulation_steps": accelerator.gradient_accumulation_steps,
         "world_size": accelerator.num_processes,
     }
+    if config.dataset == "imagefolder":
+        # The folder is the data itself, and DataLoader workers draw its random crops.
+        settings.update(
+            image_folder=os.path.realpath(config.data_dir), image_folder_workers=config.num_workers
+        )
     if train is not None:
         settings.update(train_images=len(train), test_images=len(test))
     return settings
+
+
+def refuse_another_runs_checkpoint(config, run_dir: str, candidates: list[str]) -> None:
+    """--resume PATH may continue another run into a new folder, never over a folder that
+    holds a run of its own."""
+    home = os.path.realpath(run_dir) + os.sep
+    foreign = [c for c in candidates if not os.path.realpath(c).startswith(home)]
+    if foreign and holds_a_run(run_dir):
+        source = os.path.dirname(os.path.dirname(os.path.realpath(foreign[0])))
+        raise UserError(
+            f"the run folder {run_dir} already holds a run, and --resume {config.resume} is "
+            f"another run's checkpoint: continuing it here would overwrite this one. Continue "
+            f"that run in its own folder (--output-dir {source} --resume auto) or in a new, "
+            f"empty --output-dir."
+        )
 
 
 def finished_message(config, accelerator, run_dir: str, candidates: list[str]) -> str:
@@ -84,7 +105,7 @@ def finished_message(config, accelerator, run_dir: str, candidates: list[str]) -
     try:
         with open(os.path.join(candidates[0], PROGRESS_FILE), encoding="utf-8") as f:
             saved = json.load(f)
-    except (OSError, ValueError):
+    except (OSError, ValueError, RecursionError):
         return ""  # the full check, after the data is read, says what is wrong with it
     if not isinstance(saved, dict) or saved.get("epoch") != config.epochs:
         return ""
@@ -114,6 +135,7 @@ def assemble_run(config, accelerator, run_dir: str, folder) -> Run:
     """The rest of setup_run, once the run folder is ours."""
     checkpoints_dir = os.path.join(run_dir, "checkpoints")
     candidates = decide_on_main(accelerator, lambda: resolve_resume(config, checkpoints_dir))
+    run_on_main(accelerator, lambda: refuse_another_runs_checkpoint(config, run_dir, candidates))
     finished = decide_on_main(
         accelerator, lambda: finished_message(config, accelerator, run_dir, candidates)
     )

@@ -231,7 +231,12 @@ def cache_path(folder: str, samples: list, size: int) -> str:
     """Where the cache of these files at this size lives: a digest of what could change them."""
     digest = hashlib.sha256(f"{CACHE_FORMAT} {size}\n".encode())
     for path, label in samples:
-        stat = os.stat(path)
+        try:
+            stat = os.stat(path)
+        except OSError as error:  # a dangling symlink, a loop, a file removed meanwhile
+            raise UserError(
+                f"cannot read image {path} ({error.strerror}). Remove or replace the file."
+            ) from None
         digest.update(f"{path}\0{label}\0{stat.st_size}\0{stat.st_mtime_ns}\n".encode())
     home = os.environ.get("XDG_CACHE_HOME") or os.path.expanduser("~/.cache")
     folder_id = hashlib.sha256(os.path.abspath(folder).encode()).hexdigest()[:12]

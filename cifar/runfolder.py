@@ -14,6 +14,7 @@ import errno
 import fcntl
 import json
 import os
+import re
 import shutil
 import socket
 import struct
@@ -26,6 +27,7 @@ CONFIG_FILE = "config.json"  # the resolved settings, written once when the run 
 METRICS_FILE = "metrics.jsonl"  # one line per finished epoch
 SUMMARY_FILE = "summary.json"  # the final evaluation, written when the run finishes
 LOCK_FILE = "run.lock"
+CHECKPOINT_NAME = re.compile(r"step-\d{9}")
 FLOCK_FORMAT = "hhqqi4x"  # struct flock on Linux: type, whence, start, len, pid
 RESUME_LOG = "resume.jsonl"
 CHECKPOINTS = "checkpoints"
@@ -113,10 +115,17 @@ class RunFiles:
 
 
 def checkpoint_folders(run_dir: str) -> list[str]:
-    root = os.path.join(run_dir, CHECKPOINTS)
+    """Names of the complete checkpoints of a run folder, oldest first."""
+    return [os.path.basename(p) for p in list_checkpoints(os.path.join(run_dir, CHECKPOINTS))]
+
+
+def list_checkpoints(root: str) -> list[str]:
+    """Complete checkpoint folders under root (step-<9 digits>, nothing else: a user's
+    step-1.bak is neither loaded nor pruned), oldest first."""
     if not os.path.isdir(root):
         return []
-    return sorted(n for n in os.listdir(root) if n.startswith("step-"))
+    names = sorted(n for n in os.listdir(root) if CHECKPOINT_NAME.fullmatch(n))
+    return [os.path.join(root, n) for n in names if os.path.isdir(os.path.join(root, n))]
 
 
 def holds_a_run(run_dir: str) -> bool:
@@ -131,20 +140,22 @@ def holds_a_run(run_dir: str) -> bool:
 
 
 def holder_of(path: str, fd: int) -> str:
-    """Who holds the lock: as its holder wrote it in the file, else the process id the kernel
-    reports (0 where the holder is on another NFS client)."""
-    try:
-        with open(path) as f:
-            info = json.load(f)
-        job = f", SLURM job {info['slurm_job']}" if info.get("slurm_job") else ""
-        return f"process {info['pid']} on {info['host']} since {info['since']}{job}"
-    except (OSError, ValueError, KeyError, TypeError):
-        pass
+    """Who holds the lock: the process id the kernel reports (0 when the holder is on another
+    NFS client), with what the holder wrote in the file when that is the same process (a run
+    writes it once it goes ahead, so the file may still name the run before)."""
     try:
         query = struct.pack(FLOCK_FORMAT, fcntl.F_WRLCK, os.SEEK_SET, 0, 0, 0)
         pid = struct.unpack(FLOCK_FORMAT, fcntl.fcntl(fd, fcntl.F_GETLK, query))[4]
     except OSError:
         pid = 0
+    try:
+        with open(path) as f:
+            info = json.load(f)
+        job = f", SLURM job {info['slurm_job']}" if info.get("slurm_job") else ""
+        if pid in (0, info["pid"]):
+            return f"process {info['pid']} on {info['host']} since {info['since']}{job}"
+    except (OSError, ValueError, KeyError, TypeError):
+        pass
     return f"process {pid} on this machine" if pid > 0 else "a process on another machine"
 
 
@@ -165,10 +176,16 @@ class RunFolder:
             foreign = sorted(os.listdir(path))
             if foreign and LOCK_FILE not in foreign:
                 shown = ", ".join(foreign[:5]) + (", ..." if len(foreign) > 5 else "")
+                lost_lock = (
+                    f" If it is a run folder of train.py whose {LOCK_FILE} was deleted, create "
+                    f"an empty one (touch {os.path.join(path, LOCK_FILE)}) and resume."
+                    if checkpoint_folders(path)
+                    else ""
+                )
                 raise UserError(
                     f"the folder {path} is not empty ({shown}) and was not made by train.py "
                     f"(it has no {LOCK_FILE}). Nothing was changed. Choose a new or empty "
-                    f"--output-dir."
+                    f"--output-dir.{lost_lock}"
                 )
         lock_path = os.path.join(path, LOCK_FILE)
         lock_existed = os.path.exists(lock_path)

@@ -161,3 +161,33 @@ def test_any_flags_and_config_file_give_a_run_or_one_paragraph(offline_env, draw
 def test_non_finite_and_negative_numbers_are_refused_naming_the_flag(offline_env, flag, value):
     code, _, err = train_in_process(["--dataset", "synthetic", f"{flag}={value}"])
     assert code == 2 and f"{flag} must be in" in err and "Traceback" not in err, err
+
+
+@pytest.mark.parametrize("suffix", [".json", ".yaml"])
+def test_a_config_file_nested_too_deeply_is_one_paragraph(offline_env, tmp_path, suffix):
+    path = tmp_path / f"deep{suffix}"
+    path.write_text("[" * 100_000 + "]" * 100_000)
+    code, _, err = train_in_process(["--dataset", "synthetic", "--config", str(path)])
+    assert code == 2 and "nested too deeply" in err and "Traceback" not in err, err
+
+
+def test_text_that_is_not_utf8_is_refused_naming_the_flag(offline_env, tmp_path):
+    name = b"caf\xe9".decode("utf-8", "surrogateescape")  # what Python makes of such argv
+    code, _, err = train_in_process(["--dataset", "synthetic", "--run-name", name])
+    assert code == 2 and "--run-name holds bytes that are not UTF-8" in err, err
+
+
+def test_an_image_folder_and_its_workers_may_not_change_on_resume():
+    from types import SimpleNamespace
+
+    from cifar.checkpoint import settings_differences
+    from cifar.config import Config
+    from cifar.experiment import run_settings
+
+    accelerator = SimpleNamespace(
+        mixed_precision="no", gradient_accumulation_steps=1, num_processes=1
+    )
+    for dataset, strict in (("imagefolder", True), ("cifar10", False)):
+        before = run_settings(Config(dataset=dataset, data_dir="a", num_workers=2), accelerator)
+        after = run_settings(Config(dataset=dataset, data_dir="b", num_workers=3), accelerator)
+        assert bool(settings_differences(before, after)) == strict, dataset

@@ -133,3 +133,13 @@ def assert_accepted_whole_or_refused(data, step) -> None:
     except InvalidProgress:
         return
     assert progress.to_json() == data
+
+
+def test_a_progress_file_nested_too_deeply_is_invalid_not_a_crash(tmp_path):
+    from cifar.checkpoint import read_progress
+
+    folder = tmp_path / "step-000000008"
+    folder.mkdir()
+    (folder / "progress.json").write_text("[" * 100_000 + "]" * 100_000)
+    with pytest.raises(InvalidProgress, match="nested too deeply"):
+        read_progress(str(folder), SHAPE, settings={})

@@ -329,3 +329,27 @@ def test_a_truncated_jpeg_is_named_with_exit_2(tmp_path, workers):
     )
     assert_refused(result, f"cannot decode image {broken} (OSError", "--resume auto")
     assert snapshot(images) == before
+
+
+def test_resume_path_never_continues_another_run_over_a_folder_holding_one(tmp_path):
+    kept, other = tmp_path / "kept", tmp_path / "other"
+    run_train([*SMOKE, "--output-dir", kept])
+    run_train([*SMOKE, "--seed", "7", "--output-dir", other])
+    os.remove(other / "summary.json")
+    before = snapshot(kept)
+    result = run_train(
+        [*SMOKE, "--seed", "7", "--output-dir", kept, "--resume", other], check=False
+    )
+    assert_refused(result, f"the run folder {kept} already holds a run", "another run's checkpoint")
+    assert snapshot(kept) == before
+
+
+def test_only_step_folders_are_checkpoints_a_backup_is_neither_loaded_nor_pruned(tmp_path):
+    from cifar.runfolder import list_checkpoints
+
+    root = tmp_path / "checkpoints"
+    for name in ("step-000000003", "step-000000009", "step-000000003.bak", "tmp-step-000000012"):
+        (root / name).mkdir(parents=True)
+    (root / "step-000000010").write_text("a file, not a checkpoint")
+    found = [os.path.basename(p) for p in list_checkpoints(str(root))]
+    assert found == ["step-000000003", "step-000000009"]
