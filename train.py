@@ -15,7 +15,6 @@ import errno
 import os
 import sys
 
-from cifar.config import parse_config
 from cifar.errors import (
     INTERRUPTED_EXIT_CODE,
     IO_ERROR_EXIT_CODE,
@@ -30,6 +29,8 @@ DISK_ERRORS = (errno.ENOSPC, errno.EDQUOT, errno.EIO, errno.EROFS, errno.EFBIG)
 
 def main(argv: list[str] | None = None) -> int:
     try:
+        from cifar.config import parse_config  # imports torch: inside, so Ctrl-C here is clean
+
         config = parse_config(argv)
         if config.prepare_only:
             from cifar.experiment import prepare_only

@@ -8,6 +8,7 @@ import json
 import math
 import os
 
+from cifar.config import RESUME_MAY_CHANGE
 from cifar.errors import UserError
 from cifar.runfolder import CONFIG_FILE, METRICS_FILE, SUMMARY_FILE, read_run_file
 from cifar.statistics import compare_paired, describe
@@ -60,7 +61,7 @@ def check_run(folder: str, summary, metrics, config, expected: dict, seed: int) 
     differ = [
         f"{k} {config[k]!r} (the study's: {v!r})"
         for k, v in expected.items()
-        if k in config and k not in RUN_SETTINGS and config[k] != v
+        if k in config and k not in (*RUN_SETTINGS, *RESUME_MAY_CHANGE) and config[k] != v
     ]
     if config.get("seed") != seed:
         differ.insert(0, f"seed {config.get('seed')!r} (the study's: {seed})")

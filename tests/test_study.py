@@ -355,7 +355,7 @@ def refused(argv: list, capsys) -> str:
         (["--arm", "a=--width 8", "--arm", "a=--width 16"], "--arm a is given twice"),
         (["--arm", "a=--no-such-flag 3"], "train.py does not know --no-such-flag 3"),
         (["--arm", "a=--width many"], "invalid int value: 'many'"),
-        (["--arm", "a=--width 0"], "--width must be at least 1"),
+        (["--arm", "a=--width 0"], "--width must be in [1, 512], got 0"),
         (["--arm", "a=--seed 3"], "--seed is set by the study"),
         (["--arm", "a=--out x"], "--output-dir is set by the study"),
         (["--arm", "a=--tags 'x"], "its flags do not parse"),

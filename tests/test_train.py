@@ -55,11 +55,11 @@ def test_fashion_mnist_one_epoch_on_20000_images_reaches_85_percent(tmp_path):
             "--tracker",
             "none",
             "--output-dir",
-            tmp_path,
+            tmp_path / "run",
         ],
         env={"XDG_CACHE_HOME": str(tmp_path / "cache")},
     )
-    summary = read_json(tmp_path / "summary.json")
+    summary = read_json(tmp_path / "run" / "summary.json")
     assert summary["num_test_samples"] == 10_000
     assert summary["test_accuracy"] >= 0.85, summary["test_accuracy"]
 
