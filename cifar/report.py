@@ -176,14 +176,19 @@ def per_class_figure(runs: list[dict]) -> Figure:
         accuracy = run["summary"]["per_class_accuracy"]
         xs = [i + (index - (len(runs) - 1) / 2) * width for i, c in enumerate(classes)]
         ax.bar(xs, [accuracy.get(c, 0.0) for c in classes], width, label=run["label"])
+    style_per_class_axes(ax, classes, "Per-class test accuracy", len(runs))
+    fig.tight_layout()
+    return fig
+
+
+def style_per_class_axes(ax, classes: list, title: str, series: int) -> None:
+    """Class names under the bars (smaller when there are many), accuracy from 0 to 1."""
     ax.set_xticks(range(len(classes)), classes, rotation=45 if len(classes) <= 20 else 90)
     ax.tick_params(axis="x", labelsize="small" if len(classes) <= 20 else 5)
     # Headroom above 1.0 keeps the legend off the bars.
-    ax.set(ylabel="test accuracy", ylim=(0, 1.2), title="Per-class test accuracy")
+    ax.set(ylabel="test accuracy", ylim=(0, 1.2), title=title)
     ax.grid(axis="y", alpha=0.3)
-    ax.legend(fontsize="small", loc="upper center", ncol=min(len(runs), 4))
-    fig.tight_layout()
-    return fig
+    ax.legend(fontsize="small", loc="upper center", ncol=min(series, 4))
 
 
 def confusion_figure(summary: dict, title: str = "") -> Figure:

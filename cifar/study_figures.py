@@ -4,7 +4,7 @@ mean with a 95% band, per-class accuracy with intervals."""
 import numpy as np
 from matplotlib.figure import Figure
 
-from cifar.report import save, style_epoch_axis
+from cifar.report import save, style_epoch_axis, style_per_class_axes
 
 
 def error_bars(stats: list[dict]) -> np.ndarray:
@@ -81,11 +81,7 @@ def per_class_figure(study: dict) -> Figure:
         stats = [arm["per_class_accuracy"][c] for c in present]
         xs = [classes.index(c) + (index - (len(arms) - 1) / 2) * width for c in present]
         ax.bar(xs, [s["mean"] for s in stats], width, yerr=error_bars(stats), capsize=2, label=name)
-    ax.set_xticks(range(len(classes)), classes, rotation=45 if len(classes) <= 20 else 90)
-    ax.tick_params(axis="x", labelsize="small" if len(classes) <= 20 else 5)
-    ax.set(ylabel="test accuracy", ylim=(0, 1.2), title="Per-class test accuracy: mean, 95% CI")
-    ax.grid(axis="y", alpha=0.3)
-    ax.legend(fontsize="small", loc="upper center", ncol=min(len(arms), 4))
+    style_per_class_axes(ax, classes, "Per-class test accuracy: mean, 95% CI", len(arms))
     fig.tight_layout()
     return fig
 
