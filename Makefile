@@ -1,7 +1,7 @@
 # make train ARGS="--model cnn"   set up .venv, then python train.py $(ARGS); its exit code
 # make train PROCESSES=4 ARGS=... the same with `accelerate launch` over 4 GPUs of this machine
 # make test                       set up .venv, lint, and run the test suite
-# make test-fast                  the in-process tests only, for the inner loop (about a minute)
+# make test-fast                  the in-process tests only, for the inner loop (about 15 s)
 # make setup TORCH=cu126          the environment of locks/cu126.txt (see docs/install.md)
 # make lock [TORCH=...]           re-resolve locks/$(TORCH).txt from pyproject.toml
 # make compare ARGS="..."         train both models with the same settings, then the report
