@@ -18,12 +18,10 @@ import numpy as np
 import torchvision
 import torchvision.transforms as T
 from PIL import Image
-from torch import nn
-from torch.utils.data import DataLoader
 
 from bench.ours import prepare_model, settings, train_on
-from bench.timing import Row, best, sync, timed_epochs
-from cifar.build import build_optimizer
+from bench.plain import time_plain_training
+from bench.timing import Row, best, sync
 from cifar.config import Config
 from cifar.data import build_datasets
 from cifar.loaders import build_loaders
@@ -113,33 +111,8 @@ def measure_plain(args, accelerator, root: Path, workers: int) -> Row:
     dataset = torchvision.datasets.ImageFolder(str(root / "train"), transform=transform)
     config = folder_config(args, root, workers, False)
     model = prepare_model(config, accelerator).to(device)  # the same model and memory format
-    optimizer = build_optimizer(config, model)
-    loss_fn = nn.CrossEntropyLoss(label_smoothing=config.label_smoothing)
-    loader = DataLoader(
-        dataset,
-        batch_size=config.batch_size,
-        shuffle=True,
-        drop_last=True,
-        num_workers=workers,
-        pin_memory=device.type == "cuda",
-        persistent_workers=workers > 0,
-    )
-
-    def run_epoch(epoch: int, limit: int | None = None) -> None:
-        model.train()
-        for step, (images, labels) in enumerate(loader):
-            if limit is not None and step >= limit:
-                break
-            images = images.to(device, non_blocking=True)
-            labels = labels.to(device, non_blocking=True)
-            loss = loss_fn(model(images), labels)
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            optimizer.step()
-
-    run_epoch(0, limit=max(1, args.warmup))
-    seconds = timed_epochs(run_epoch, device, args)
-    n = len(loader) * config.batch_size
+    seconds, batches = time_plain_training(model, dataset, config, workers, device, args)
+    n = batches * config.batch_size
     label = f"plain (fp32, {workers_label(workers)})"
     return Row(FOLDER_CASE, label, n / seconds, seconds, args.epochs * seconds, None)
 

@@ -39,16 +39,13 @@ def plain_transform(config, images: torch.Tensor):
     return T.Compose([*steps, T.ToTensor(), T.Normalize(mean, std)])
 
 
-def measure_plain(args, device, case: str, workers: int, memory: PeakMemory) -> Row:
-    config = case_config(args, case)
-    train, _ = make_synthetic(config)
-    memory.reset()
-    torch.manual_seed(config.seed)
-    model = build_model(config, 10).to(device)
+def time_plain_training(model, dataset, config, workers: int, device, args) -> tuple[float, int]:
+    """(seconds per epoch, batches per epoch) of the plain loop: a shuffled DataLoader with
+    per-sample transforms, a copy to the device per batch, fp32."""
     optimizer = build_optimizer(config, model)
     loss_fn = nn.CrossEntropyLoss(label_smoothing=config.label_smoothing)
     loader = DataLoader(
-        PlainImages(train.images, train.labels, plain_transform(config, train.images)),
+        dataset,
         batch_size=config.batch_size,
         shuffle=True,
         drop_last=True,
@@ -70,7 +67,17 @@ def measure_plain(args, device, case: str, workers: int, memory: PeakMemory) -> 
             optimizer.step()
 
     run_epoch(0, limit=max(1, args.warmup))
-    seconds = timed_epochs(run_epoch, device, args)
+    return timed_epochs(run_epoch, device, args), len(loader)
+
+
+def measure_plain(args, device, case: str, workers: int, memory: PeakMemory) -> Row:
+    config = case_config(args, case)
+    train, _ = make_synthetic(config)
+    memory.reset()
+    torch.manual_seed(config.seed)
+    model = build_model(config, 10).to(device)
+    dataset = PlainImages(train.images, train.labels, plain_transform(config, train.images))
+    seconds, _ = time_plain_training(model, dataset, config, workers, device, args)
     peak = memory.read()
     n = (len(train) // config.batch_size) * config.batch_size
     label = f"plain (fp32, {workers} worker{'' if workers == 1 else 's'})"
