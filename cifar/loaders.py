@@ -139,27 +139,18 @@ def build_loaders(config, accelerator: Accelerator, train, test):
             f"needs ({config.batch_size} per process x {accelerator.num_processes} processes "
             f"x {steps} accumulation steps). Lower --batch-size or raise --train-subset."
         )
+    common = {"batch_size": config.batch_size, "device": accelerator.device, **shard}
     train_loader = DeviceLoader(
         train.images,
         train.labels,
-        batch_size=config.batch_size,
-        device=accelerator.device,
         train=True,
         shuffle=config.shuffle,
         augment=config.augment,
         seed=config.seed,
         accumulation_steps=steps,
-        **shard,
+        **common,
     )
-    test_loader = DeviceLoader(
-        test.images,
-        test.labels,
-        batch_size=config.batch_size,
-        device=accelerator.device,
-        train=False,
-        **shard,
-    )
-    return train_loader, test_loader
+    return train_loader, DeviceLoader(test.images, test.labels, train=False, **common)
 
 
 def image_folder_loaders(config, accelerator: Accelerator, train, test):
