@@ -73,10 +73,7 @@ def run_settings(config, accelerator, train=None, test=None) -> dict:
         "world_size": accelerator.num_processes,
     }
     if config.dataset == "imagefolder":
-        # The folder is the data itself, and DataLoader workers draw its random crops.
-        settings.update(
-            image_folder=os.path.realpath(config.data_dir), image_folder_workers=config.num_workers
-        )
+        settings["image_folder"] = os.path.realpath(config.data_dir)  # the folder is the data
     if train is not None:
         settings.update(train_images=len(train), test_images=len(test))
     return settings

@@ -6,8 +6,9 @@ Two ways to feed them, both decoding with torchvision.io:
   for ResNet-50) into a uint8 tensor kept on disk under $XDG_CACHE_HOME/cifar-accelerate/
   imagefolder/, keyed by the files' paths, labels, sizes and mtimes and that size. Training then
   runs from the device like CIFAR (DeviceLoader), N processes equal to one;
-- uncached: ImageFiles decodes in DataLoader workers every epoch, cropping and flipping each
-  image on its own.
+- uncached: DataLoader workers decode and resize the same images every epoch (ImageFiles), and
+  crop and flip each batch as DeviceLoader would (loaders.FileLoader): the same batches as the
+  cache gives, N processes equal to one, exact on resume.
 --train-subset / --test-subset pick N images at random with a fixed seed (the same images for
 every --seed), kept in the folder's sorted order.
 """
@@ -23,7 +24,7 @@ import torchvision
 import torchvision.transforms.v2.functional as TF
 from torch.utils.data import DataLoader, Dataset
 
-from cifar.data import IMAGE_SUFFIXES, TensorImages, decode_rgb, describe, load_rgb
+from cifar.data import IMAGE_SUFFIXES, JPEG_SUFFIXES, TensorImages, decode_rgb, describe, load_rgb
 from cifar.data import unreadable_message as unreadable
 from cifar.errors import UserError
 from cifar.models import model_spec
@@ -33,29 +34,25 @@ from cifar.models import model_spec
 CACHE_BUDGET_BYTES = 2 * 2**30
 SUBSET_SEED = 0
 CACHE_FORMAT = "imagefolder-cache-1"
-JPEG_SUFFIXES = (".jpg", ".jpeg")
 
 
 class ImageFiles(Dataset):
-    """(uint8 3 x H x W image, label) per file, decoded each time it is read.
+    """(uint8 3 x size x size image, label) per file, decoded and resized each time it is read,
+    exactly as the cache stores it. A large JPEG is decoded at a reduced scale (decode_rgb)."""
 
-    transform runs on one image at a time, so each image draws its own crop and flip.
-    """
-
-    def __init__(self, samples: list, classes: list, transform=None):
-        self.samples, self.classes, self.transform = samples, classes, transform
+    def __init__(self, samples: list, classes: list, size: int = 0):
+        self.samples, self.classes, self.size = samples, classes, size
 
     def __len__(self) -> int:
         return len(self.samples)
 
     def __getitem__(self, index: int):
         path, label = self.samples[index]
-        image = load_rgb(path)
-        return (self.transform(image) if self.transform else image), label
+        return resize(load_rgb(path, self.size), self.size), label
 
     def without(self, paths: set) -> "ImageFiles":
         kept = [sample for sample in self.samples if sample[0] not in paths]
-        return ImageFiles(kept, self.classes, self.transform)
+        return ImageFiles(kept, self.classes, self.size)
 
 
 def stored_size(config) -> int:
@@ -80,6 +77,7 @@ def load_image_folders(config):
     if config.cache_images == "never" or (
         config.cache_images == "auto" and decoded_bytes > CACHE_BUDGET_BYTES
     ):
+        train.size = test.size = size
         return train, test
     splits = [
         cached_images(split, os.path.join(root, name), size, config.num_workers)
@@ -132,10 +130,11 @@ def refuse_or_skip(failures: list, skip: bool) -> None:
 
 
 class Check(Dataset):
-    """(path, failure or "") per sample: a full decode, or PIL's header read when header_only."""
+    """(path, failure or "") per sample: the decode training does for images resized to
+    min_side, or when min_side is None PIL's header read only."""
 
-    def __init__(self, samples: list, header_only: bool):
-        self.samples, self.header_only = samples, header_only
+    def __init__(self, samples: list, min_side: int | None):
+        self.samples, self.min_side = samples, min_side
 
     def __len__(self) -> int:
         return len(self.samples)
@@ -143,21 +142,21 @@ class Check(Dataset):
     def __getitem__(self, index: int):
         path = self.samples[index][0]
         try:
-            if self.header_only:
+            if self.min_side is None:
                 from PIL import Image
 
                 with Image.open(path) as image:
                     image.size  # noqa: B018 - reading the header is the check
             else:
-                decode_rgb(path)
+                decode_rgb(path, self.min_side)
         except Exception as error:  # PIL raises many types for bad files
             return path, describe(error)
         return path, ""
 
 
-def find_unreadable(samples: list, header_only: bool, workers: int) -> list:
-    """(path, reason) of each image that fails the check, in the samples' order."""
-    loader = DataLoader(Check(samples, header_only), **one_pass(workers))
+def find_unreadable(samples: list, min_side: int | None, workers: int) -> list:
+    """(path, reason) of each image that fails Check, in the samples' order."""
+    loader = DataLoader(Check(samples, min_side), **one_pass(workers))
     return [(path, reason) for batch in loader for path, reason in batch if reason]
 
 
@@ -182,12 +181,13 @@ class Resized(Dataset):
         if self.jpeg_bytes and path.lower().endswith(JPEG_SUFFIXES):
             return index, torchvision.io.read_file(path), ""
         try:
-            return index, resize(decode_rgb(path), self.size), ""
+            return index, resize(decode_rgb(path, self.size), self.size), ""  # as ImageFiles
         except Exception as error:  # PIL raises many types for bad files
             return index, None, describe(error)
 
 
 def resize(images: torch.Tensor, size: int) -> torch.Tensor:
+    """size x size (the aspect ratio is not kept, as torchvision's Resize((size, size)))."""
     return TF.resize(images, [size, size], antialias=True)
 
 

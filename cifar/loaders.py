@@ -13,17 +13,35 @@ import torch
 import torch.nn.functional as F
 from accelerate import Accelerator
 from accelerate.utils import pad_across_processes
-from torch.utils.data import DataLoader, Subset
+from torch.utils.data import DataLoader, Dataset, Subset
 
 from cifar.data import TensorImages
 from cifar.distributed import decide_on_main
 from cifar.errors import UserError
-from cifar.imagefolder import find_unreadable, refuse_or_skip, stored_size
-from cifar.transforms import CROP_PADDING, crop_padding, image_folder_transforms
+from cifar.imagefolder import find_unreadable, refuse_or_skip
+from cifar.transforms import CROP_PADDING, crop_padding
 
 
 def epoch_generator(seed: int, epoch: int) -> torch.Generator:
     return torch.Generator().manual_seed(seed * 1_000_003 + epoch)
+
+
+def epoch_draws(n: int, plan, padding: int):
+    """(order, N x 2 crop offsets, N flips) of an epoch of n images, indexed by image: drawn
+    from plan's seed and epoch alone, so every process, and every loader, draws the same."""
+    generator = epoch_generator(plan.seed, plan.epoch)
+    order = torch.randperm(n, generator=generator) if plan.shuffle else torch.arange(n)
+    shifts = torch.randint(0, 2 * padding + 1, (n, 2), generator=generator)
+    flips = torch.randint(0, 2, (n,), generator=generator).bool()
+    if plan.augment == "flip":
+        shifts.fill_(padding)
+    return order, shifts, flips
+
+
+def training_steps(n: int, batch_size: int, world_size: int, accumulation_steps: int) -> int:
+    """Steps of an epoch: whole global batches, ending on a whole accumulation group."""
+    steps = n // (batch_size * world_size)
+    return steps - steps % accumulation_steps
 
 
 def crop_flip(
@@ -95,8 +113,8 @@ class DeviceLoader:
 
     def __len__(self) -> int:
         if self.train:
-            steps = len(self.labels) // (self.batch_size * self.world_size)
-            return steps - steps % self.accumulation_steps
+            n = len(self.labels)
+            return training_steps(n, self.batch_size, self.world_size, self.accumulation_steps)
         lo, hi = self.shard_bounds()
         return math.ceil((hi - lo) / self.batch_size)
 
@@ -107,14 +125,8 @@ class DeviceLoader:
                 end = min(start + self.batch_size, hi)
                 yield self.images[start:end], self.labels[start:end]
             return
-        n = len(self.labels)
         padding = crop_padding(self.images.shape[-1])
-        generator = epoch_generator(self.seed, self.epoch)
-        order = torch.randperm(n, generator=generator) if self.shuffle else torch.arange(n)
-        shifts = torch.randint(0, 2 * padding + 1, (n, 2), generator=generator)
-        flips = torch.randint(0, 2, (n,), generator=generator).bool()
-        if self.augment == "flip":
-            shifts.fill_(padding)
+        order, shifts, flips = epoch_draws(len(self.labels), self, padding)
         device = self.images.device
         order, shifts, flips = order.to(device), shifts.to(device), flips.to(device)
         global_batch = self.batch_size * self.world_size
@@ -154,45 +166,47 @@ def build_loaders(config, accelerator: Accelerator, train, test):
 
 
 def image_folder_loaders(config, accelerator: Accelerator, train, test):
-    """DataLoaders that decode ImageFiles in workers, after the main process checked the files
-    (a header read; a full decode with --skip-bad-images, whose failures every process drops)."""
+    """Loaders that decode ImageFiles in DataLoader workers, after the main process checked the
+    files (a header read; a full decode with --skip-bad-images, whose failures every process
+    drops). Training batches are drawn, cropped and flipped as DeviceLoader's."""
 
     def check():
         samples = train.samples + test.samples
-        failures = find_unreadable(samples, not config.skip_bad_images, config.num_workers)
+        decode_at = train.size if config.skip_bad_images else None
+        failures = find_unreadable(samples, decode_at, config.num_workers)
         refuse_or_skip(failures, config.skip_bad_images)
         return [path for path, _ in failures]
 
     skipped = set(decide_on_main(accelerator, check))
     train, test = train.without(skipped), test.without(skipped)
-    size = stored_size(config)
-    train.transform = image_folder_transforms(size, config.augment)
-    test.transform = image_folder_transforms(size, "none")
-    if len(train) < config.batch_size * accelerator.num_processes:
+    steps = accelerator.gradient_accumulation_steps
+    if len(train) < config.batch_size * accelerator.num_processes * steps:
         raise UserError(
-            f"the training folder has {len(train)} images, fewer than one batch "
-            f"({config.batch_size} x {accelerator.num_processes} processes). Lower --batch-size."
+            f"the training folder has {len(train)} images, fewer than one optimizer step needs "
+            f"({config.batch_size} per process x {accelerator.num_processes} processes x "
+            f"{steps} accumulation steps). Lower --batch-size."
         )
     workers = {
         "num_workers": config.num_workers,
         "pin_memory": accelerator.device.type == "cuda",
         "persistent_workers": config.num_workers > 0,
     }
-    train_loader = EpochLoader(
-        accelerator,
-        accelerator.prepare_data_loader(
-            DataLoader(
-                train,
-                batch_size=config.batch_size,
-                shuffle=config.shuffle,
-                drop_last=True,
-                **workers,
-            )
-        ),
-        config.batch_size,
+    rank, world = accelerator.process_index, accelerator.num_processes
+    plan = EpochBatches(
+        len(train),
+        batch_size=config.batch_size,
+        rank=rank,
+        world_size=world,
+        shuffle=config.shuffle,
+        augment=config.augment,
+        seed=config.seed,
+        padding=crop_padding(train.size),
+        accumulation_steps=steps,
     )
-    # Contiguous, uneven shards: each test image is evaluated exactly once.
-    n, rank, world = len(test), accelerator.process_index, accelerator.num_processes
+    batches = DataLoader(FileBatches(train, plan), batch_size=None, sampler=plan, **workers)
+    train_loader = FileLoader(batches, plan, accelerator.device)
+    # Contiguous, uneven shards, as DeviceLoader's: each test image is evaluated exactly once.
+    n = len(test)
     lo, hi = rank * n // world, (rank + 1) * n // world
     test_loader = OnDevice(
         DataLoader(Subset(test, range(lo, hi)), batch_size=config.batch_size, **workers),
@@ -201,29 +215,66 @@ def image_folder_loaders(config, accelerator: Accelerator, train, test):
     return train_loader, test_loader
 
 
-class EpochLoader:
-    """Accelerate's prepared DataLoader behind the DeviceLoader interface (epochs, resuming)."""
+class EpochBatches:
+    """The keys of this process's training batches of an epoch: (image indices, crop offsets,
+    flips) as lists, drawn as DeviceLoader draws them. A DataLoader's sampler: persistent
+    workers read it anew each epoch, and it starts after the batches already trained."""
 
-    def __init__(self, accelerator: Accelerator, loader, batch_size: int):
-        self.accelerator, self.loader, self.skip_batches = accelerator, loader, 0
-        self.batch_size = batch_size
-
-    def set_epoch(self, epoch: int, skip_batches: int = 0) -> None:
-        self.loader.set_epoch(epoch)
-        self.skip_batches = skip_batches
+    def __init__(self, n: int, *, batch_size, rank, world_size, shuffle, augment, seed, padding,
+                 accumulation_steps):  # fmt: skip
+        self.n, self.batch_size, self.rank, self.world_size = n, batch_size, rank, world_size
+        self.shuffle, self.augment, self.seed, self.padding = shuffle, augment, seed, padding
+        self.steps = training_steps(n, batch_size, world_size, accumulation_steps)
+        self.epoch, self.skip_batches = 0, 0
 
     def __len__(self) -> int:
-        return len(self.loader)
+        return self.steps
+
+    def __iter__(self):
+        order, shifts, flips = epoch_draws(self.n, self, self.padding)
+        global_batch = self.batch_size * self.world_size
+        for step in range(self.skip_batches, self.steps):
+            start = step * global_batch + self.rank * self.batch_size
+            index = order[start : start + self.batch_size]
+            yield index.tolist(), shifts[index].tolist(), flips[index].tolist()
+
+
+class FileBatches(Dataset):
+    """A training batch by its key: the files decoded and resized (ImageFiles), then cropped and
+    flipped in one gather. Runs in a DataLoader worker, a whole batch per key."""
+
+    def __init__(self, files, plan: EpochBatches):
+        self.files, self.augment, self.padding = files, plan.augment, plan.padding
+
+    def __getitem__(self, key):
+        indices, shifts, flips = key
+        images = torch.stack([self.files[i][0] for i in indices])
+        labels = torch.tensor([self.files.samples[i][1] for i in indices])
+        if self.augment != "none":
+            images = crop_flip(images, torch.tensor(shifts), torch.tensor(flips), self.padding)
+        return images, labels
+
+
+class FileLoader:
+    """FileBatches from DataLoader workers behind DeviceLoader's interface (epochs, resuming)."""
+
+    def __init__(self, loader: DataLoader, plan: EpochBatches, device):
+        self.loader, self.plan, self.device = loader, plan, device
+        self.batch_size = plan.batch_size
+
+    def set_epoch(self, epoch: int, skip_batches: int = 0) -> None:
+        self.plan.epoch, self.plan.skip_batches = epoch, skip_batches
+
+    def __len__(self) -> int:
+        return len(self.plan)
 
     @property
     def num_samples(self) -> int:
-        """Images this process sees per epoch (whole batches only)."""
-        return len(self.loader) * self.batch_size
+        """Images this process sees per epoch."""
+        return len(self) * self.batch_size
 
     def __iter__(self):
-        if not self.skip_batches:
-            return iter(self.loader)
-        return iter(self.accelerator.skip_first_batches(self.loader, self.skip_batches))
+        return iter(OnDevice(self.loader, self.device))
 
 
 class OnDevice:

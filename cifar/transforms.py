@@ -1,10 +1,8 @@
 """From stored uint8 images to the model's input: normalisation, resize and memory format on the
-device (InputTransform, as the model's spec asks), and the per-image transforms of an image
-folder read from files."""
+device (InputTransform, as the model's spec asks)."""
 
 import torch
 import torch.nn.functional as F
-import torchvision.transforms.v2 as T
 
 from cifar.models import IMAGENET_MEAN, IMAGENET_STD, model_spec
 
@@ -50,17 +48,6 @@ def dataset_statistics(images: torch.Tensor) -> tuple[tuple, tuple]:
     return tuple(sample.mean(dim=(0, 2, 3)).tolist()), tuple(std.tolist())
 
 
-def image_folder_transforms(size: int, augment: str):
-    """One decoded uint8 image -> size x size, cropped and flipped as DeviceLoader does (each
-    image its own draw: v2 transforms on a batch would draw once for the whole batch)."""
-    steps = [T.Resize((size, size), antialias=True)]
-    if augment == "crop-flip":
-        steps.append(T.RandomCrop(size, padding=crop_padding(size)))
-    if augment in ("crop-flip", "flip"):
-        steps.append(T.RandomHorizontalFlip())
-    return T.Compose(steps)
-
-
 def uses_channels_last(config, device) -> bool:
     return config.channels_last and device.type in ("cuda", "cpu")
 
@@ -73,7 +60,9 @@ def input_transform(config, train_images, device) -> InputTransform:
     size = spec.image_size(config)
     if spec.mean is not None:
         return InputTransform(spec.mean, spec.std, size, channels_last)
-    if train_images is None:  # ImageFolder: statistics unknown up front, use ImageNet's
+    if config.dataset == "imagefolder":
+        # Its statistics are unknown until every file is read, and a run must not depend on
+        # whether the folder fitted the cache: ImageNet's, cached or not.
         return InputTransform(IMAGENET_MEAN, IMAGENET_STD, size, channels_last)
     mean, std = dataset_statistics(train_images)
     return InputTransform(mean, std, size, channels_last)

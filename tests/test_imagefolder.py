@@ -5,19 +5,21 @@ import os
 import numpy as np
 import pytest
 import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from PIL import Image
-from torch.utils.data import DataLoader
 
 import cifar.imagefolder as imagefolder
 from cifar.config import Config, default_workers
 from cifar.data import TensorImages, build_datasets, load_rgb
 from cifar.errors import UserError
-from cifar.imagefolder import ImageFiles
-from cifar.transforms import image_folder_transforms
+from cifar.imagefolder import ImageFiles, resize
+from cifar.loaders import build_loaders
 from tests.conftest import read_json, run_train
 from tests.test_distributed import final_weights, max_difference
 
 pytestmark = pytest.mark.fast  # in-process: part of `make test-fast`
+EXAMPLES = int(os.environ.get("CIFAR_HYPOTHESIS_EXAMPLES", "30"))
 
 
 @pytest.fixture(autouse=True)
@@ -51,23 +53,27 @@ def folder_config(root, **settings) -> Config:
 
 
 @pytest.mark.slow
-def test_cached_folder_trains_equally_on_two_processes_and_one(tmp_path, cache_home):
-    images = make_jpegs(tmp_path / "images", per_class=32)
+def test_a_folder_trains_equally_on_two_processes_and_one_cached_or_not(tmp_path, cache_home):
+    images = make_jpegs(tmp_path / "images", per_class=32, size=(96, 72))  # decoded at 1/2
     args = [
-        "--dataset", "imagefolder", "--data-dir", images, "--cache-images", "always",
-        "--tracker", "none", "--epochs", "1", "--no-batch-norm", "--num-workers", "0",
+        "--dataset", "imagefolder", "--data-dir", images, "--tracker", "none", "--epochs", "1",
+        "--no-batch-norm",
     ]  # fmt: skip
+    cached = ["--cache-images", "always", "--num-workers", "0"]
     env = {"XDG_CACHE_HOME": str(cache_home)}
-    one, two = tmp_path / "one", tmp_path / "two"
-    run_train([*args, "--batch-size", "16", "--output-dir", one], env=env)
-    run_train(
-        [*args, "--batch-size", "8", "--output-dir", two], kind="torchrun", processes=2, env=env
-    )
-    assert max_difference(final_weights(one), final_weights(two)) < 1e-5
-    summary_one, summary_two = read_json(one / "summary.json"), read_json(two / "summary.json")
-    assert summary_two["world_size"] == 2
-    assert summary_one["test_accuracy"] == summary_two["test_accuracy"]
-    assert summary_one["num_test_samples"] == summary_two["num_test_samples"] == 64
+    one, two, files = tmp_path / "one", tmp_path / "two", tmp_path / "files"
+    run_train([*args, *cached, "--batch-size", "16", "--output-dir", one], env=env)
+    two_processes = {"kind": "torchrun", "processes": 2, "env": env}
+    run_train([*args, *cached, "--batch-size", "8", "--output-dir", two], **two_processes)
+    from_files = ["--cache-images", "never", "--num-workers", "1"]  # decoded in a worker
+    run_train([*args, *from_files, "--batch-size", "8", "--output-dir", files], **two_processes)
+    weights = final_weights(one)
+    assert max_difference(weights, final_weights(two)) < 1e-5
+    assert max_difference(weights, final_weights(files)) < 1e-5
+    summaries = [read_json(run / "summary.json") for run in (one, two, files)]
+    assert [s["world_size"] for s in summaries] == [1, 2, 2]
+    assert len({s["test_accuracy"] for s in summaries}) == 1
+    assert {s["num_test_samples"] for s in summaries} == {64}
 
 
 def test_small_folders_are_cached_unless_never_and_large_ones_are_not(tmp_path, monkeypatch):
@@ -125,13 +131,45 @@ def test_subsets_are_the_same_fixed_images_whatever_the_seed(tmp_path, cache):
         assert {label for _, label in picks[0]} == {0, 1}  # not the first class only
 
 
-def test_uncached_images_draw_their_own_crop_and_flip(tmp_path):
-    path = tmp_path / "one.png"
-    Image.effect_noise((32, 32), 80).convert("RGB").save(path)
-    files = ImageFiles([(str(path), 0)] * 32, ["a"], image_folder_transforms(32, "crop-flip"))
-    images, _ = next(iter(DataLoader(files, batch_size=32)))
-    assert images.shape == (32, 3, 32, 32) and images.dtype == torch.uint8
-    assert len({image.numpy().tobytes() for image in images}) > 8
+def folder_batches(root, cache: str, epoch: int, skip=0, rank=0, world=1, batch_size=4):
+    """This process's training batches of an epoch, as build_loaders makes them."""
+    from types import SimpleNamespace
+
+    config = folder_config(root, cache_images=cache, batch_size=batch_size, augment="crop-flip")
+    accelerator = SimpleNamespace(
+        process_index=rank,
+        num_processes=world,
+        is_main_process=True,  # each simulated process checks the files itself
+        device=torch.device("cpu"),
+        gradient_accumulation_steps=1,
+    )
+    train, test = build_datasets(config)
+    loader = build_loaders(config, accelerator, train, test)[0]
+    loader.set_epoch(epoch, skip_batches=skip)
+    return [(images.clone(), labels.clone()) for images, labels in loader]
+
+
+def same_batches(a: list, b: list) -> bool:
+    if len(a) != len(b):
+        return False
+    pairs = zip(a, b, strict=True)  # batches of (images, labels)
+    return all(torch.equal(x, y) for pair in pairs for x, y in zip(*pair, strict=True))
+
+
+def test_files_read_each_epoch_give_the_cache_batches_on_any_process_count(tmp_path):
+    root = make_jpegs(tmp_path / "images", per_class=8, size=(300, 200))  # decoded at 1/4
+    cached = folder_batches(root, "always", epoch=1)
+    assert len(cached) == 4 and cached[0][0].shape == (4, 3, 32, 32)
+    assert len({images.numpy().tobytes() for images, _ in cached}) == 4
+    assert same_batches(folder_batches(root, "never", epoch=1), cached)
+    assert same_batches(folder_batches(root, "never", epoch=1, skip=2), cached[2:])  # resuming
+    assert not same_batches(folder_batches(root, "never", epoch=2), cached)
+    # Two processes with batch 2 each take the halves of one process's batches of 4.
+    halves = [folder_batches(root, "never", 1, rank=r, world=2, batch_size=2) for r in (0, 1)]
+    joined = [
+        (torch.cat([a[0], b[0]]), torch.cat([a[1], b[1]])) for a, b in zip(*halves, strict=True)
+    ]
+    assert same_batches(joined, cached)
 
 
 @pytest.mark.parametrize("suffix", ["png", "bmp"])
@@ -145,8 +183,50 @@ def test_images_decode_to_the_pixels_pil_reads(tmp_path, suffix):
     assert torch.equal(decoded.permute(1, 2, 0), expected)
 
 
-def test_a_bad_image_is_named_when_the_cache_is_built(tmp_path):
-    root = make_jpegs(tmp_path / "images", per_class=2)
+def smooth_image(width: int, height: int, mode: str = "RGB", seed: int = 0) -> Image.Image:
+    """A photo-like image: a random colour field interpolated smoothly, with mild noise."""
+    rng = np.random.default_rng(seed)
+    coarse = Image.fromarray(rng.integers(0, 256, (4, 5, 3), dtype=np.uint8))
+    smooth = np.asarray(coarse.resize((width, height), Image.BICUBIC), dtype=np.int16)
+    noisy = (smooth + rng.normal(0, 4, smooth.shape)).clip(0, 255).astype(np.uint8)
+    return Image.fromarray(noisy).convert(mode)
+
+
+def test_a_large_jpeg_decodes_at_a_reduced_scale_close_to_the_full_decode(tmp_path):
+    path = tmp_path / "photo.jpg"
+    smooth_image(500, 375).save(path, quality=90)
+    full, reduced = load_rgb(str(path)), load_rgb(str(path), 32)
+    assert full.shape == (3, 375, 500)
+    assert reduced.shape == (3, 47, 63)  # 1/8 scale: the smallest with both sides >= 32
+    assert load_rgb(str(path), 100).shape == (3, 188, 250)  # 1/2: 1/4 would be 94 high
+    as_trained = [resize(image, 32).float() for image in (full, reduced)]
+    difference = (as_trained[0] - as_trained[1]).abs()
+    assert difference.mean() < 2 and difference.max() < 24, (difference.mean(), difference.max())
+
+
+@settings(max_examples=EXAMPLES, deadline=None)
+@given(
+    width=st.integers(1, 700),
+    height=st.integers(1, 700),
+    min_side=st.integers(1, 300),
+    mode=st.sampled_from(["RGB", "L", "CMYK"]),
+)
+def test_any_jpeg_decodes_to_rgb_no_smaller_than_it_will_be_resized_to(
+    tmp_path_factory, width, height, min_side, mode
+):
+    path = tmp_path_factory.mktemp("jpeg") / "image.jpg"
+    smooth_image(width, height, mode).save(path, quality=85)
+    image = load_rgb(str(path), min_side)
+    assert image.dtype == torch.uint8 and image.shape[0] == 3
+    h, w = image.shape[1:]
+    scales = [s for s in (1, 2, 4, 8) if (-(-height // s), -(-width // s)) == (h, w)]
+    assert scales, (h, w)  # the full size, or a DCT scale of it
+    assert scales[0] == 1 or min(h, w) >= min_side
+
+
+@pytest.mark.parametrize("size", [(40, 30), (400, 300)])  # decoded at full and at 1/8 scale
+def test_a_bad_image_is_named_when_the_cache_is_built(tmp_path, size):
+    root = make_jpegs(tmp_path / "images", per_class=2, size=size)
     broken = root / "test" / "red" / "001.jpg"
     truncate(broken)
     with pytest.raises(UserError) as error:
@@ -157,7 +237,7 @@ def test_a_bad_image_is_named_when_the_cache_is_built(tmp_path):
 
 @pytest.mark.slow
 def test_a_truncated_jpeg_decoded_in_a_worker_is_named_with_exit_2(tmp_path):
-    root = make_jpegs(tmp_path / "images", per_class=4)
+    root = make_jpegs(tmp_path / "images", per_class=4, size=(400, 300))  # decoded at 1/8
     broken = root / "train" / "blue" / "002.jpg"
     truncate(broken)
     args = ["--dataset", "imagefolder", "--data-dir", root, "--cache-images", "never"]

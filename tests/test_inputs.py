@@ -177,7 +177,7 @@ def test_text_that_is_not_utf8_is_refused_naming_the_flag(offline_env, tmp_path)
     assert code == 2 and "--run-name holds bytes that are not UTF-8" in err, err
 
 
-def test_an_image_folder_and_its_workers_may_not_change_on_resume():
+def test_an_image_folder_may_not_change_on_resume_but_its_worker_count_may():
     from types import SimpleNamespace
 
     from cifar.checkpoint import settings_differences
@@ -190,4 +190,6 @@ def test_an_image_folder_and_its_workers_may_not_change_on_resume():
     for dataset, strict in (("imagefolder", True), ("cifar10", False)):
         before = run_settings(Config(dataset=dataset, data_dir="a", num_workers=2), accelerator)
         after = run_settings(Config(dataset=dataset, data_dir="b", num_workers=3), accelerator)
-        assert bool(settings_differences(before, after)) == strict, dataset
+        assert list(settings_differences(before, after)) == (["image_folder"] if strict else [])
+        moved = run_settings(Config(dataset=dataset, data_dir="a", num_workers=0), accelerator)
+        assert settings_differences(before, moved) == {}, dataset
