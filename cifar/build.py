@@ -5,10 +5,7 @@ import os
 
 import torch
 from accelerate import Accelerator
-from accelerate.utils import (
-    DataLoaderConfiguration,
-    GradientAccumulationPlugin,
-)
+from accelerate.utils import GradientAccumulationPlugin
 
 from cifar.errors import UserError
 from cifar.transforms import uses_channels_last
@@ -16,15 +13,12 @@ from cifar.transforms import uses_channels_last
 
 def make_accelerator(config, project_dir: str | None = None) -> Accelerator:
     """The one Accelerator of a run; precision and accumulation from flags or accelerate config."""
+    from cifar.allocator import reuse_freed_memory
     from cifar.devices import check_gpus_usable
 
     check_gpus_usable(config.allow_cpu)  # before Accelerate quietly settles for the CPU
-    kwargs = {
-        "step_scheduler_with_optimizer": False,
-        "project_dir": project_dir,
-        # ImageFolder shuffling from the seed and epoch, so a resumed epoch replays its order.
-        "dataloader_config": DataLoaderConfiguration(use_seedable_sampler=True, non_blocking=True),
-    }
+    reuse_freed_memory()
+    kwargs = {"step_scheduler_with_optimizer": False, "project_dir": project_dir}
     if config.mixed_precision:
         kwargs["mixed_precision"] = config.mixed_precision
     if config.gradient_accumulation_steps:
