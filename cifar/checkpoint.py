@@ -135,13 +135,20 @@ def settings_differences(saved: dict, current: dict) -> dict:
 
 
 def refuse_other_settings(differences: dict, folder: str) -> None:
-    if differences:
-        details = "; ".join(f"{k}: {old!r} -> {new!r}" for k, (old, new) in differences.items())
-        raise UserError(
-            f"cannot resume from {folder}: these settings differ from the ones it was trained "
-            f"with ({details}). Resume with the run's own settings (see its config.json), or "
-            f"start a new run in another --output-dir."
+    if not differences:
+        return
+    details = "; ".join(f"{k}: {old!r} -> {new!r}" for k, (old, new) in differences.items())
+    fix = "Resume with the run's own settings (see its config.json)"
+    if "image_folder_pipeline" in differences:  # not a flag: the code reading the images
+        fix = (
+            "This version of cifar-accelerate reads image folders differently (decoding, "
+            "crops or normalisation) from the one that began the run: finish it with that "
+            "version"
         )
+    raise UserError(
+        f"cannot resume from {folder}: these settings differ from the ones it was trained "
+        f"with ({details}). {fix}, or start a new run in another --output-dir."
+    )
 
 
 def newest_progress(accelerator, candidates: list[str], shape: Shape, settings: dict):

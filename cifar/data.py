@@ -253,12 +253,22 @@ def decode_rgb(path: str, min_side: int = 0) -> torch.Tensor:
 
 def decode_jpeg_reduced(path: str, min_side: int) -> torch.Tensor | None:
     """The JPEG at path decoded at the smallest DCT scale that keeps both sides >= min_side;
-    None when that scale is 1 (or the file is not a JPEG inside)."""
+    None when that scale is 1, the file is not a JPEG inside (MPO is: a camera JPEG with extra
+    pictures), PIL does not know it, or it is over PIL's size limit (then torchvision.io
+    decodes it at full size)."""
+    import warnings
+
     from PIL import Image
 
-    with Image.open(path) as image:
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+        try:
+            image = Image.open(path)
+        except (Image.DecompressionBombError, Image.UnidentifiedImageError):
+            return None
+    with image:
         full_size = image.size
-        if image.format != "JPEG":
+        if image.format not in ("JPEG", "MPO"):
             return None
         image.draft("RGB", (min_side, min_side))
         if image.size == full_size:

@@ -22,6 +22,7 @@ from cifar.checkpoint import (
 from cifar.data import build_datasets
 from cifar.distributed import broadcast, decide_on_main, on_main_first, run_on_main
 from cifar.errors import UserError, say
+from cifar.imagefolder import PIPELINE_VERSION
 from cifar.loaders import build_loaders, feature_loaders
 from cifar.models import build_model, load_pretrained_state, model_spec
 from cifar.progress import Progress, Shape
@@ -73,7 +74,10 @@ def run_settings(config, accelerator, train=None, test=None) -> dict:
         "world_size": accelerator.num_processes,
     }
     if config.dataset == "imagefolder":
-        settings["image_folder"] = os.path.realpath(config.data_dir)  # the folder is the data
+        settings.update(
+            image_folder=os.path.realpath(config.data_dir),  # the folder is the data
+            image_folder_pipeline=PIPELINE_VERSION,
+        )
     if train is not None:
         settings.update(train_images=len(train), test_images=len(test))
     return settings

@@ -14,9 +14,12 @@ every --seed), kept in the folder's sorted order.
 """
 
 import contextlib
+import ctypes
 import glob
 import hashlib
 import os
+import signal
+import sys
 import tempfile
 
 import torch
@@ -24,7 +27,15 @@ import torchvision
 import torchvision.transforms.v2.functional as TF
 from torch.utils.data import DataLoader, Dataset
 
-from cifar.data import IMAGE_SUFFIXES, JPEG_SUFFIXES, TensorImages, decode_rgb, describe, load_rgb
+from cifar.data import (
+    IMAGE_SUFFIXES,
+    JPEG_SUFFIXES,
+    TensorImages,
+    decode_jpeg_reduced,
+    decode_rgb,
+    describe,
+    load_rgb,
+)
 from cifar.data import unreadable_message as unreadable
 from cifar.errors import UserError
 from cifar.models import model_spec
@@ -33,7 +44,10 @@ from cifar.models import model_spec
 # main process briefly one more on the host while it builds the cache.
 CACHE_BUDGET_BYTES = 2 * 2**30
 SUBSET_SEED = 0
-CACHE_FORMAT = "imagefolder-cache-1"
+# How images reach the model: bumped whenever that changes what a run trains on. Part of a
+# run's settings, so a run begun under another version is not resumed under this one.
+PIPELINE_VERSION = 2
+CACHE_FORMAT = f"imagefolder-cache-{PIPELINE_VERSION}"
 
 
 class ImageFiles(Dataset):
@@ -164,7 +178,25 @@ def one_pass(workers: int) -> dict:
     """DataLoader settings for a pass over the files. Its own generator: a loader draws its
     workers' seed from the global one, and a run must not depend on whether the cache existed."""
     generator = torch.Generator().manual_seed(0)
-    return {"batch_size": 64, "num_workers": workers, "collate_fn": list, "generator": generator}
+    return {
+        "batch_size": 64,
+        "num_workers": workers,
+        "collate_fn": list,
+        "generator": generator,
+        "worker_init_fn": leave_signals_to_main,
+    }
+
+
+def leave_signals_to_main(_worker_id: int) -> None:
+    """A DataLoader worker's start. Ctrl-C and a scheduler's SIGTERM (scancel, a time limit)
+    reach every process of the job, workers included; a worker killed by one ends the run with
+    a DataLoader error before the main process can checkpoint. Workers ignore both, and the
+    kernel kills them when the main process ends, however it ends."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    if sys.platform.startswith("linux"):
+        pr_set_pdeathsig = 1
+        ctypes.CDLL(None).prctl(pr_set_pdeathsig, int(signal.SIGKILL), 0, 0, 0)
 
 
 class Resized(Dataset):
@@ -178,9 +210,14 @@ class Resized(Dataset):
 
     def __getitem__(self, index: int):
         path = self.samples[index][0]
-        if self.jpeg_bytes and path.lower().endswith(JPEG_SUFFIXES):
-            return index, torchvision.io.read_file(path), ""
         try:
+            # nvJPEG decodes at full size only: a JPEG that decodes at a reduced scale is
+            # decoded here, as ImageFiles decodes it, so cached and uncached runs agree.
+            if self.jpeg_bytes and path.lower().endswith(JPEG_SUFFIXES):
+                reduced = decode_jpeg_reduced(path, self.size)
+                if reduced is None:
+                    return index, torchvision.io.read_file(path), ""
+                return index, resize(reduced, self.size), ""
             return index, resize(decode_rgb(path, self.size), self.size), ""  # as ImageFiles
         except Exception as error:  # PIL raises many types for bad files
             return index, None, describe(error)

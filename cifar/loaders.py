@@ -18,7 +18,7 @@ from torch.utils.data import DataLoader, Dataset, Subset
 from cifar.data import TensorImages
 from cifar.distributed import decide_on_main
 from cifar.errors import UserError
-from cifar.imagefolder import find_unreadable, refuse_or_skip
+from cifar.imagefolder import find_unreadable, leave_signals_to_main, refuse_or_skip
 from cifar.transforms import CROP_PADDING, crop_padding
 
 
@@ -190,6 +190,7 @@ def image_folder_loaders(config, accelerator: Accelerator, train, test):
         "num_workers": config.num_workers,
         "pin_memory": accelerator.device.type == "cuda",
         "persistent_workers": config.num_workers > 0,
+        "worker_init_fn": leave_signals_to_main,
     }
     rank, world = accelerator.process_index, accelerator.num_processes
     plan = EpochBatches(

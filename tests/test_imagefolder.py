@@ -1,6 +1,8 @@
 """cifar/imagefolder.py: decoding, the on-disk cache, subsets, bad files, N processes == 1."""
 
 import os
+import signal
+import warnings
 
 import numpy as np
 import pytest
@@ -17,6 +19,7 @@ from cifar.imagefolder import ImageFiles, resize
 from cifar.loaders import build_loaders
 from tests.conftest import read_json, run_train
 from tests.test_distributed import final_weights, max_difference
+from tests.test_reliability import start_train, wait_for_checkpoint
 
 pytestmark = pytest.mark.fast  # in-process: part of `make test-fast`
 EXAMPLES = int(os.environ.get("CIFAR_HYPOTHESIS_EXAMPLES", "30"))
@@ -204,6 +207,35 @@ def test_a_large_jpeg_decodes_at_a_reduced_scale_close_to_the_full_decode(tmp_pa
     assert difference.mean() < 2 and difference.max() < 24, (difference.mean(), difference.max())
 
 
+def test_camera_jpegs_and_jpegs_over_pils_size_limit_decode_too(tmp_path, monkeypatch):
+    photo = smooth_image(500, 375)
+    mpo = tmp_path / "camera.jpg"  # a JPEG with a second picture, as phones write
+    photo.save(mpo, format="MPO", save_all=True, append_images=[photo.resize((50, 37))])
+    with Image.open(mpo) as image:
+        assert image.format == "MPO"
+    assert load_rgb(str(mpo), 32).shape == (3, 47, 63)
+    large = tmp_path / "large.jpg"
+    photo.save(large, quality=90)
+    full = load_rgb(str(large))
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", Image.DecompressionBombWarning)
+        monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 100_000)  # over it: PIL would warn
+        assert load_rgb(str(large), 32).shape == (3, 47, 63)
+        monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 1000)  # over twice: PIL refuses
+        assert torch.equal(load_rgb(str(large), 32), full)  # torchvision's full decode
+
+
+def test_the_cache_pass_decodes_for_nvjpeg_only_what_files_would_not_reduce(tmp_path):
+    small, large = tmp_path / "small.jpg", tmp_path / "large.jpg"
+    smooth_image(40, 30).save(small)
+    smooth_image(300, 200).save(large)
+    samples = [(str(small), 0), (str(large), 1)]
+    for_gpu = imagefolder.Resized(samples, 32, jpeg_bytes=True)
+    files = ImageFiles(samples, ["a", "b"], size=32)
+    assert for_gpu[0][1].shape == (small.stat().st_size,)  # its bytes, for nvJPEG
+    assert torch.equal(for_gpu[1][1], files[1][0])  # decoded at 1/4 here, as ImageFiles does
+
+
 @settings(max_examples=EXAMPLES, deadline=None)
 @given(
     width=st.integers(1, 700),
@@ -287,3 +319,25 @@ def test_default_workers_share_the_cpus_this_process_may_use(monkeypatch):
     assert default_workers() == 4
     set_cpus(2)
     assert default_workers() == 1
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("stop", [signal.SIGTERM, signal.SIGINT], ids=["SIGTERM", "SIGINT"])
+def test_a_signal_to_the_whole_job_checkpoints_and_the_resume_is_exact(tmp_path, stop):
+    """scancel and Ctrl-C signal every process of the job, DataLoader workers included."""
+    root = make_jpegs(tmp_path / "images", per_class=64, size=(64, 48))
+    args = [
+        "--dataset", "imagefolder", "--data-dir", root, "--cache-images", "never",
+        "--num-workers", "2", "--tracker", "none", "--epochs", "2", "--batch-size", "8",
+        "--checkpoint-every", "4", "--no-batch-norm",
+    ]  # fmt: skip
+    whole, stopped = tmp_path / "whole", tmp_path / "stopped"
+    run_train([*args, "--output-dir", whole])
+    process = start_train([*args, "--output-dir", stopped])
+    wait_for_checkpoint(stopped, after_step=4, process=process)
+    os.killpg(process.pid, stop)
+    output = process.communicate(timeout=120)[0]
+    assert process.returncode == 75, output
+    assert f"{stop.name}: checkpoint saved at step" in output and "Traceback" not in output
+    run_train([*args, "--output-dir", stopped, "--resume", "auto"])
+    assert max_difference(final_weights(whole), final_weights(stopped)) == 0.0

@@ -193,3 +193,26 @@ def test_an_image_folder_may_not_change_on_resume_but_its_worker_count_may():
         assert list(settings_differences(before, after)) == (["image_folder"] if strict else [])
         moved = run_settings(Config(dataset=dataset, data_dir="a", num_workers=0), accelerator)
         assert settings_differences(before, moved) == {}, dataset
+
+
+def test_a_run_begun_under_another_image_folder_pipeline_is_not_resumed():
+    from types import SimpleNamespace
+
+    from cifar.checkpoint import refuse_other_settings, settings_differences
+    from cifar.config import Config
+    from cifar.errors import UserError
+    from cifar.experiment import run_settings
+    from cifar.imagefolder import PIPELINE_VERSION
+
+    accelerator = SimpleNamespace(
+        mixed_precision="no", gradient_accumulation_steps=1, num_processes=1
+    )
+    now = run_settings(Config(dataset="imagefolder", data_dir="a"), accelerator)
+    assert now["image_folder_pipeline"] == PIPELINE_VERSION
+    before = {k: v for k, v in now.items() if k != "image_folder_pipeline"}  # an older version
+    differences = settings_differences(before, now)
+    assert list(differences) == ["image_folder_pipeline"]
+    with pytest.raises(UserError) as error:
+        refuse_other_settings(differences, "runs/x/checkpoints/step-000000004")
+    message = str(error.value)
+    assert "reads image folders differently" in message and "start a new run" in message
