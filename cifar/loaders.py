@@ -149,7 +149,8 @@ def build_loaders(config, accelerator: Accelerator, train, test):
         raise UserError(
             f"the training set has {len(train)} images, fewer than one optimizer step "
             f"needs ({config.batch_size} per process x {accelerator.num_processes} processes "
-            f"x {steps} accumulation steps). Lower --batch-size or raise --train-subset."
+            f"x {steps} accumulation steps). Lower --batch-size"
+            + (" or raise --train-subset." if config.train_subset else ".")
         )
     common = {"batch_size": config.batch_size, "device": accelerator.device, **shard}
     train_loader = DeviceLoader(
