@@ -13,10 +13,13 @@ Two ways to feed them, both decoding with torchvision.io:
 every --seed), kept in the folder's sorted order.
 """
 
+import atexit
 import contextlib
 import ctypes
+import functools
 import glob
 import hashlib
+import multiprocessing
 import os
 import signal
 import sys
@@ -178,6 +181,7 @@ def one_pass(workers: int) -> dict:
     """DataLoader settings for a pass over the files. Its own generator: a loader draws its
     workers' seed from the global one, and a run must not depend on whether the cache existed."""
     generator = torch.Generator().manual_seed(0)
+    kill_workers_at_exit()
     return {
         "batch_size": 64,
         "num_workers": workers,
@@ -185,6 +189,22 @@ def one_pass(workers: int) -> dict:
         "generator": generator,
         "worker_init_fn": leave_signals_to_main,
     }
+
+
+@functools.cache
+def kill_workers_at_exit() -> None:
+    """At exit multiprocessing sends its daemon children (DataLoader workers) SIGTERM, which
+    leave_signals_to_main makes them ignore, then waits for them: SIGKILL them first (atexit
+    runs this before multiprocessing's own handler, registered earlier)."""
+
+    def kill() -> None:
+        # PyTorch's SIGCHLD handler would report each killed worker as a failure.
+        signal.signal(signal.SIGCHLD, signal.SIG_DFL)
+        for child in multiprocessing.active_children():
+            if child.daemon:
+                child.kill()
+
+    atexit.register(kill)
 
 
 def leave_signals_to_main(_worker_id: int) -> None:

@@ -18,7 +18,12 @@ from torch.utils.data import DataLoader, Dataset, Subset
 from cifar.data import TensorImages
 from cifar.distributed import decide_on_main
 from cifar.errors import UserError
-from cifar.imagefolder import find_unreadable, leave_signals_to_main, refuse_or_skip
+from cifar.imagefolder import (
+    find_unreadable,
+    kill_workers_at_exit,
+    leave_signals_to_main,
+    refuse_or_skip,
+)
 from cifar.transforms import CROP_PADDING, crop_padding
 
 
@@ -193,6 +198,7 @@ def image_folder_loaders(config, accelerator: Accelerator, train, test):
         "persistent_workers": config.num_workers > 0,
         "worker_init_fn": leave_signals_to_main,
     }
+    kill_workers_at_exit()
     rank, world = accelerator.process_index, accelerator.num_processes
     plan = EpochBatches(
         len(train),

@@ -251,23 +251,26 @@ def bad_inputs(tmp: str):
     ]
 
 
-def test_each_bad_input_gives_its_message_exit_2_and_touches_nothing(earlier_run, tmp_path):
+def test_each_bad_input_gives_its_message_exit_2_and_touches_nothing(
+    earlier_run, tmp_path, monkeypatch
+):
     """Each mistake, made on a new run folder (which is not left behind) and on an existing
-    run (which is not touched)."""
+    run (which is not touched). In this process: an exception escaping main() fails the test."""
+    from tests.test_inputs import train_in_process
+
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch"))
     before = snapshot(earlier_run)
     fresh = tmp_path / "fresh"
     for flags, message in bad_inputs(str(tmp_path)):
         resuming = flags[0] == "--resume" or "trained with" in message
         run_dir = earlier_run if resuming else fresh
         resume = [] if flags[0] == "--resume" else ["--resume", "auto"]
-        result = run_train(
-            [*SMOKE, "--output-dir", run_dir, *resume, *flags],
-            env={"TORCH_HOME": str(tmp_path / "torch")},
-            check=False,
+        code, _, err = train_in_process(
+            [str(arg) for arg in [*SMOKE, "--output-dir", run_dir, *resume, *flags]]
         )
-        assert result.returncode == 2, (flags, result.stderr)
-        assert message in " ".join(result.stderr.split()), (flags, result.stderr)
-        assert "Traceback" not in result.stderr, flags
+        assert code == 2, (flags, err)
+        assert message in " ".join(err.split()), (flags, err)
+        assert "Traceback" not in err, flags
         assert snapshot(earlier_run) == before, flags
         assert not fresh.exists(), flags
 
