@@ -1,6 +1,7 @@
 """Your own images: DATA_DIR/train/<class>/<image> and DATA_DIR/test (or val)/<class>/<image>.
 
-Two ways to feed them, both decoding with torchvision.io:
+Two ways to feed them, both decoding with data.decode_rgb (a large JPEG at a reduced DCT scale,
+else torchvision.io):
 - cached (--cache-images always, or auto when train + test decoded fit CACHE_BUDGET_BYTES): each
   image is decoded and resized once to the model's input size (32 for SimpleCNN, --image-size
   for ResNet-50) into a uint8 tensor kept on disk under $XDG_CACHE_HOME/cifar-accelerate/

@@ -1,10 +1,11 @@
-"""Every way a batch is made: device-resident tensor loaders (DeviceLoader), Accelerate's
-DataLoader for image folders read from files, and the cache of a frozen backbone's features.
+"""Every way a batch is made: device-resident tensor loaders (DeviceLoader), DataLoader workers
+for image folders read from files (FileLoader), and the cache of a frozen backbone's features.
 
-Tensor datasets live on the device as uint8; each epoch a seeded permutation and per-image
-augmentation parameters are drawn for the whole set (identically on every process), and each
-process takes its slice of every global batch. So a run on N processes with batch b sees the
-same global batches, augmented the same way, as one process with batch N x b.
+Each epoch a seeded permutation and per-image augmentation parameters are drawn for the whole
+set (identically on every process), and each process takes its slice of every global batch. So
+a run on N processes with batch b sees the same global batches, augmented the same way, as one
+process with batch N x b. Tensor datasets live on the device as uint8; for files, workers
+decode the images of each drawn batch and apply its draws.
 """
 
 import math
