@@ -246,7 +246,13 @@ def stop_with_launcher() -> None:
     so a killed agent leaves them training. Ask the kernel to send this process SIGTERM when
     its launcher dies: it checkpoints and stops."""
     launched = "ACCELERATE_USE_CPU" in os.environ or "TORCHELASTIC_RUN_ID" in os.environ
-    if not launched or not sys.platform.startswith("linux"):
-        return
-    pr_set_pdeathsig = 1
-    ctypes.CDLL(None, use_errno=True).prctl(pr_set_pdeathsig, int(signal.SIGTERM), 0, 0, 0)
+    if launched:
+        signal_when_parent_dies(signal.SIGTERM)
+
+
+def signal_when_parent_dies(sig: signal.Signals) -> None:
+    """Ask the kernel (Linux) to send this process sig when the process that started it ends,
+    however that ends."""
+    if sys.platform.startswith("linux"):
+        pr_set_pdeathsig = 1
+        ctypes.CDLL(None, use_errno=True).prctl(pr_set_pdeathsig, int(sig), 0, 0, 0)

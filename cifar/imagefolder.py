@@ -16,14 +16,12 @@ every --seed), kept in the folder's sorted order.
 
 import atexit
 import contextlib
-import ctypes
 import functools
 import glob
 import hashlib
 import multiprocessing
 import os
 import signal
-import sys
 import tempfile
 
 import torch
@@ -31,6 +29,7 @@ import torchvision
 import torchvision.transforms.v2.functional as TF
 from torch.utils.data import DataLoader, Dataset
 
+from cifar.checkpoint import signal_when_parent_dies
 from cifar.data import (
     IMAGE_SUFFIXES,
     JPEG_SUFFIXES,
@@ -215,9 +214,7 @@ def leave_signals_to_main(_worker_id: int) -> None:
     kernel kills them when the main process ends, however it ends."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     signal.signal(signal.SIGTERM, signal.SIG_IGN)
-    if sys.platform.startswith("linux"):
-        pr_set_pdeathsig = 1
-        ctypes.CDLL(None).prctl(pr_set_pdeathsig, int(signal.SIGKILL), 0, 0, 0)
+    signal_when_parent_dies(signal.SIGKILL)
 
 
 class Resized(Dataset):
