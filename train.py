@@ -37,10 +37,11 @@ def main(argv: list[str] | None = None) -> int:
 
             prepare_only(config)
             return 0
-        from cifar.checkpoint import CheckpointWriteError, stop_with_launcher, write_failure
+        from cifar.checkpoint import CheckpointWriteError, write_failure
         from cifar.data import UnreadableImage
         from cifar.engine import NonFiniteLoss, run_experiment
         from cifar.experiment import RunFinished
+        from cifar.processes import stop_with_launcher
 
         stop_with_launcher()
         try:

@@ -6,25 +6,17 @@ progress.json (epoch, position in the epoch, metrics so far). It is written as t
 renamed into place only once complete, so a folder named step-* is whole.
 """
 
-import ctypes
 import json
 import os
 import shutil
-import signal
-import sys
 import warnings
-
-import torch
 
 from cifar.config import RESUME_MAY_CHANGE
 from cifar.distributed import all_processes_agree
 from cifar.errors import UserError
-from cifar.progress import InvalidProgress, Progress, Shape
-from cifar.runfolder import list_checkpoints, write_json
+from cifar.record import InvalidProgress, Progress, Shape, list_checkpoints, write_json
 
 PROGRESS_FILE = "progress.json"
-# SIGINT too: Ctrl-C saves a checkpoint like a scheduler's SIGTERM; a second Ctrl-C stops at once.
-STOP_SIGNALS = (signal.SIGTERM, signal.SIGUSR1, signal.SIGINT)
 
 
 class CheckpointWriteError(Exception):
@@ -195,64 +187,3 @@ def load_checkpoint(accelerator, candidates: list[str], settings: dict, shape: S
 def warn(accelerator, message: str) -> None:
     if accelerator.is_main_process:
         warnings.warn(message, stacklevel=2)
-
-
-class StopRequest:
-    """Turns SIGTERM/SIGUSR1 (pre-emption, time limit) and SIGINT (Ctrl-C) into a flag the loop
-    checks per step.
-
-    All processes agree on when to stop (an all-reduce of the flag), so they checkpoint at the
-    same step.
-    """
-
-    def __init__(self, accelerator, check_every: int = 10):
-        self.accelerator, self.check_every = accelerator, check_every
-        self.requested = False
-        self.signal_name = ""
-        self.previous = {}
-
-    def install(self) -> "StopRequest":
-        for sig in STOP_SIGNALS:
-            # A background job of a script starts with SIGINT ignored so that Ctrl-C in the
-            # terminal leaves it alone; keep it that way.
-            if sig == signal.SIGINT and signal.getsignal(sig) == signal.SIG_IGN:
-                continue
-            self.previous[sig] = signal.signal(sig, self.handle)
-        return self
-
-    def uninstall(self) -> None:
-        for sig, handler in self.previous.items():
-            signal.signal(sig, handler)
-
-    def handle(self, signum, frame) -> None:
-        if signum == signal.SIGINT and self.requested and self.signal_name == "SIGINT":
-            raise KeyboardInterrupt  # a second Ctrl-C: stop now, without a checkpoint
-        self.requested = True
-        self.signal_name = signal.Signals(signum).name
-
-    def should_stop(self, step: int, force_check: bool = False) -> bool:
-        """Checked after each optimizer step; collective every check_every steps."""
-        if self.accelerator.num_processes == 1:
-            return self.requested
-        if not force_check and step % self.check_every:
-            return False
-        flag = torch.tensor([1.0 if self.requested else 0.0], device=self.accelerator.device)
-        return bool(self.accelerator.reduce(flag, reduction="sum").item() > 0)
-
-
-def stop_with_launcher() -> None:
-    """Stop when the launcher dies. `accelerate launch` with one process dies alone on SIGTERM
-    (a container stop, a scheduler's kill), and torchrun's workers run in sessions of their own,
-    so a killed agent leaves them training. Ask the kernel to send this process SIGTERM when
-    its launcher dies: it checkpoints and stops."""
-    launched = "ACCELERATE_USE_CPU" in os.environ or "TORCHELASTIC_RUN_ID" in os.environ
-    if launched:
-        signal_when_parent_dies(signal.SIGTERM)
-
-
-def signal_when_parent_dies(sig: signal.Signals) -> None:
-    """Ask the kernel (Linux) to send this process sig when the process that started it ends,
-    however that ends."""
-    if sys.platform.startswith("linux"):
-        pr_set_pdeathsig = 1
-        ctypes.CDLL(None, use_errno=True).prctl(pr_set_pdeathsig, int(sig), 0, 0, 0)

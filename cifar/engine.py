@@ -10,9 +10,10 @@ import torch.nn.functional as F
 from torchmetrics.classification import MulticlassConfusionMatrix
 from tqdm.auto import tqdm
 
-from cifar.checkpoint import StopRequest, save_checkpoint
+from cifar.checkpoint import save_checkpoint
 from cifar.errors import REQUEUE_EXIT_CODE, say
 from cifar.experiment import setup_run
+from cifar.processes import StopRequest
 from cifar.tracking import log_run_end, wandb_sync_hint
 
 

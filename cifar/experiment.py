@@ -25,12 +25,13 @@ from cifar.errors import UserError, say
 from cifar.imagefolder import PIPELINE_VERSION
 from cifar.loaders import build_loaders, feature_loaders
 from cifar.models import build_model, load_pretrained_state, model_spec
-from cifar.progress import Progress, Shape
-from cifar.runfolder import (
+from cifar.record import (
     CONFIG_FILE,
     SUMMARY_FILE,
+    Progress,
     RunFiles,
     RunFolder,
+    Shape,
     default_run_dir,
     holds_a_run,
     log_resume,

@@ -14,14 +14,10 @@ else torchvision.io):
 every --seed), kept in the folder's sorted order.
 """
 
-import atexit
 import contextlib
-import functools
 import glob
 import hashlib
-import multiprocessing
 import os
-import signal
 import tempfile
 
 import torch
@@ -29,7 +25,6 @@ import torchvision
 import torchvision.transforms.v2.functional as TF
 from torch.utils.data import DataLoader, Dataset
 
-from cifar.checkpoint import signal_when_parent_dies
 from cifar.data import (
     IMAGE_SUFFIXES,
     JPEG_SUFFIXES,
@@ -42,6 +37,7 @@ from cifar.data import (
 from cifar.data import unreadable_message as unreadable
 from cifar.errors import UserError
 from cifar.models import model_spec
+from cifar.processes import kill_workers_at_exit, leave_signals_to_main
 
 # Train + test decoded at the stored size. Every process holds its copy on its device, and the
 # main process briefly one more on the host while it builds the cache.
@@ -189,32 +185,6 @@ def one_pass(workers: int) -> dict:
         "generator": generator,
         "worker_init_fn": leave_signals_to_main,
     }
-
-
-@functools.cache
-def kill_workers_at_exit() -> None:
-    """At exit multiprocessing sends its daemon children (DataLoader workers) SIGTERM, which
-    leave_signals_to_main makes them ignore, then waits for them: SIGKILL them first (atexit
-    runs this before multiprocessing's own handler, registered earlier)."""
-
-    def kill() -> None:
-        # PyTorch's SIGCHLD handler would report each killed worker as a failure.
-        signal.signal(signal.SIGCHLD, signal.SIG_DFL)
-        for child in multiprocessing.active_children():
-            if child.daemon:
-                child.kill()
-
-    atexit.register(kill)
-
-
-def leave_signals_to_main(_worker_id: int) -> None:
-    """A DataLoader worker's start. Ctrl-C and a scheduler's SIGTERM (scancel, a time limit)
-    reach every process of the job, workers included; a worker killed by one ends the run with
-    a DataLoader error before the main process can checkpoint. Workers ignore both, and the
-    kernel kills them when the main process ends, however it ends."""
-    signal.signal(signal.SIGINT, signal.SIG_IGN)
-    signal.signal(signal.SIGTERM, signal.SIG_IGN)
-    signal_when_parent_dies(signal.SIGKILL)
 
 
 class Resized(Dataset):

@@ -19,12 +19,8 @@ from torch.utils.data import DataLoader, Dataset, Subset
 from cifar.data import TensorImages
 from cifar.distributed import decide_on_main
 from cifar.errors import UserError
-from cifar.imagefolder import (
-    find_unreadable,
-    kill_workers_at_exit,
-    leave_signals_to_main,
-    refuse_or_skip,
-)
+from cifar.imagefolder import find_unreadable, refuse_or_skip
+from cifar.processes import kill_workers_at_exit, leave_signals_to_main
 from cifar.transforms import CROP_PADDING, crop_padding
 
 

@@ -20,7 +20,7 @@ from matplotlib.figure import Figure  # noqa: E402
 from matplotlib.ticker import MaxNLocator  # noqa: E402
 
 from cifar.errors import USAGE_EXIT_CODE, UserError, report_user_error
-from cifar.runfolder import CONFIG_FILE, METRICS_FILE, SUMMARY_FILE, read_run_file  # noqa: E402
+from cifar.record import CONFIG_FILE, METRICS_FILE, SUMMARY_FILE, read_run_file  # noqa: E402
 
 DPI = 120
 ANNOTATE_UP_TO = 12  # classes: above this the confusion matrix cells carry no counts

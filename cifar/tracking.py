@@ -11,7 +11,7 @@ import torch
 from accelerate.tracking import GeneralTracker, TensorBoardTracker
 
 from cifar.errors import UserError
-from cifar.runfolder import write_json
+from cifar.record import write_json
 
 TRACKER_FILE = "tracker.json"
 

@@ -7,8 +7,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from cifar.progress import InvalidProgress, Progress, Shape
-from cifar.runfolder import METRIC_KEYS
+from cifar.record import METRIC_KEYS, InvalidProgress, Progress, Shape
 
 pytestmark = pytest.mark.fast  # in-process: part of `make test-fast`
 

@@ -212,7 +212,7 @@ def test_ctrl_c_checkpoints_and_exits_for_resume(tmp_path):
 
 
 def test_a_second_ctrl_c_stops_at_once_without_a_traceback():
-    from cifar.checkpoint import StopRequest
+    from cifar.processes import StopRequest
 
     class OneProcess:
         num_processes = 1
@@ -345,7 +345,7 @@ def test_resume_path_never_continues_another_run_over_a_folder_holding_one(tmp_p
 
 
 def test_only_step_folders_are_checkpoints_a_backup_is_neither_loaded_nor_pruned(tmp_path):
-    from cifar.runfolder import list_checkpoints
+    from cifar.record import list_checkpoints
 
     root = tmp_path / "checkpoints"
     for name in ("step-000000003", "step-000000009", "step-000000003.bak", "tmp-step-000000012"):

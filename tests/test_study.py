@@ -22,9 +22,9 @@ from hypothesis import strategies as st
 from matplotlib.image import imread
 from scipy import stats
 
-from cifar.statistics import compare_paired, describe
-from cifar.study import main
-from cifar.study_figures import curves_figure
+from cifar.study.cli import main
+from cifar.study.figures import curves_figure
+from cifar.study.statistics import compare_paired, describe
 from tests.conftest import ROOT, read_json, read_metrics, require, train_env
 from tests.slurm_helpers import cluster_available, submit, wait_for_job
 from tests.test_tracking import read_wandb_records, wandb_history, wandb_summary

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from cifar.runfolder import METRIC_KEYS
+from cifar.record import METRIC_KEYS
 from tests.conftest import (
     ROOT,
     SMOKE,

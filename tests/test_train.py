@@ -6,7 +6,7 @@ import os
 import pytest
 
 from cifar.data import FASHION_FILES
-from cifar.runfolder import METRIC_KEYS, SUMMARY_KEYS
+from cifar.record import METRIC_KEYS, SUMMARY_KEYS
 from tests.conftest import (
     FASHION_DIR,
     SMOKE,

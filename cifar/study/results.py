@@ -10,8 +10,9 @@ import os
 
 from cifar.config import RESUME_MAY_CHANGE
 from cifar.errors import UserError
-from cifar.runfolder import CONFIG_FILE, METRICS_FILE, SUMMARY_FILE, read_run_file
-from cifar.statistics import compare_paired, describe
+from cifar.record import CONFIG_FILE, METRICS_FILE, SUMMARY_FILE, read_run_file
+from cifar.study.grid import cells, run_folder
+from cifar.study.statistics import compare_paired, describe
 
 METRICS = (
     "test_accuracy",
@@ -75,8 +76,6 @@ def check_run(folder: str, summary, metrics, config, expected: dict, seed: int) 
 def collect_runs(grid: dict, out: str, configs: dict) -> dict:
     """{"finished": {(arm, seed): run}, "missing": [folders]}; a UserError for a damaged run
     folder or one made with other settings than the study gives it."""
-    from cifar.study import cells, run_folder
-
     finished, missing = {}, []
     for arm, seed in cells(grid):
         folder = run_folder(out, arm, seed)
@@ -161,8 +160,8 @@ def write_study(grid: dict, out: str, collected: dict) -> list[str]:
             f"them with the same `python -m cifar.study --out {out} ...` command (or "
             f"slurm/sweep.sh), then report."
         )
-    from cifar.study_figures import write_figures
-    from cifar.study_markdown import study_markdown
+    from cifar.study.figures import write_figures
+    from cifar.study.markdown import study_markdown
 
     study = aggregate(grid, collected)
     os.makedirs(out, exist_ok=True)
@@ -180,7 +179,7 @@ def write_study(grid: dict, out: str, collected: dict) -> list[str]:
         written.append(path)
     configs = [run["config"] for run in collected["finished"].values()]
     if any(c.get("tracker") == "wandb" for c in configs):
-        from cifar.study_wandb import log_study
+        from cifar.study.tracker import log_study
 
         log_study(study, out, next(c for c in configs if c.get("tracker") == "wandb"), figures)
     return [*written, *figures]

@@ -1,81 +1,29 @@
-"""A study: arms x seeds of train.py runs, then how much the arms differ and how sure that is.
-
-    python -m cifar.study --out runs/study -- --dataset cifar10 --epochs 10
-    python -m cifar.study --out runs/width --arm "w16=--width 16" --arm "w32=--width 32" \\
-        --seeds 0 1 2 3 4 -- --model cnn --dataset fashion-mnist --data-dir DIR --epochs 2
-    python -m cifar.study --out runs/width --report-only
-    sbatch --array=0-5 slurm/sweep.sh --out runs/study -- --epochs 10   # the grid on SLURM
-
-Each (arm, seed) is the run folder DIR/<arm>/seed<k>, trained with `train.py <flags after -->
-<arm flags> --seed k --resume auto`: finished runs are skipped and unfinished ones resumed, so
-the same command continues a study. DIR/grid.json remembers arms, seeds and the flags after
-`--`: later commands may add arms or seeds and, without --arm/--seeds/--, reuse them.
-Writes DIR/study.json, DIR/study.md and figures (see docs/study.md).
-"""
+"""The grid of a study: its arms, seeds and common flags, grid.json, and the run folder and
+train.py flags of every (arm, seed)."""
 
 import argparse
-import contextlib
-import ctypes
 import json
 import os
 import re
 import shlex
-import signal
-import subprocess
-import sys
 
 from cifar.config import build_parser, parse_config
-from cifar.errors import REQUEUE_EXIT_CODE, USAGE_EXIT_CODE, UserError, report_user_error
-from cifar.runfolder import SUMMARY_FILE
+from cifar.errors import UserError
 
 DEFAULT_ARMS = {"cnn": "--model cnn", "resnet50": "--model resnet50"}
+
+
 DEFAULT_SEEDS = [0, 1, 2]
+
+
 GRID_FILE = "grid.json"
-TRAIN_PY = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "train.py")
+
+
 # The study sets these for every run; an arm or the common flags may not.
 STUDY_SETTINGS = ("seed", "output_dir", "resume", "wandb_group")
+
+
 ARM_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*")
-
-
-class Parser(argparse.ArgumentParser):
-    def error(self, message):
-        raise UserError(f"{message}. See `python -m cifar.study --help`.")
-
-
-def build_study_parser() -> Parser:
-    parser = Parser(
-        prog="python -m cifar.study",
-        description=__doc__.split("\n\n")[0],
-        epilog="Flags after -- go to train.py for every run.",
-    )
-    parser.add_argument("--out", required=True, metavar="DIR", help="the study folder")
-    parser.add_argument(
-        "--arm",
-        action="append",
-        default=[],
-        metavar="NAME=FLAGS",
-        help="an arm: a name and train.py flags in one quoted string (repeatable; default: "
-        + ", ".join(f"{k}={v!r}" for k, v in DEFAULT_ARMS.items())
-        + ")",
-    )
-    parser.add_argument(
-        "--seeds", nargs="+", type=int, metavar="K", help="seeds of every arm (default: 0 1 2)"
-    )
-    parser.add_argument("--name", help="W&B group of every run (default: the folder's name)")
-    parser.add_argument(
-        "--launcher",
-        default="",
-        help="command that runs train.py, e.g. 'accelerate launch --num_processes 4' "
-        "(default: this Python)",
-    )
-    parser.add_argument("--report-only", action="store_true", help="aggregate, train nothing")
-    parser.add_argument(
-        "--print-run",
-        type=int,
-        metavar="INDEX",
-        help="print run INDEX's folder and train.py flags, one per line (for slurm/sweep.sh)",
-    )
-    return parser
 
 
 def parse_arms(specs: list[str]) -> dict[str, str]:
@@ -222,62 +170,6 @@ def write_grid(grid: dict, out: str) -> None:
     os.replace(temporary, os.path.join(out, GRID_FILE))
 
 
-def die_with_parent() -> None:
-    """In the child: get SIGKILL when the study dies, so no run goes on alone in its folder."""
-    with contextlib.suppress(OSError, AttributeError):
-        ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
-
-
-def train_run(command: list[str]) -> int:
-    """Run train.py in its own process group; a stop signal to the study is passed on to it as
-    SIGTERM (checkpoint and exit 75). Returns its exit code, 75 after a stop."""
-    children, stopped = [], []
-
-    def stop(signum, _frame):
-        stopped.append(signum)
-        if children and children[0].poll() is None:
-            os.killpg(children[0].pid, signal.SIGTERM)
-
-    previous = {s: signal.signal(s, stop) for s in (signal.SIGINT, signal.SIGTERM, signal.SIGUSR1)}
-    try:
-        children.append(
-            subprocess.Popen(command, start_new_session=True, preexec_fn=die_with_parent)
-        )
-        if stopped:  # the signal came while the child was being started
-            os.killpg(children[0].pid, signal.SIGTERM)
-        rc = children[0].wait()
-    finally:
-        for s, handler in previous.items():
-            signal.signal(s, handler)
-    return REQUEUE_EXIT_CODE if stopped else rc
-
-
-def run_grid(grid: dict, out: str, launcher: list[str]) -> int:
-    """Train every unfinished run, one after another; 0 when all finished."""
-    for arm, seed in cells(grid):
-        folder = run_folder(out, arm, seed)
-        if os.path.isfile(os.path.join(folder, SUMMARY_FILE)):
-            print(f"{folder}: finished, skipped", flush=True)
-            continue
-        command = [*launcher, TRAIN_PY, *run_command(grid, out, arm, seed), "--resume", "auto"]
-        print(f"{folder}: {shlex.join(command)}", flush=True)
-        rc = train_run(command)
-        if rc == REQUEUE_EXIT_CODE:
-            print(f"stopped in {folder}: run the same command again to continue.", flush=True)
-            return rc
-        if rc == 0 and not os.path.isfile(os.path.join(folder, SUMMARY_FILE)):
-            rc = 1
-        if rc != 0:
-            report_user_error(
-                UserError(
-                    f"the run {folder} failed (train.py exited {rc}; its message is above). "
-                    f"Fix it and run the same command again: finished runs are kept."
-                )
-            )
-            return USAGE_EXIT_CODE if rc == USAGE_EXIT_CODE else rc
-    return 0
-
-
 def run_lines(grid: dict, out: str, index: int) -> list[str]:
     """Run INDEX of the grid as lines: its folder, then its train.py flags (for sweep.sh)."""
     grid_cells = cells(grid)
@@ -293,37 +185,3 @@ def run_lines(grid: dict, out: str, index: int) -> list[str]:
     if any("\n" in line for line in lines):
         raise UserError(f"arm {arm}: a flag holds a line break, which the job script cannot pass.")
     return lines
-
-
-def main(argv: list[str] | None = None) -> int:
-    argv = sys.argv[1:] if argv is None else argv
-    split = argv.index("--") if "--" in argv else len(argv)
-    common = argv[split + 1 :] if split < len(argv) else None
-    try:
-        args = build_study_parser().parse_args(argv[:split])
-        grid = resolve_grid(args, common)
-        configs = expected_configs(grid, args.out)
-        from cifar.study_report import collect_runs, write_study
-
-        runs = collect_runs(grid, args.out, configs)  # refuses damaged or foreign runs first
-        if args.print_run is not None:
-            lines = run_lines(grid, args.out, args.print_run)
-            write_grid(grid, args.out)
-            print("\n".join(lines))
-            return 0
-        if not args.report_only:
-            write_grid(grid, args.out)
-            rc = run_grid(grid, args.out, shlex.split(args.launcher) or [sys.executable])
-            if rc != 0:
-                return rc
-            runs = collect_runs(grid, args.out, configs)
-        written = write_study(grid, args.out, runs)
-    except UserError as error:
-        report_user_error(error)
-        return USAGE_EXIT_CODE
-    print("\n".join(["study written:", *written]))
-    return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())

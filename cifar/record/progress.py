@@ -7,7 +7,7 @@ with the reason, and its checkpoint is skipped like a torn one.
 import math
 from dataclasses import asdict, dataclass, field
 
-from cifar.runfolder import METRIC_KEYS
+from cifar.record.folder import METRIC_KEYS
 
 
 class InvalidProgress(ValueError):

@@ -1,0 +1,109 @@
+"""The process's lifetime: stop signals turned into a checkpoint request, the kernel's
+parent-death signal, and DataLoader workers that leave signals to the main process and never
+outlive it."""
+
+import atexit
+import ctypes
+import functools
+import multiprocessing
+import os
+import signal
+import sys
+
+import torch
+
+# SIGINT too: Ctrl-C saves a checkpoint like a scheduler's SIGTERM; a second Ctrl-C stops at once.
+STOP_SIGNALS = (signal.SIGTERM, signal.SIGUSR1, signal.SIGINT)
+
+
+class StopRequest:
+    """Turns SIGTERM/SIGUSR1 (pre-emption, time limit) and SIGINT (Ctrl-C) into a flag the loop
+    checks per step.
+
+    All processes agree on when to stop (an all-reduce of the flag), so they checkpoint at the
+    same step.
+    """
+
+    def __init__(self, accelerator, check_every: int = 10):
+        self.accelerator, self.check_every = accelerator, check_every
+        self.requested = False
+        self.signal_name = ""
+        self.previous = {}
+
+    def install(self) -> "StopRequest":
+        for sig in STOP_SIGNALS:
+            # A background job of a script starts with SIGINT ignored so that Ctrl-C in the
+            # terminal leaves it alone; keep it that way.
+            if sig == signal.SIGINT and signal.getsignal(sig) == signal.SIG_IGN:
+                continue
+            self.previous[sig] = signal.signal(sig, self.handle)
+        return self
+
+    def uninstall(self) -> None:
+        for sig, handler in self.previous.items():
+            signal.signal(sig, handler)
+
+    def handle(self, signum, frame) -> None:
+        if signum == signal.SIGINT and self.requested and self.signal_name == "SIGINT":
+            raise KeyboardInterrupt  # a second Ctrl-C: stop now, without a checkpoint
+        self.requested = True
+        self.signal_name = signal.Signals(signum).name
+
+    def should_stop(self, step: int, force_check: bool = False) -> bool:
+        """Checked after each optimizer step; collective every check_every steps."""
+        if self.accelerator.num_processes == 1:
+            return self.requested
+        if not force_check and step % self.check_every:
+            return False
+        flag = torch.tensor([1.0 if self.requested else 0.0], device=self.accelerator.device)
+        return bool(self.accelerator.reduce(flag, reduction="sum").item() > 0)
+
+
+def stop_with_launcher() -> None:
+    """Stop when the launcher dies. `accelerate launch` with one process dies alone on SIGTERM
+    (a container stop, a scheduler's kill), and torchrun's workers run in sessions of their own,
+    so a killed agent leaves them training. Ask the kernel to send this process SIGTERM when
+    its launcher dies: it checkpoints and stops."""
+    launched = "ACCELERATE_USE_CPU" in os.environ or "TORCHELASTIC_RUN_ID" in os.environ
+    if launched:
+        signal_when_parent_dies(signal.SIGTERM)
+
+
+def signal_when_parent_dies(sig: signal.Signals) -> None:
+    """Ask the kernel (Linux) to send this process sig when the process that started it ends,
+    however that ends."""
+    if sys.platform.startswith("linux"):
+        pr_set_pdeathsig = 1
+        ctypes.CDLL(None, use_errno=True).prctl(pr_set_pdeathsig, int(sig), 0, 0, 0)
+
+
+@functools.cache
+def kill_workers_at_exit() -> None:
+    """At exit multiprocessing sends its daemon children (DataLoader workers) SIGTERM, which
+    leave_signals_to_main makes them ignore, then waits for them: SIGKILL them first (atexit
+    runs this before multiprocessing's own handler, registered earlier)."""
+
+    def kill() -> None:
+        # PyTorch's SIGCHLD handler would report each killed worker as a failure.
+        signal.signal(signal.SIGCHLD, signal.SIG_DFL)
+        for child in multiprocessing.active_children():
+            if child.daemon:
+                child.kill()
+
+    atexit.register(kill)
+
+
+def leave_signals_to_main(_worker_id: int) -> None:
+    """A DataLoader worker's start. Ctrl-C and a scheduler's SIGTERM (scancel, a time limit)
+    reach every process of the job, workers included; a worker killed by one ends the run with
+    a DataLoader error before the main process can checkpoint. Workers ignore both, and the
+    kernel kills them when the main process ends, however it ends."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    signal_when_parent_dies(signal.SIGKILL)
+
+
+def die_with_parent() -> None:
+    """In a child process (preexec_fn): get SIGKILL when the parent dies, so no run goes on
+    alone in its folder."""
+    signal_when_parent_dies(signal.SIGKILL)
