@@ -6,17 +6,29 @@ progress.json (epoch, position in the epoch, metrics so far). It is written as t
 renamed into place only once complete, so a folder named step-* is whole.
 """
 
-import json
 import os
 import shutil
 import warnings
 
-from cifar.config import RESUME_MAY_CHANGE
+from cifar.config import RESUME_MAY_CHANGE, SETTING_DEFAULTS
 from cifar.distributed import all_processes_agree
 from cifar.errors import UserError
-from cifar.record import InvalidProgress, Progress, Shape, list_checkpoints, write_json
-
-PROGRESS_FILE = "progress.json"
+from cifar.record import (
+    FORMAT_KEY,
+    FORMAT_VERSION,
+    PROGRESS_FILE,
+    InvalidProgress,
+    Progress,
+    Shape,
+    checkpoint_name,
+    checkpoint_step,
+    checkpoints_dir,
+    list_checkpoints,
+    read_json,
+    write_json,
+)
+from cifar.record.atomic import fsync_folder
+from cifar.record.schema import is_count
 
 
 class CheckpointWriteError(Exception):
@@ -43,10 +55,6 @@ def write_failure(path: str, error: Exception) -> str:
     return f"{type(error).__name__}: {reason}; {free}"
 
 
-def checkpoint_name(global_step: int) -> str:
-    return f"step-{global_step:09d}"
-
-
 def save_checkpoint(accelerator, root: str, progress: Progress, keep: int) -> str:
     """Save the full training state; every process must call this. Returns the folder.
     Raises CheckpointWriteError, with the partial folder removed, when the disk refuses it."""
@@ -64,6 +72,7 @@ def save_checkpoint(accelerator, root: str, progress: Progress, keep: int) -> st
             if os.path.exists(final):
                 shutil.rmtree(final)
             os.replace(temporary, final)
+            fsync_folder(root)  # the rename, durable before older checkpoints are pruned
     except Exception as error:  # SafetensorError and torch's own errors wrap the OSError
         if accelerator.is_main_process:
             shutil.rmtree(temporary, ignore_errors=True)
@@ -80,21 +89,23 @@ def read_progress(folder: str, shape: Shape, settings: dict) -> Progress:
     UserError when it was made under other settings (checked first: other settings usually
     mean other data, which would fail the checks with a less helpful reason)."""
     try:
-        with open(os.path.join(folder, PROGRESS_FILE), encoding="utf-8") as f:
-            data = json.load(f)
-    except (UnicodeDecodeError, json.JSONDecodeError) as error:
-        raise InvalidProgress(f"not JSON ({error})") from None
-    except RecursionError:
-        raise InvalidProgress("nested too deeply to be a progress record") from None
+        data = read_json(os.path.join(folder, PROGRESS_FILE))
+    except ValueError as error:  # not UTF-8, not JSON, nested too deeply
+        raise InvalidProgress(f"not a progress record ({error})") from None
+    newer = (
+        isinstance(data, dict)
+        and is_count(data.get(FORMAT_KEY))
+        and data[FORMAT_KEY] > FORMAT_VERSION
+    )
+    if newer:
+        raise UserError(
+            f"cannot resume from {folder}: it was written in record format {data[FORMAT_KEY]} by "
+            f"a newer cifar-accelerate, and this one reads formats up to {FORMAT_VERSION}. "
+            f"Resume it with the newer version, or start a new run in another --output-dir."
+        )
     if isinstance(data, dict) and isinstance(data.get("settings"), dict):
         refuse_other_settings(settings_differences(data["settings"], settings), folder)
     return Progress.from_json(data, shape, step=checkpoint_step(folder))
-
-
-def checkpoint_step(folder: str) -> int | None:
-    name = os.path.basename(folder.rstrip("/"))
-    number = name.removeprefix("step-")
-    return int(number) if name.startswith("step-") and number.isdigit() else None
 
 
 def resolve_resume(config, checkpoints_root: str) -> list[str]:
@@ -106,7 +117,7 @@ def resolve_resume(config, checkpoints_root: str) -> list[str]:
     path = config.resume.rstrip("/")
     if os.path.isfile(os.path.join(path, PROGRESS_FILE)):
         return [path]
-    found = list_checkpoints(os.path.join(path, "checkpoints")) or list_checkpoints(path)
+    found = list_checkpoints(checkpoints_dir(path)) or list_checkpoints(path)
     if not found:
         raise UserError(
             f"--resume {config.resume}: no checkpoint there (expected a checkpoints/step-*/ "
@@ -117,12 +128,16 @@ def resolve_resume(config, checkpoints_root: str) -> list[str]:
 
 
 def settings_differences(saved: dict, current: dict) -> dict:
-    """{setting: (in the checkpoint, now)} for every setting that may not change on resume."""
+    """{setting: (in the checkpoint, now)} for every setting that may not change on resume.
+
+    A setting the checkpoint does not record came after it was written: the run was trained as
+    that setting's default does (a new setting's default keeps the old behaviour)."""
     missing = "(not recorded)"
+    recorded = {name: saved.get(name, SETTING_DEFAULTS.get(name, missing)) for name in current}
     return {
-        name: (saved.get(name, missing), value)
+        name: (recorded[name], value)
         for name, value in current.items()
-        if name not in RESUME_MAY_CHANGE and saved.get(name, missing) != value
+        if name not in RESUME_MAY_CHANGE and recorded[name] != value
     }
 
 

@@ -155,6 +155,10 @@ RESUME_MAY_CHANGE = frozenset(
         "allow_cpu",
     }
 )
+# What a run recorded before a setting existed is read as that setting's default.
+SETTING_DEFAULTS = {
+    f.name: f.default if f.default is not MISSING else f.default_factory() for f in fields(Config)
+}
 
 # Inclusive bounds of the numeric settings; beyond them a run cannot work or fit in memory.
 LIMITS = {

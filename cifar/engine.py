@@ -14,6 +14,7 @@ from cifar.checkpoint import save_checkpoint
 from cifar.errors import REQUEUE_EXIT_CODE, say
 from cifar.experiment import setup_run
 from cifar.processes import StopRequest
+from cifar.record import metric_values, versioned
 from cifar.tracking import log_run_end, wandb_sync_hint
 
 
@@ -222,7 +223,10 @@ def run_experiment(config) -> dict:
             totals = Totals.zeros(accelerator.device)
             checkpoint({"loss_sum": 0.0, "correct": 0, "seen": 0})
             run.files.write_metrics(progress.history)
-            accelerator.log({f"epoch/{k}": v for k, v in record.items()}, step=progress.global_step)
+            accelerator.log(
+                {f"epoch/{k}": v for k, v in metric_values(record).items()},
+                step=progress.global_step,
+            )
             say(accelerator, format_epoch(record, config.epochs))
             if epoch + 1 < config.epochs and stop.should_stop(0, force_check=True):
                 say(
@@ -258,17 +262,19 @@ class NonFiniteLoss(Exception):
 def epoch_record(
     epoch: int, train: dict, test: dict, lr: float, seconds: float, images_per_second: float
 ) -> dict:
-    """One line of metrics.jsonl."""
-    return {
-        "epoch": epoch + 1,
-        "train_loss": train["loss_sum"] / max(train["seen"], 1),
-        "train_accuracy": train["correct"] / max(train["seen"], 1),
-        "test_loss": test["test_loss"],
-        "test_accuracy": test["test_accuracy"],
-        "lr": lr,
-        "epoch_seconds": seconds,
-        "train_images_per_second": images_per_second,
-    }
+    """One line of metrics.jsonl (its fields: cifar.record.schema.EPOCH_FIELDS)."""
+    return versioned(
+        {
+            "epoch": epoch + 1,
+            "train_loss": train["loss_sum"] / max(train["seen"], 1),
+            "train_accuracy": train["correct"] / max(train["seen"], 1),
+            "test_loss": test["test_loss"],
+            "test_accuracy": test["test_accuracy"],
+            "lr": lr,
+            "epoch_seconds": seconds,
+            "train_images_per_second": images_per_second,
+        }
+    )
 
 
 def format_epoch(record: dict, epochs: int) -> str:

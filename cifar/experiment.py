@@ -1,6 +1,5 @@
 """Setting up one run: folder, Accelerator, data, model, optimizer, resume state."""
 
-import json
 import os
 import platform
 from dataclasses import dataclass
@@ -13,7 +12,6 @@ from torch import nn
 
 from cifar.build import build_optimizer, build_scheduler, make_accelerator, place_model
 from cifar.checkpoint import (
-    PROGRESS_FILE,
     load_checkpoint,
     refuse_other_settings,
     resolve_resume,
@@ -27,14 +25,17 @@ from cifar.loaders import build_loaders, feature_loaders
 from cifar.models import build_model, load_pretrained_state, model_spec
 from cifar.record import (
     CONFIG_FILE,
+    PROGRESS_FILE,
     SUMMARY_FILE,
     Progress,
     RunFiles,
     RunFolder,
     Shape,
+    checkpoints_dir,
     default_run_dir,
     holds_a_run,
     log_resume,
+    read_json,
 )
 from cifar.tracking import check_tracker_installed, prepare_tracker, start_tracker
 from cifar.transforms import input_transform
@@ -105,9 +106,8 @@ def finished_message(config, accelerator, run_dir: str, candidates: list[str]) -
     if not candidates or not os.path.isfile(os.path.join(run_dir, SUMMARY_FILE)):
         return ""
     try:
-        with open(os.path.join(candidates[0], PROGRESS_FILE), encoding="utf-8") as f:
-            saved = json.load(f)
-    except (OSError, ValueError, RecursionError):
+        saved = read_json(os.path.join(candidates[0], PROGRESS_FILE))
+    except (OSError, ValueError):
         return ""  # the full check, after the data is read, says what is wrong with it
     if not isinstance(saved, dict) or saved.get("epoch") != config.epochs:
         return ""
@@ -135,8 +135,8 @@ def setup_run(config) -> Run:
 
 def assemble_run(config, accelerator, run_dir: str, folder) -> Run:
     """The rest of setup_run, once the run folder is ours."""
-    checkpoints_dir = os.path.join(run_dir, "checkpoints")
-    candidates = decide_on_main(accelerator, lambda: resolve_resume(config, checkpoints_dir))
+    checkpoints = checkpoints_dir(run_dir)
+    candidates = decide_on_main(accelerator, lambda: resolve_resume(config, checkpoints))
     run_on_main(accelerator, lambda: refuse_another_runs_checkpoint(config, run_dir, candidates))
     finished = decide_on_main(
         accelerator, lambda: finished_message(config, accelerator, run_dir, candidates)
@@ -205,7 +205,7 @@ def assemble_run(config, accelerator, run_dir: str, folder) -> Run:
         classes,
         files,
         folder,
-        checkpoints_dir,
+        checkpoints,
         progress,
     )
 

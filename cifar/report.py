@@ -20,15 +20,15 @@ from matplotlib.figure import Figure  # noqa: E402
 from matplotlib.ticker import MaxNLocator  # noqa: E402
 
 from cifar.errors import USAGE_EXIT_CODE, UserError, report_user_error
-from cifar.record import CONFIG_FILE, METRICS_FILE, SUMMARY_FILE, read_run_file  # noqa: E402
+from cifar.record import (  # noqa: E402
+    METRICS_FILE,
+    SUMMARY_FILE,
+    atomic_write,
+    read_finished_run,
+)
 
 DPI = 120
 ANNOTATE_UP_TO = 12  # classes: above this the confusion matrix cells carry no counts
-
-
-def read_file(run_dir: str, name: str):
-    fix = f"The run folder is damaged: re-run that training, or leave {run_dir} out of the report."
-    return read_run_file(os.path.join(run_dir, name), fix)
 
 
 def load_run(run_dir: str) -> dict:
@@ -53,61 +53,8 @@ def load_run(run_dir: str) -> dict:
             f"train.py writes after the last epoch. Finish it with `python train.py "
             f"--output-dir {run_dir} --resume auto` (same settings), or leave it out."
         )
-    config_path = os.path.join(run_dir, CONFIG_FILE)
-    run = {
-        "dir": run_dir,
-        "config": read_file(run_dir, CONFIG_FILE) if os.path.isfile(config_path) else {},
-        "metrics": read_file(run_dir, METRICS_FILE),
-        "summary": read_file(run_dir, SUMMARY_FILE),
-    }
-    check_run(run)
-    return run
-
-
-SUMMARY_NUMBERS = ("test_accuracy", "test_loss", "epochs", "wall_seconds", "world_size")
-SUMMARY_NUMBERS += ("train_images_per_second", "num_test_samples")
-EPOCH_NUMBERS = ("epoch", "train_loss", "train_accuracy", "test_loss", "test_accuracy")
-
-
-def is_number(value) -> bool:
-    return isinstance(value, (int, float)) and not isinstance(value, bool)
-
-
-def check_run(run: dict) -> None:
-    """A UserError naming the file when a run folder's files do not have the shapes we read."""
-    summary, metrics, folder = run["summary"], run["metrics"], run["dir"]
-    problem = ""
-    if not isinstance(run["config"], dict):
-        problem = "config.json is not an object of settings"
-    elif not isinstance(summary, dict):
-        problem = "summary.json is not an object"
-    elif missing := [k for k in SUMMARY_NUMBERS if not is_number(summary.get(k))]:
-        problem = f"summary.json lacks the number(s) {', '.join(missing)}"
-    elif not all(isinstance(summary.get(k), str) for k in ("model", "dataset")):
-        problem = "summary.json lacks the model or dataset name"
-    elif not confusion_ok(summary):
-        problem = "summary.json's classes, per_class_accuracy and confusion_matrix do not agree"
-    elif not metrics or not all(
-        isinstance(r, dict) and all(is_number(r.get(k)) for k in EPOCH_NUMBERS) for r in metrics
-    ):
-        problem = f"metrics.jsonl needs one object per epoch with {', '.join(EPOCH_NUMBERS)}"
-    if problem:
-        raise UserError(
-            f"{folder}: {problem}; it is not a run folder as train.py writes it. Re-run that "
-            f"training, or leave {folder} out of the report."
-        )
-
-
-def confusion_ok(summary: dict) -> bool:
-    classes, matrix = summary.get("classes"), summary.get("confusion_matrix")
-    per_class = summary.get("per_class_accuracy")
-    if not (isinstance(classes, list) and isinstance(matrix, list) and isinstance(per_class, dict)):
-        return False
-    rows_ok = all(
-        isinstance(row, list) and len(row) == len(classes) and all(map(is_number, row))
-        for row in matrix
-    )
-    return rows_ok and len(matrix) == len(classes) and all(map(is_number, per_class.values()))
+    fix = f"The run folder is damaged: re-run that training, or leave {run_dir} out of the report."
+    return read_finished_run(run_dir, fix, need_config=False)
 
 
 def run_labels(run_dirs: list[str]) -> list[str]:
@@ -309,8 +256,7 @@ def write_report(run_dirs: list[str], out: str) -> list[str]:
         ]
     )
     path = os.path.join(out, "results.md")
-    with open(path, "w") as f:
-        f.write(text)
+    atomic_write(path, text)
     return [*written, path]
 
 

@@ -138,17 +138,16 @@ def replace_key(path, key, value):
     "name, damage, says",
     [
         ("summary.json", lambda p: "{", "summary.json cannot be read as JSON"),
-        ("summary.json", lambda p: "[1]", "summary.json is not an object"),
-        (
-            "summary.json",
-            lambda p: replace_key(p, "test_loss", "low"),
-            "lacks the number(s) test_loss",
-        ),
-        ("summary.json", lambda p: replace_key(p, "model", None), "lacks the model or dataset"),
+        ("summary.json", lambda p: "[1]", "summary.json is not a run record as train.py writes"),
+        ("summary.json", lambda p: replace_key(p, "test_loss", "low"), "test_loss is not a number"),
+        ("summary.json", lambda p: replace_key(p, "test_loss", 1e999), "test_loss is not a number"),
+        ("summary.json", lambda p: replace_key(p, "model", None), "its model is not text"),
         ("summary.json", lambda p: replace_key(p, "confusion_matrix", [[1]]), "do not agree"),
-        ("config.json", lambda p: "[]", "config.json is not an object"),
-        ("metrics.jsonl", lambda p: "[1, 2]\n", "metrics.jsonl needs one object per epoch"),
-        ("metrics.jsonl", lambda p: '{"epoch": 1}\n', "metrics.jsonl needs one object per epoch"),
+        ("summary.json", lambda p: replace_key(p, "format_version", 99), "newer cifar-accelerate"),
+        ("config.json", lambda p: "[]", "config.json is not a run record"),
+        ("metrics.jsonl", lambda p: "[1, 2]\n", "epoch record 1: expected an object"),
+        ("metrics.jsonl", lambda p: '{"epoch": 1}\n', "epoch record 1 lacks train_loss"),
+        ("metrics.jsonl", lambda p: "", "metrics.jsonl holds no epoch"),
     ],
 )
 def test_damaged_run_files_are_one_paragraph_and_no_report(

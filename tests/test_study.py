@@ -386,8 +386,8 @@ def test_bad_folders_and_files_are_refused_without_changing_them(grid, tmp_path,
     config = out / "w8" / "seed1" / "config.json"
     damages = [
         (summary, "{", "summary.json cannot be read"),
-        (summary, "[1, 2]", "is not a finished run's summary"),
-        (summary, json.dumps({"test_accuracy": 0.5}), "is not a finished run's summary"),
+        (summary, "[1, 2]", "summary.json is not a run record as train.py writes it: expected"),
+        (summary, json.dumps({"test_accuracy": 0.5}), "summary.json is not a run record"),
         (config, json.dumps({**read_json(config), "seed": 7}), "seed 7 (the study's: 1)"),
         (config, json.dumps({**read_json(config), "width": 64}), "width 64 (the study's: 8)"),
         (out / "grid.json", "[]", "is not a study grid"),

@@ -6,7 +6,7 @@ import os
 import pytest
 
 from cifar.data import FASHION_FILES
-from cifar.record import METRIC_KEYS, SUMMARY_KEYS
+from cifar.record import FORMAT_KEY, FORMAT_VERSION, METRIC_KEYS, SUMMARY_KEYS
 from tests.conftest import (
     FASHION_DIR,
     SMOKE,
@@ -25,9 +25,10 @@ def test_synthetic_run_learns_and_writes_the_run_folder(tmp_path):
     assert config["model"] == "cnn" and config["world_size"] == 1 and config["epochs"] == 2
     metrics = read_metrics(tmp_path)
     assert [m["epoch"] for m in metrics] == [1, 2]
-    assert all(set(m) == set(METRIC_KEYS) for m in metrics)
+    assert all(list(m) == [FORMAT_KEY, *METRIC_KEYS] for m in metrics)
+    assert all(m[FORMAT_KEY] == FORMAT_VERSION for m in metrics)
     summary = read_json(tmp_path / "summary.json")
-    assert list(summary) == list(SUMMARY_KEYS)  # the contract, in order
+    assert list(summary) == [FORMAT_KEY, *SUMMARY_KEYS]  # the contract, in order
     assert summary["test_accuracy"] >= 0.9
     assert summary["test_accuracy"] == metrics[-1]["test_accuracy"]
     assert summary["num_test_samples"] == 256

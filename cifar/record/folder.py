@@ -1,6 +1,4 @@
-"""The run folder: its files and keys, their writers and readers, who owns it, and whether it
-holds a run. Every tool that reads a run folder (the report, the study, the tests) reads these
-names from here.
+"""Who owns a run folder, and whether it holds a run.
 
 A run folder is ours only if it holds ``run.lock``, the file train.py creates in it. The run that
 owns the folder holds an exclusive POSIX record lock (fcntl) on that file for its whole life; the
@@ -14,7 +12,6 @@ import errno
 import fcntl
 import json
 import os
-import re
 import shutil
 import socket
 import struct
@@ -22,110 +19,11 @@ import time
 import warnings
 
 from cifar.errors import UserError
+from cifar.record.atomic import fsync_folder
+from cifar.record.names import LOCK_FILE, RESULT_FILES, RESUME_LOG, checkpoint_folders
+from cifar.record.schema import versioned
 
-CONFIG_FILE = "config.json"  # the resolved settings, written once when the run starts
-METRICS_FILE = "metrics.jsonl"  # one line per finished epoch
-SUMMARY_FILE = "summary.json"  # the final evaluation, written when the run finishes
-LOCK_FILE = "run.lock"
-CHECKPOINT_NAME = re.compile(r"step-\d{9}")
 FLOCK_FORMAT = "hhqqi4x"  # struct flock on Linux: type, whence, start, len, pid
-RESUME_LOG = "resume.jsonl"
-CHECKPOINTS = "checkpoints"
-# Files whose presence means the folder holds a run's results.
-RESULT_FILES = (SUMMARY_FILE, METRICS_FILE)
-# The keys of each metrics.jsonl line, in order.
-METRIC_KEYS = (
-    "epoch",
-    "train_loss",
-    "train_accuracy",
-    "test_loss",
-    "test_accuracy",
-    "lr",
-    "epoch_seconds",
-    "train_images_per_second",
-)
-# The keys of summary.json.
-SUMMARY_KEYS = (
-    "model",
-    "dataset",
-    "epochs",
-    "test_accuracy",
-    "test_loss",
-    "best_test_accuracy",
-    "per_class_accuracy",
-    "confusion_matrix",
-    "classes",
-    "num_test_samples",
-    "world_size",
-    "mixed_precision",
-    "wall_seconds",
-    "train_images_per_second",
-)
-
-
-def write_json(path: str, data) -> None:
-    """Write atomically: a reader sees the old file or the new one, never half of one."""
-    temporary = f"{path}.tmp{os.getpid()}"
-    with open(temporary, "w") as f:
-        json.dump(data, f, indent=1)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(temporary, path)
-
-
-def read_run_file(path: str, fix: str):
-    """A JSON or JSON-lines file of a run folder; a UserError ending in `fix` when it cannot be
-    read."""
-    try:
-        with open(path, encoding="utf-8") as f:
-            if path.endswith(".jsonl"):
-                return [json.loads(line) for line in f if line.strip()]
-            return json.load(f)
-    except (OSError, ValueError) as error:
-        raise UserError(f"{path} cannot be read as JSON ({error}). {fix}") from None
-
-
-class RunFiles:
-    """The writers of config.json, metrics.jsonl and summary.json; they write on the main
-    process only, and replace each file atomically."""
-
-    def __init__(self, run_dir: str, is_main: bool):
-        self.run_dir, self.is_main = run_dir, is_main
-
-    def path(self, name: str) -> str:
-        return os.path.join(self.run_dir, name)
-
-    def write_config(self, config: dict) -> None:
-        if self.is_main:
-            write_json(self.path(CONFIG_FILE), config)
-
-    def write_metrics(self, history: list[dict]) -> None:
-        """One line per finished epoch, rewritten whole, so a resume never leaves a duplicate or
-        half line."""
-        if not self.is_main:
-            return
-        temporary = self.path(f"{METRICS_FILE}.tmp{os.getpid()}")
-        with open(temporary, "w") as f:
-            f.writelines(json.dumps(record) + "\n" for record in history)
-        os.replace(temporary, self.path(METRICS_FILE))
-
-    def write_summary(self, summary: dict) -> None:
-        if self.is_main:
-            write_json(self.path(SUMMARY_FILE), summary)
-
-
-def checkpoint_folders(run_dir: str) -> list[str]:
-    """Names of the complete checkpoints of a run folder, oldest first."""
-    return [os.path.basename(p) for p in list_checkpoints(os.path.join(run_dir, CHECKPOINTS))]
-
-
-def list_checkpoints(root: str) -> list[str]:
-    """Complete checkpoint folders under root (step-<9 digits>, nothing else: a user's
-    step-1.bak is neither loaded nor pruned), oldest first."""
-    if not os.path.isdir(root):
-        return []
-    names = sorted(n for n in os.listdir(root) if CHECKPOINT_NAME.fullmatch(n))
-    return [os.path.join(root, n) for n in names if os.path.isdir(os.path.join(root, n))]
 
 
 def holds_a_run(run_dir: str) -> bool:
@@ -284,8 +182,12 @@ def log_resume(run_dir: str, checkpoint: str, progress, settings: dict) -> None:
         "checkpoint": checkpoint,
         "changed": changed,
     }
+    # Appended, not rewritten: the log of a run's resumes only grows; each line is fsynced.
     with open(os.path.join(run_dir, RESUME_LOG), "a", encoding="utf-8") as f:
-        f.write(json.dumps(record) + "\n")
+        f.write(json.dumps(versioned(record)) + "\n")
+        f.flush()
+        os.fsync(f.fileno())
+    fsync_folder(run_dir)
 
 
 def default_run_dir(config) -> str:

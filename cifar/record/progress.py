@@ -7,10 +7,17 @@ with the reason, and its checkpoint is skipped like a torn one.
 import math
 from dataclasses import asdict, dataclass, field
 
-from cifar.record.folder import METRIC_KEYS
+from cifar.record.schema import (
+    RecordError,
+    check_epoch_record,
+    is_count,
+    is_number,
+    record_version,
+    versioned,
+)
 
 
-class InvalidProgress(ValueError):
+class InvalidProgress(RecordError):
     """progress.json does not describe a state this run can continue from."""
 
 
@@ -42,7 +49,7 @@ class Progress:
     last_eval: dict | None = None
 
     def to_json(self) -> dict:
-        return asdict(self)
+        return versioned(asdict(self))
 
     def finished(self, epochs: int) -> bool:
         return self.epoch >= epochs
@@ -51,8 +58,10 @@ class Progress:
     def from_json(cls, data, shape: Shape, step: int | None = None) -> "Progress":
         """Progress from a parsed progress.json, checked against the run's shape and the step
         in the checkpoint's name; raises InvalidProgress naming the first problem."""
-        if not isinstance(data, dict):
-            raise InvalidProgress(f"expected an object, got {type(data).__name__}")
+        try:
+            record_version(data)
+        except RecordError as error:
+            raise InvalidProgress(str(error)) from None
         types = {
             "settings": dict,
             "epoch": int,
@@ -95,7 +104,7 @@ class Progress:
             raise InvalidProgress(f"global_step {self.global_step} but the folder says {step}")
         self.check_history()
         self.check_partial()
-        if not (finite(self.wall_seconds) and self.wall_seconds >= 0):
+        if not (is_number(self.wall_seconds) and self.wall_seconds >= 0):
             raise InvalidProgress(f"wall_seconds {self.wall_seconds!r} is not a duration")
         self.check_last_eval(shape.num_classes)
 
@@ -103,17 +112,17 @@ class Progress:
         if len(self.history) != self.epoch:
             raise InvalidProgress(f"{len(self.history)} epochs of history for epoch {self.epoch}")
         for number, record in enumerate(self.history, start=1):
-            if not isinstance(record, dict) or set(record) != set(METRIC_KEYS):
-                raise InvalidProgress(f"history entry {number} is not a metrics record")
-            if not all(finite(record[key]) for key in METRIC_KEYS) or record["epoch"] != number:
-                raise InvalidProgress(f"history entry {number} holds a bad value")
+            try:
+                check_epoch_record(record, number)
+            except RecordError as error:
+                raise InvalidProgress(f"history: {error}") from None
 
     def check_partial(self) -> None:
         partial = self.partial
         if set(partial) != {"loss_sum", "correct", "seen"}:
             raise InvalidProgress("'partial' must hold loss_sum, correct and seen")
         loss_sum, correct, seen = partial["loss_sum"], partial["correct"], partial["seen"]
-        if not (finite(loss_sum) and loss_sum >= 0 and counts(correct, seen)):
+        if not (is_number(loss_sum) and loss_sum >= 0 and is_count(correct) and is_count(seen)):
             raise InvalidProgress("'partial' holds a bad value")
         if correct > seen or (self.step_in_epoch == 0 and seen):
             raise InvalidProgress("'partial' does not match the position in the epoch")
@@ -129,20 +138,12 @@ class Progress:
             isinstance(matrix, list)
             and len(matrix) == num_classes
             and all(isinstance(row, list) and len(row) == num_classes for row in matrix)
-            and counts(*(cell for row in matrix for cell in row))
+            and all(is_count(cell) for row in matrix for cell in row)
         )
         if not square:
             raise InvalidProgress(f"'last_eval' needs a {num_classes}x{num_classes} count matrix")
         total = sum(sum(row) for row in matrix)
         if last.get("num_test_samples") != total or not all(
-            finite(last.get(key)) for key in ("test_loss", "test_accuracy")
+            is_number(last.get(key)) for key in ("test_loss", "test_accuracy")
         ):
             raise InvalidProgress("'last_eval' holds a bad value")
-
-
-def finite(value) -> bool:
-    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
-
-
-def counts(*values) -> bool:
-    return all(isinstance(v, int) and not isinstance(v, bool) and v >= 0 for v in values)

@@ -9,6 +9,7 @@ import shlex
 
 from cifar.config import build_parser, parse_config
 from cifar.errors import UserError
+from cifar.record import write_json
 
 DEFAULT_ARMS = {"cnn": "--model cnn", "resnet50": "--model resnet50"}
 
@@ -164,10 +165,7 @@ def expected_configs(grid: dict, out: str) -> dict[tuple[str, int], dict]:
 
 def write_grid(grid: dict, out: str) -> None:
     os.makedirs(out, exist_ok=True)
-    temporary = os.path.join(out, f"{GRID_FILE}.tmp{os.getpid()}")
-    with open(temporary, "w") as f:
-        json.dump(grid, f, indent=1)
-    os.replace(temporary, os.path.join(out, GRID_FILE))
+    write_json(os.path.join(out, GRID_FILE), grid)
 
 
 def run_lines(grid: dict, out: str, index: int) -> list[str]:

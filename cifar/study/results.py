@@ -5,12 +5,11 @@ missing, never averaged. Pairs compare later arms with earlier ones (a - b), pai
 """
 
 import json
-import math
 import os
 
 from cifar.config import RESUME_MAY_CHANGE
 from cifar.errors import UserError
-from cifar.record import CONFIG_FILE, METRICS_FILE, SUMMARY_FILE, read_run_file
+from cifar.record import SUMMARY_FILE, atomic_write, read_finished_run
 from cifar.study.grid import cells, run_folder
 from cifar.study.statistics import compare_paired, describe
 
@@ -27,38 +26,12 @@ CURVE_KEYS = ("test_accuracy", "test_loss")
 RUN_SETTINGS = ("output_dir", "resume", "seed")
 
 
-def is_number(value) -> bool:
-    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
-
-
-def check_run(folder: str, summary, metrics, config, expected: dict, seed: int) -> None:
-    """A UserError unless the files are a finished run of this study's (arm, seed)."""
+def check_run(folder: str, config: dict, expected: dict, seed: int) -> None:
+    """A UserError unless the run in folder was made with this study's settings for its seed."""
     fix = (
         f"Move {folder} away (the study then trains that run again) or restore it from the run "
         f"that made it."
     )
-    shape_ok = isinstance(summary, dict) and all(is_number(summary.get(k)) for k in METRICS)
-    per_class = summary.get("per_class_accuracy") if isinstance(summary, dict) else None
-    shape_ok = shape_ok and isinstance(per_class, dict)
-    shape_ok = shape_ok and all(is_number(v) for v in per_class.values())
-    if not shape_ok:
-        raise UserError(
-            f"{folder}/summary.json is not a finished run's summary (it needs the numbers "
-            f"{', '.join(METRICS)} and per_class_accuracy). {fix}"
-        )
-    curve_ok = isinstance(metrics, list) and all(
-        isinstance(r, dict)
-        and is_number(r.get("epoch"))
-        and all(is_number(r.get(k)) for k in CURVE_KEYS)
-        for r in metrics
-    )
-    if not curve_ok:
-        raise UserError(
-            f"{folder}/metrics.jsonl does not hold one record per epoch with "
-            f"{', '.join(CURVE_KEYS)}. {fix}"
-        )
-    if not isinstance(config, dict):
-        raise UserError(f"{folder}/config.json is not a run's settings. {fix}")
     differ = [
         f"{k} {config[k]!r} (the study's: {v!r})"
         for k, v in expected.items()
@@ -83,13 +56,8 @@ def collect_runs(grid: dict, out: str, configs: dict) -> dict:
             missing.append(folder)
             continue
         fix = f"Move {folder} away (the study then trains that run again)."
-        run = {
-            "dir": folder,
-            "summary": read_run_file(os.path.join(folder, SUMMARY_FILE), fix),
-            "metrics": read_run_file(os.path.join(folder, METRICS_FILE), fix),
-            "config": read_run_file(os.path.join(folder, CONFIG_FILE), fix),
-        }
-        check_run(folder, run["summary"], run["metrics"], run["config"], configs[arm, seed], seed)
+        run = read_finished_run(folder, fix)
+        check_run(folder, run["config"], configs[arm, seed], seed)
         finished[arm, seed] = run
     return {"finished": finished, "missing": missing}
 
@@ -172,10 +140,7 @@ def write_study(grid: dict, out: str, collected: dict) -> list[str]:
         ("study.md", study_markdown(study, [os.path.basename(f) for f in figures])),
     ):
         path = os.path.join(out, name)
-        temporary = f"{path}.tmp{os.getpid()}"
-        with open(temporary, "w") as f:
-            f.write(text)
-        os.replace(temporary, path)
+        atomic_write(path, text)
         written.append(path)
     configs = [run["config"] for run in collected["finished"].values()]
     if any(c.get("tracker") == "wandb" for c in configs):
