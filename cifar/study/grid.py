@@ -36,7 +36,7 @@ def parse_arms(specs: list[str]) -> dict[str, str]:
         if not equals or not ARM_NAME.fullmatch(name):
             raise UserError(
                 f"--arm {spec!r} is not NAME=FLAGS with a folder-safe NAME (letters, digits, . _ "
-                f'-). Write e.g. --arm "tta=--model cnn --tta".'
+                f'-). Write e.g. --arm "wide=--model cnn --width 64".'
             )
         if name in arms:
             raise UserError(f"--arm {name} is given twice. Give each arm its own name.")
