@@ -14,7 +14,7 @@ from cifar.checkpoint import save_checkpoint
 from cifar.errors import REQUEUE_EXIT_CODE, say
 from cifar.experiment import setup_run
 from cifar.processes import StopRequest
-from cifar.tracking import log_run_end, wandb_sync_hint
+from cifar.trackers import tracker_named
 
 
 def sum_dtype(device) -> torch.dtype:
@@ -235,8 +235,9 @@ def run_experiment(config) -> dict:
             config, accelerator, progress, time.perf_counter() - started, run.classes
         )
         run.files.write_summary(summary)
-        log_run_end(accelerator, config, run, summary)
-        hint = wandb_sync_hint(accelerator, config)
+        tracker = tracker_named(config.tracker)
+        tracker.log_run_end(accelerator, run, summary)
+        hint = tracker.sync_hint(accelerator)
         if hint:
             say(accelerator, hint)
         return summary

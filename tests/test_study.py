@@ -27,7 +27,7 @@ from cifar.study.figures import curves_figure
 from cifar.study.statistics import compare_paired, describe
 from tests.conftest import ROOT, read_json, read_metrics, require, train_env
 from tests.slurm_helpers import cluster_available, submit, wait_for_job
-from tests.test_tracking import read_wandb_records, wandb_history, wandb_summary
+from tests.test_trackers import read_wandb_records, wandb_history, wandb_summary
 
 TINY = [
     "--dataset",

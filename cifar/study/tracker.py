@@ -2,7 +2,7 @@
 
 import os
 
-from cifar.tracking import tracker_run_id, wandb_has_credentials
+from cifar.trackers import tracker_run_id, wandb_has_credentials
 
 
 def arm_rows(study: dict) -> list[list]:
