@@ -8,6 +8,7 @@ from accelerate import Accelerator
 from accelerate.utils import GradientAccumulationPlugin
 
 from cifar.errors import UserError
+from cifar.trackers import tracker_named
 from cifar.transforms import uses_channels_last
 
 
@@ -25,10 +26,9 @@ def make_accelerator(config, project_dir: str | None = None) -> Accelerator:
         kwargs["gradient_accumulation_plugin"] = GradientAccumulationPlugin(
             num_steps=config.gradient_accumulation_steps
         )
-    if (
-        config.tracker == "wandb"
-    ):  # TensorBoard joins in start_tracker, once the run folder is known
-        kwargs["log_with"] = config.tracker
+    log_with = tracker_named(config.tracker).log_with  # None: it joins in start(), later
+    if log_with:
+        kwargs["log_with"] = log_with
     if config.deterministic:
         os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")  # before CUDA starts
         torch.use_deterministic_algorithms(True, warn_only=True)

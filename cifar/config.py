@@ -13,6 +13,7 @@ import yaml
 
 from cifar.errors import UserError
 from cifar.models import REGISTRY
+from cifar.trackers import REGISTRY as TRACKER_REGISTRY
 
 MODELS = tuple(REGISTRY)
 DATASETS = ("cifar10", "cifar100", "fashion-mnist", "imagefolder", "synthetic")
@@ -23,7 +24,7 @@ AUGMENTATIONS = ("auto", "crop-flip", "flip", "none")
 # Fashion-MNIST items are centred and fill the frame: shifting them costs more than it teaches
 # in a short schedule (5 epochs: 91.4% with crop-flip, 92%+ with flip only).
 AUTO_AUGMENT = {"fashion-mnist": "flip"}
-TRACKERS = ("wandb", "tensorboard", "none")
+TRACKERS = tuple(TRACKER_REGISTRY)  # the default first
 PRECISIONS = ("no", "fp16", "bf16")
 CACHE_MODES = ("auto", "always", "never")
 

@@ -15,7 +15,7 @@ from cifar.errors import REQUEUE_EXIT_CODE, say
 from cifar.experiment import setup_run
 from cifar.processes import StopRequest
 from cifar.record import metric_values, versioned
-from cifar.tracking import log_run_end, wandb_sync_hint
+from cifar.trackers import tracker_named
 
 
 def sum_dtype(device) -> torch.dtype:
@@ -239,8 +239,9 @@ def run_experiment(config) -> dict:
             config, accelerator, progress, time.perf_counter() - started, run.classes
         )
         run.files.write_summary(summary)
-        log_run_end(accelerator, config, run, summary)
-        hint = wandb_sync_hint(accelerator, config)
+        tracker = tracker_named(config.tracker)
+        tracker.log_run_end(accelerator, run, summary)
+        hint = tracker.sync_hint(accelerator)
         if hint:
             say(accelerator, hint)
         return summary

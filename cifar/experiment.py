@@ -37,7 +37,7 @@ from cifar.record import (
     log_resume,
     read_json,
 )
-from cifar.tracking import check_tracker_installed, prepare_tracker, start_tracker
+from cifar.trackers import tracker_named
 from cifar.transforms import input_transform
 
 
@@ -121,7 +121,7 @@ def finished_message(config, accelerator, run_dir: str, candidates: list[str]) -
 
 
 def setup_run(config) -> Run:
-    check_tracker_installed(config)
+    tracker_named(config.tracker).check()
     accelerator = make_accelerator(config)
     run_dir = broadcast(accelerator, os.path.abspath(config.output_dir or default_run_dir(config)))
     folder = run_on_main(accelerator, lambda: RunFolder.claim(run_dir, bool(config.resume)))
@@ -144,7 +144,8 @@ def assemble_run(config, accelerator, run_dir: str, folder) -> Run:
     if finished:
         raise RunFinished(finished)
     accelerator.project_configuration.set_directories(run_dir)
-    tracker_kwargs = prepare_tracker(config, run_dir, accelerator.is_main_process)
+    tracker = tracker_named(config.tracker)
+    tracker_kwargs = tracker.prepare(config, run_dir, accelerator.is_main_process)
 
     set_seed(config.seed)
     train, test = on_main_first(accelerator, lambda: build_datasets(config))
@@ -181,7 +182,7 @@ def assemble_run(config, accelerator, run_dir: str, folder) -> Run:
             files.write_config(describe_run(config, accelerator, run_dir))
         run_on_main(accelerator, lambda: log_resume(run_dir, resumed_from, progress, settings))
     files.write_metrics(progress.history)
-    start_tracker(accelerator, config, run_dir, tracker_kwargs, config.to_dict())
+    tracker.start(accelerator, config, run_dir, tracker_kwargs, config.to_dict())
     say(
         accelerator,
         f"{config.model} on {config.dataset}: {accelerator.num_processes} process(es), "

@@ -27,7 +27,14 @@ from cifar.study.figures import curves_figure
 from cifar.study.statistics import compare_paired, describe
 from tests.conftest import ROOT, read_json, read_metrics, require, train_env
 from tests.slurm_helpers import cluster_available, submit, wait_for_job
-from tests.test_tracking import read_wandb_records, wandb_history, wandb_summary
+from tests.test_trackers import (
+    isolated_home,
+    offline_logs,
+    read_wandb_records,
+    require_package,
+    wandb_history,
+    wandb_summary,
+)
 
 TINY = [
     "--dataset",
@@ -337,6 +344,62 @@ def test_one_seed_gives_means_without_intervals_and_a_wandb_summary_run(tmp_path
         [p["a"], p["b"], p["metric"], p["n"], p["mean_difference"]] for p in result["pairs"]
     ]
     assert {"study/curves/path", "study/per_class_accuracy/path"} <= set(history)
+
+
+def test_a_study_without_wandb_credentials_logs_offline_and_online_is_refused(tmp_path):
+    require_package("wandb")
+    out = tmp_path / "default"
+    env = isolated_home(tmp_path)  # the user's default: no key, no WANDB_MODE, no netrc
+    result = study("--out", out, "--arm", "w8=--width 8", "--seeds", 0, "--", *TINY, env=env)
+
+    assert "Traceback" not in result.stderr
+    warning = (
+        f"no W&B credentials found (`wandb login`, WANDB_API_KEY): logging offline to {out}; "
+        f"upload later with `wandb sync {out}/wandb/offline-run-*`"
+    )
+    assert result.stderr.count(warning) == 1, result.stderr
+    assert result.stderr.count("no W&B credentials found") == 2  # the run's, the summary run's
+    assert len(offline_logs(out / "w8" / "seed0")) == 1
+    (log,) = offline_logs(out)
+    records = read_wandb_records(log)
+    (run,) = [r.run for r in records if r.WhichOneof("record_type") == "run"]
+    run_id = read_json(out / "tracker.json")["run_id"]
+    assert (run.run_id, run.run_group, run.display_name) == (run_id, "default", "default-summary")
+    stat = read_json(out / "study.json")["arms"]["w8"]["test_accuracy"]
+    assert wandb_summary(records)["w8/test_accuracy/mean"] == stat["mean"]
+    assert (
+        f"W&B summary run saved offline; upload it with: wandb sync {log.parent}" in result.stdout
+    )
+
+    # The report alone: the same summary run, offline again.
+    again = study("--out", out, "--report-only", env=env)
+    assert "Traceback" not in again.stderr and "--resume auto" not in again.stdout
+    assert [p.name for p in offline_logs(out)] == [log.name] * 2
+
+    # WANDB_MODE=online asks for credentials there are not: one paragraph, nothing changed.
+    before = folder_hashes(out)
+    online = {**env, "WANDB_MODE": "online"}
+    refusal = study("--out", out, "--report-only", env=online, check=False)
+    assert refusal.returncode == 2 and refusal.stdout == "", refusal.stderr
+    assert refusal.stderr.startswith("error: WANDB_MODE=online, but wandb finds no credentials")
+    assert refusal.stderr.count("\n") == 1 and "wandb login" in refusal.stderr
+    assert folder_hashes(out) == before
+
+
+def test_wandb_online_without_credentials_stops_the_study_before_any_run(tmp_path):
+    require_package("wandb")
+    out = tmp_path / "online"
+    env = {**isolated_home(tmp_path), "WANDB_MODE": "online"}
+    command = ["--out", out, "--arm", "w8=--width 8", "--seeds", 0, "--", *TINY]
+    result = study(*command, env=env, check=False)
+    assert result.returncode == 2 and result.stdout == "", result.stderr
+    refusal = (
+        r"error: WANDB_MODE=online, but wandb finds no credentials for https?://\S+\. Log in "
+        r"with `wandb login` \(or set WANDB_API_KEY\), or log offline with WANDB_MODE=offline, "
+        r"or train without a tracker: --tracker none\.\n"
+    )
+    assert re.fullmatch(refusal, result.stderr), result.stderr
+    assert not out.exists()  # no grid, no run folder: nothing trained
 
 
 def refused(argv: list, capsys) -> str:

@@ -20,6 +20,7 @@ import sys
 from cifar.errors import USAGE_EXIT_CODE, UserError, report_user_error
 from cifar.study.grid import DEFAULT_ARMS, expected_configs, resolve_grid, run_lines, write_grid
 from cifar.study.runner import run_grid
+from cifar.trackers import check_trackers
 
 
 class Parser(argparse.ArgumentParser):
@@ -71,6 +72,7 @@ def main(argv: list[str] | None = None) -> int:
         args = build_study_parser().parse_args(argv[:split])
         grid = resolve_grid(args, common)
         configs = expected_configs(grid, args.out)
+        check_trackers(c["tracker"] for c in configs.values())  # before any run trains
         from cifar.study.results import collect_runs, write_study
 
         runs = collect_runs(grid, args.out, configs)  # refuses damaged or foreign runs first

@@ -12,6 +12,7 @@ from cifar.errors import UserError
 from cifar.record import SUMMARY_FILE, atomic_write, read_finished_run
 from cifar.study.grid import cells, run_folder
 from cifar.study.statistics import compare_paired, describe
+from cifar.trackers import summarizes_studies
 
 METRICS = (
     "test_accuracy",
@@ -143,8 +144,9 @@ def write_study(grid: dict, out: str, collected: dict) -> list[str]:
         atomic_write(path, text)
         written.append(path)
     configs = [run["config"] for run in collected["finished"].values()]
-    if any(c.get("tracker") == "wandb" for c in configs):
+    logged = [c for c in configs if summarizes_studies(c.get("tracker"))]
+    if logged:
         from cifar.study.tracker import log_study
 
-        log_study(study, out, next(c for c in configs if c.get("tracker") == "wandb"), figures)
+        log_study(study, out, logged[0], figures)
     return [*written, *figures]

@@ -2,7 +2,7 @@
 
 import os
 
-from cifar.tracking import tracker_run_id, wandb_has_credentials
+from cifar.trackers import WANDB, tracker_run_id
 
 
 def arm_rows(study: dict) -> list[list]:
@@ -53,22 +53,18 @@ def summary_values(study: dict) -> dict:
 
 def log_study(study: dict, out: str, run_config: dict, figures: list[str]) -> None:
     """Log the study's tables, figures and numbers as the run <name>-summary of the W&B project
-    and group its runs used (offline into out/wandb when there is no API key, as train.py)."""
+    and group its runs used, with the runs' own W&B settings: offline into out/wandb (one
+    warning) without credentials or an answering server, as train.py."""
     import wandb
 
-    if not os.environ.get("WANDB_MODE") and not wandb_has_credentials():
-        os.environ["WANDB_MODE"] = "offline"
-    if os.environ.get("WANDB_MODE") == "offline":
-        os.environ.setdefault("WANDB_DATA_DIR", os.path.join(os.path.abspath(out), "wandb"))
+    WANDB.check()  # the runs may have logged with other settings than this report's
     run = wandb.init(
+        **WANDB.init_settings(out, run_config.get("wandb_entity") or ""),
         project=run_config.get("wandb_project") or "cifar-accelerate",
-        entity=run_config.get("wandb_entity") or None,
         group=study["name"],
         name=f"{study['name']}-summary",
         job_type="study-summary",
         id=tracker_run_id(out),
-        resume="allow",
-        dir=out,
         config={
             "seeds": study["seeds"],
             "common_flags": study["common_flags"],
@@ -85,7 +81,7 @@ def log_study(study: dict, out: str, run_config: dict, figures: list[str]) -> No
         }
     )
     run.summary.update(summary_values(study))
-    folder = os.path.dirname(run.dir)
+    note = WANDB.offline_note(run, "W&B summary run")
     run.finish()
-    if os.environ.get("WANDB_MODE") == "offline":
-        print(f"W&B summary run saved offline; upload it with: wandb sync {folder}")
+    if note:
+        print(note)

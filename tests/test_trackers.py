@@ -1,4 +1,5 @@
-"""W&B (offline, disabled, without an API key) and TensorBoard through Accelerate's trackers.
+"""cifar/trackers.py: the adapters of W&B (offline, disabled, without credentials), TensorBoard
+and none, each read back from the files it writes.
 
 Offline W&B runs are read back from their run-<id>.wandb file with wandb's own protobuf
 classes: a LevelDB-style log of 32 KiB blocks whose records are wandb_internal_pb2.Record.
@@ -14,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from cifar.record import METRIC_KEYS
+from cifar.record import METRIC_KEYS, metric_values
 from tests.conftest import (
     ROOT,
     SMOKE,
@@ -92,6 +93,19 @@ def tracked(run_dir: Path, tracker: str, *extra) -> list:
     return [*SMOKE, "--tracker", tracker, "--log-every", "4", "--output-dir", run_dir, *extra]
 
 
+def isolated_home(tmp_path) -> dict:
+    """A user's default W&B environment, added to train_env's (which drops every WANDB_*): no
+    key, no WANDB_MODE, and no netrc or wandb settings file to find one in."""
+    home = tmp_path / "home"
+    home.mkdir()
+    return {
+        "HOME": str(home),
+        "XDG_CONFIG_HOME": str(home / ".config"),
+        "WANDB_CONFIG_DIR": str(home / ".config" / "wandb"),
+        "NETRC": "",
+    }
+
+
 def test_offline_wandb_log_holds_every_metric_and_the_summary(tmp_path):
     require_package("wandb")
     run_dir = tmp_path / "run"
@@ -125,7 +139,7 @@ def test_offline_wandb_log_holds_every_metric_and_the_summary(tmp_path):
 
     summary = read_json(run_dir / "summary.json")
     final = wandb_summary(records)
-    for key, value in summary.items():
+    for key, value in metric_values(summary).items():  # all but the file's format version
         assert final[key] == value, key
     assert final["test_accuracy"] == summary["test_accuracy"] == metrics[-1]["test_accuracy"]
     assert epoch_rows[0]["summary/test_accuracy"] == summary["test_accuracy"]
@@ -159,31 +173,28 @@ def test_offline_wandb_log_holds_every_metric_and_the_summary(tmp_path):
 
 def test_wandb_without_api_key_or_mode_falls_back_to_offline(tmp_path):
     require_package("wandb")
-    home = tmp_path / "home"
-    home.mkdir()
     run_dir = tmp_path / "run"
-    # train_env drops every WANDB_* variable (the API key and WANDB_MODE with them).
-    env = {"HOME": str(home), "XDG_CONFIG_HOME": str(home / ".config"), "NETRC": ""}
-    result = run_train(tracked(run_dir, "wandb"), env=env, timeout=180)
+    result = run_train(tracked(run_dir, "wandb"), env=isolated_home(tmp_path), timeout=180)
 
-    assert result.stderr.count("no W&B credentials found") == 1
+    warning = (
+        f"no W&B credentials found (`wandb login`, WANDB_API_KEY): logging offline to "
+        f"{run_dir}; upload later with `wandb sync {run_dir}/wandb/offline-run-*`"
+    )
+    assert result.stderr.count(warning) == 1, result.stderr
     assert result.stderr.count("logging offline") == 1
     logs = offline_logs(run_dir)
     assert len(logs) == 1
+    # Its tables are staged in the run folder, though wandb had read the environment before.
+    assert list((run_dir / "wandb" / "artifacts" / "staging").iterdir())
+    assert not (tmp_path / "home" / ".local" / "share" / "wandb").exists()
     summary = wandb_summary(read_wandb_records(logs[0]))
     assert summary["test_accuracy"] == read_json(run_dir / "summary.json")["test_accuracy"]
     assert f"wandb sync {logs[0].parent}" in result.stdout
 
 
-def isolated_home(tmp_path) -> dict:
-    home = tmp_path / "home"
-    home.mkdir()
-    return {"HOME": str(home), "XDG_CONFIG_HOME": str(home / ".config"), "NETRC": ""}
-
-
 def test_wandb_key_without_network_goes_offline_and_trains(tmp_path):
     require_package("wandb")
-    from cifar.tracking import WANDB_PROBE_SECONDS
+    from cifar.trackers import WANDB_PROBE_SECONDS
 
     run_dir = tmp_path / "run"
     # A well-formed key for a server that cannot be reached (no such host).
@@ -218,7 +229,7 @@ def test_wandb_credentials_are_found_the_way_wandb_finds_them(tmp_path, credenti
     env = isolated_home(tmp_path)
 
     def found() -> bool:
-        code = "from cifar.tracking import wandb_has_credentials as f; print(f())"
+        code = "from cifar.trackers import wandb_has_credentials as f; print(f())"
         result = subprocess.run(
             [sys.executable, "-c", code],
             cwd=ROOT,
@@ -307,7 +318,8 @@ def test_tensorboard_writes_event_files_with_the_run_metrics(tmp_path):
     assert scalars["summary/test_accuracy"][-1].value == pytest.approx(summary["test_accuracy"])
     for name, accuracy in summary["per_class_accuracy"].items():
         assert scalars[f"summary/per_class_accuracy/{name}"][-1].value == pytest.approx(accuracy)
-    assert set(accumulator.Tags()["images"]) == {"test/confusion_matrix", "test/samples"}
+    images = {"test/per_class_accuracy", "test/confusion_matrix", "test/samples"}
+    assert set(accumulator.Tags()["images"]) == images
 
 
 def test_resumed_run_continues_the_same_wandb_run(tmp_path):
@@ -335,3 +347,112 @@ def test_resumed_run_continues_the_same_wandb_run(tmp_path):
     summary = read_json(run_dir / "summary.json")
     assert summary["epochs"] == 2 and len(read_metrics(run_dir)) == 2
     assert wandb_summary(second)["test_accuracy"] == summary["test_accuracy"]
+
+
+def summary_of_three_classes() -> dict:
+    """A summary.json of a 3-class run, as engine.summarize writes it."""
+    matrix = [[4, 1, 0], [0, 5, 0], [2, 0, 3]]
+    classes = ["cat", "dog", "emu"]
+    return {
+        "model": "cnn",
+        "dataset": "synthetic",
+        "epochs": 1,
+        "test_accuracy": 12 / 15,
+        "test_loss": 0.5,
+        "per_class_accuracy": {
+            c: row[i] / sum(row) for i, (c, row) in enumerate(zip(classes, matrix, strict=True))
+        },
+        "confusion_matrix": matrix,
+        "classes": classes,
+        "wall_seconds": 2.5,
+    }
+
+
+@pytest.mark.fast
+@pytest.mark.parametrize("name", ["wandb", "tensorboard"])
+def test_a_tracker_without_its_package_is_refused_in_one_paragraph(name, monkeypatch):
+    from cifar.errors import UserError
+    from cifar.trackers import tracker_named
+
+    monkeypatch.setitem(sys.modules, name, None)  # importlib then finds no such package
+    with pytest.raises(UserError) as refusal:
+        tracker_named(name).check()
+    assert str(refusal.value) == (
+        f"--tracker {name} needs the {name} package, which is not installed. Run `pip install "
+        f"{name}`, or train without a tracker: --tracker none."
+    )
+
+
+@pytest.mark.fast
+def test_the_trackers_join_the_accelerator_as_their_adapter_says(monkeypatch):
+    from cifar.build import make_accelerator
+    from cifar.config import TRACKERS, Config
+    from cifar.trackers import REGISTRY
+
+    monkeypatch.setenv("ACCELERATE_USE_CPU", "true")
+    assert TRACKERS == tuple(REGISTRY) == ("wandb", "tensorboard", "none")
+    joined = {
+        name: [str(t) for t in make_accelerator(Config(tracker=name)).log_with] for name in TRACKERS
+    }
+    # W&B as the Accelerator is made; TensorBoard later, in start(), once the run folder is known.
+    assert joined == {"wandb": ["wandb"], "tensorboard": [], "none": []}
+
+
+@pytest.mark.fast
+def test_none_needs_no_package_and_starts_and_logs_nothing(tmp_path, monkeypatch):
+    from accelerate import Accelerator
+
+    from cifar.config import Config
+    from cifar.trackers import tracker_named
+
+    for package in ("wandb", "tensorboard"):
+        monkeypatch.setitem(sys.modules, package, None)
+    none = tracker_named("none")
+    none.check()
+    config = Config(tracker="none")
+    accelerator = Accelerator(cpu=True)
+    kwargs = none.prepare(config, str(tmp_path), True)
+    none.start(accelerator, config, str(tmp_path), kwargs, config.to_dict())
+    none.log_run_end(accelerator, None, summary_of_three_classes())  # None: it reads no run
+    assert (kwargs, accelerator.trackers, none.sync_hint(accelerator)) == ({}, [], "")
+    assert list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.fast
+def test_tensorboard_adapter_logs_config_and_end_of_run_figures_read_back(tmp_path):
+    require_package("tensorboard")
+    import numpy as np
+    from accelerate import Accelerator
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    from cifar.config import Config
+    from cifar.trackers import tracker_named
+
+    tensorboard = tracker_named("tensorboard")
+    config = Config(tracker="tensorboard", tags=["a", "b"])
+    accelerator = Accelerator(cpu=True)
+    tensorboard.start(accelerator, config, str(tmp_path), {}, config.to_dict())
+    summary = summary_of_three_classes()
+    samples = {
+        "images": np.zeros((2, 8, 8, 3), dtype=np.uint8),
+        "labels": ["cat", "dog"],
+        "predictions": ["cat", "emu"],
+        "confidences": [0.9, 0.4],
+    }
+    writer = accelerator.get_tracker("tensorboard", unwrap=True)
+    tensorboard.log_end(writer, summary, samples, step=7)
+    accelerator.end_training()
+
+    hparams = (tmp_path / "tensorboard").glob("*/hparams.yml")
+    assert "tags: '[''a'', ''b'']'" in next(hparams).read_text()  # a list, as its text
+    accumulator = EventAccumulator(str(tmp_path / "tensorboard"), size_guidance={"images": 0})
+    accumulator.Reload()
+    scalars = {tag: accumulator.Scalars(tag) for tag in accumulator.Tags()["scalars"]}
+    for name, accuracy in summary["per_class_accuracy"].items():
+        (event,) = scalars[f"summary/per_class_accuracy/{name}"]
+        assert (event.step, event.value) == (7, pytest.approx(accuracy))
+    assert scalars["summary/test_accuracy"][0].value == pytest.approx(0.8)
+    images = {tag: accumulator.Images(tag) for tag in accumulator.Tags()["images"]}
+    assert set(images) == {"test/per_class_accuracy", "test/confusion_matrix", "test/samples"}
+    assert all(e.step == 7 and e.encoded_image_string[:4] == b"\x89PNG" for (e,) in images.values())
+    assert tensorboard.sync_hint(accelerator) == ""
