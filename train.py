@@ -18,6 +18,7 @@ import sys
 from cifar.errors import (
     INTERRUPTED_EXIT_CODE,
     IO_ERROR_EXIT_CODE,
+    REQUEUE_EXIT_CODE,
     USAGE_EXIT_CODE,
     UserError,
     report_user_error,
@@ -45,7 +46,8 @@ def main(argv: list[str] | None = None) -> int:
 
         stop_with_launcher()
         try:
-            run_experiment(config)
+            if not run_experiment(config).finished:  # stopped on request, with a checkpoint
+                return REQUEUE_EXIT_CODE
         except RunFinished as finished:
             report_user_error(finished, prefix="")
         except NonFiniteLoss as error:

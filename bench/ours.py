@@ -1,5 +1,7 @@
 """Our side of a measurement: the model as setup_run places it, and train_epoch timed."""
 
+from types import SimpleNamespace
+
 import torch
 from torch import nn
 
@@ -30,22 +32,21 @@ def train_on(config, accelerator, model, loader, to_input, args) -> tuple[float,
     model, optimizer, scheduler = accelerator.prepare(model, optimizer, scheduler)
     loss_fn = nn.CrossEntropyLoss(label_smoothing=config.label_smoothing)
     device = accelerator.device
+    # What train_epoch reads of a Run.
+    run = SimpleNamespace(
+        accelerator=accelerator,
+        model=model,
+        train_loader=loader,
+        optimizer=optimizer,
+        scheduler=scheduler,
+        loss_fn=loss_fn,
+        to_input=to_input,
+    )
 
     def run_epoch(epoch: int, limit: int | None = None) -> None:
         loader.set_epoch(epoch)
         stop = None if limit is None else (lambda done, loss: done >= limit)
-        totals = Totals.zeros(device)
-        train_epoch(
-            accelerator,
-            model,
-            loader,
-            optimizer,
-            scheduler,
-            loss_fn,
-            to_input,
-            totals,
-            after_step=stop,
-        )
+        train_epoch(run, Totals.zeros(device), after_step=stop)
 
     run_epoch(0, limit=max(1, args.warmup))
     seconds = timed_epochs(run_epoch, device, args)

@@ -11,7 +11,7 @@ from torchmetrics.classification import MulticlassConfusionMatrix
 from tqdm.auto import tqdm
 
 from cifar.checkpoint import save_checkpoint
-from cifar.errors import REQUEUE_EXIT_CODE, say
+from cifar.errors import say
 from cifar.experiment import setup_run
 from cifar.processes import StopRequest
 from cifar.record import metric_values, versioned
@@ -47,25 +47,14 @@ class Totals:
         return {"loss_sum": loss_sum, "correct": int(correct), "seen": int(seen)}
 
 
-def train_epoch(
-    accelerator,
-    model,
-    loader,
-    optimizer,
-    scheduler,
-    loss_fn,
-    to_input,
-    totals,
-    *,
-    start_step: int = 0,
-    after_step=None,
-    show_progress: bool = False,
-) -> bool:
-    """Train over this process's batches of one epoch, adding to totals.
+def train_epoch(run, totals: Totals, *, start_step=0, after_step=None, show_progress=False) -> bool:
+    """Train over this process's batches of one epoch of run.train_loader, adding to totals.
 
-    after_step(batches_done, loss) runs after each optimizer step; when it returns True the
-    epoch stops there. Returns True if the epoch was stopped early.
+    Uses run's accelerator, model, optimizer, scheduler, loss_fn and to_input. after_step(
+    batches_done, loss) runs after each optimizer step; when it returns True the epoch stops
+    there. Returns True if the epoch was stopped early.
     """
+    accelerator, model, loader = run.accelerator, run.model, run.train_loader
     model.train()
     bar = tqdm(
         total=len(loader),
@@ -79,11 +68,11 @@ def train_epoch(
     stopped = False
     for step, (images, labels) in enumerate(loader, start=start_step):
         with accelerator.accumulate(model):
-            logits = model(to_input(images))
-            loss = loss_fn(logits, labels)
+            logits = model(run.to_input(images))
+            loss = run.loss_fn(logits, labels)
             accelerator.backward(loss)
-            optimizer.step()
-            optimizer.zero_grad(set_to_none=True)
+            run.optimizer.step()
+            run.optimizer.zero_grad(set_to_none=True)
         batch = labels.shape[0]
         totals.loss_sum += loss.detach() * batch
         totals.correct += (logits.detach().argmax(dim=1) == labels).sum()
@@ -98,7 +87,7 @@ def train_epoch(
                 img_s=f"{rate:,.0f}",
             )
         if accelerator.sync_gradients:
-            scheduler.step()
+            run.scheduler.step()
             if after_step is not None and after_step(step + 1, loss):
                 stopped = True
                 break
@@ -139,41 +128,84 @@ def eval_model(accelerator, model, loader, to_input, num_classes: int) -> dict:
     }
 
 
-def run_experiment(config) -> dict:
-    """Train and evaluate as config says; write the run folder; return the summary.
+@dataclass
+class Outcome:
+    """How a run ended: finished (summary written), or stopped on request with a checkpoint to
+    resume from (train.py exits REQUEUE_EXIT_CODE for the job script to requeue)."""
+
+    finished: bool
+    summary: dict | None = None
+
+
+def run_experiment(config) -> Outcome:
+    """Train and evaluate as config says; write the run folder; say how it ended.
 
     Resumes from a checkpoint when config.resume names one; a stop signal ends the run with a
-    checkpoint and REQUEUE_EXIT_CODE (raised as SystemExit) for the job script to requeue.
-    """
+    checkpoint, at the next optimizer step."""
     run = setup_run(config)
-    accelerator, progress = run.accelerator, run.progress
-    stop = StopRequest(accelerator).install()
-    totals = Totals.zeros(accelerator.device)
-    if accelerator.is_main_process:  # sums of the interrupted epoch, already reduced
-        totals.loss_sum += progress.partial["loss_sum"]
-        totals.correct += progress.partial["correct"]
-        totals.seen += progress.partial["seen"]
-    started = time.perf_counter() - progress.wall_seconds
-    show_progress = accelerator.is_main_process and sys.stderr.isatty()
+    stop = StopRequest(run.accelerator).install()
+    try:
+        return RunLoop(config, run, stop).run()
+    finally:
+        stop.uninstall()
+        run.accelerator.end_training()
+        if run.folder is not None:
+            run.folder.release()
 
-    def checkpoint(partial: dict) -> None:
+
+class RunLoop:
+    """The epochs of one run, from where its progress stands: each optimizer step counted,
+    logged and checkpointed as config says, each epoch evaluated and recorded."""
+
+    def __init__(self, config, run, stop: StopRequest):
+        self.config, self.run, self.stop = config, run, stop
+        self.progress = run.progress
+        self.totals = Totals.zeros(run.accelerator.device)
+        if run.accelerator.is_main_process:  # sums of the interrupted epoch, already reduced
+            partial = self.progress.partial
+            self.totals.loss_sum += partial["loss_sum"]
+            self.totals.correct += partial["correct"]
+            self.totals.seen += partial["seen"]
+        self.started = time.perf_counter() - self.progress.wall_seconds
+        self.epoch_started = time.perf_counter()
+        # Training time the current epoch had before it was interrupted (0 at an epoch's start).
+        # A checkpoint of a version that did not record it: the epoch's rate is then measured
+        # on the images trained since the resume.
+        partial = self.progress.partial
+        self.epoch_seconds_before = partial.get("seconds", 0.0)
+        untimed = self.progress.step_in_epoch and "seconds" not in partial
+        self.untimed_images = partial["seen"] if untimed else 0
+
+    def say(self, message: str) -> None:
+        say(self.run.accelerator, message)
+
+    def epoch_seconds(self) -> float:
+        return self.epoch_seconds_before + time.perf_counter() - self.epoch_started
+
+    def checkpoint(self, partial: dict) -> None:
+        run, progress = self.run, self.progress
         if not all(torch.isfinite(p).all() for p in run.model.parameters()):
             raise NonFiniteLoss(progress.global_step, what="weights")
         progress.partial = partial
-        progress.wall_seconds = time.perf_counter() - started
-        save_checkpoint(accelerator, run.checkpoints_dir, progress, config.keep_checkpoints)
+        progress.wall_seconds = time.perf_counter() - self.started
+        save_checkpoint(
+            run.accelerator, run.checkpoints_dir, progress, self.config.keep_checkpoints
+        )
 
-    def after_step(batches_done: int, loss) -> bool:
+    def after_step(self, batches_done: int, loss) -> bool:
+        """Count the step; log, checkpoint or stop where config and signals say. True: stop."""
+        config, run, progress = self.config, self.run, self.progress
         progress.global_step += 1
         progress.step_in_epoch = batches_done
         step = progress.global_step
-        stop_now = stop.should_stop(step)
+        stop_now = self.stop.should_stop(step)
         epoch_end = batches_done == len(run.train_loader)  # saved after the evaluation anyway
         periodic = config.checkpoint_every and step % config.checkpoint_every == 0
         save_now = stop_now or (periodic and not epoch_end)
         if save_now or (config.log_every and step % config.log_every == 0):
             # The mean over processes, so all of them take the same path; a device sync, so
             # only at log and checkpoint steps (the same steps on every process).
+            accelerator = run.accelerator
             loss_value = accelerator.reduce(loss.detach().float(), reduction="mean").item()
             if not math.isfinite(loss_value):
                 raise NonFiniteLoss(step)
@@ -181,75 +213,68 @@ def run_experiment(config) -> dict:
                 {"train/step_loss": loss_value, "lr": run.scheduler.get_last_lr()[0]}, step=step
             )
         if save_now:
-            checkpoint(totals.reduced(accelerator))
+            self.checkpoint(
+                {**self.totals.reduced(run.accelerator), "seconds": self.epoch_seconds()}
+            )
         return stop_now
 
-    try:
+    def run(self) -> Outcome:
+        config, run, progress = self.config, self.run, self.progress
+        show_progress = run.accelerator.is_main_process and sys.stderr.isatty()
         for epoch in range(progress.epoch, config.epochs):
             run.train_loader.set_epoch(epoch, skip_batches=progress.step_in_epoch)
-            epoch_start = time.perf_counter()
-            seen_before = progress.partial["seen"] if progress.step_in_epoch else 0
+            self.epoch_started = time.perf_counter()
             stopped = train_epoch(
-                accelerator,
-                run.model,
-                run.train_loader,
-                run.optimizer,
-                run.scheduler,
-                run.loss_fn,
-                run.to_input,
-                totals,
+                run,
+                self.totals,
                 start_step=progress.step_in_epoch,
-                after_step=after_step,
+                after_step=self.after_step,
                 show_progress=show_progress,
             )
             if stopped:
-                say(
-                    accelerator,
-                    f"{stop.signal_name or 'stop request'}: checkpoint saved at step "
-                    f"{progress.global_step}; resume with --resume auto",
+                self.say(
+                    f"{self.stop.signal_name or 'stop request'}: checkpoint saved at step "
+                    f"{progress.global_step}; resume with --resume auto"
                 )
-                raise SystemExit(REQUEUE_EXIT_CODE)
-            train = totals.reduced(accelerator)
-            if not math.isfinite(train["loss_sum"]):
-                raise NonFiniteLoss(progress.global_step)
-            seconds = time.perf_counter() - epoch_start
-            test = eval_model(
-                accelerator, run.model, run.test_loader, run.to_input, run.num_classes
-            )
-            rate = (train["seen"] - seen_before) / max(seconds, 1e-9)
-            record = epoch_record(epoch, train, test, run.scheduler.get_last_lr()[0], seconds, rate)
-            progress.history.append(record)
-            progress.epoch, progress.step_in_epoch, progress.last_eval = epoch + 1, 0, test
-            totals = Totals.zeros(accelerator.device)
-            checkpoint({"loss_sum": 0.0, "correct": 0, "seen": 0})
-            run.files.write_metrics(progress.history)
-            accelerator.log(
-                {f"epoch/{k}": v for k, v in metric_values(record).items()},
-                step=progress.global_step,
-            )
-            say(accelerator, format_epoch(record, config.epochs))
-            if epoch + 1 < config.epochs and stop.should_stop(0, force_check=True):
-                say(
-                    accelerator,
-                    f"{stop.signal_name or 'stop request'}: stopped after epoch {epoch + 1}; "
-                    f"resume with --resume auto",
+                return Outcome(finished=False)
+            self.finish_epoch(epoch)
+            if epoch + 1 < config.epochs and self.stop.should_stop(0, force_check=True):
+                self.say(
+                    f"{self.stop.signal_name or 'stop request'}: stopped after epoch {epoch + 1}; "
+                    f"resume with --resume auto"
                 )
-                raise SystemExit(REQUEUE_EXIT_CODE)
-        summary = summarize(
-            config, accelerator, progress, time.perf_counter() - started, run.classes
-        )
+                return Outcome(finished=False)
+        summary = summarize(config, run, time.perf_counter() - self.started)
         run.files.write_summary(summary)
         tracker = tracker_named(config.tracker)
-        tracker.log_run_end(accelerator, run, summary)
-        hint = tracker.sync_hint(accelerator)
+        tracker.log_run_end(run.accelerator, run, summary)
+        hint = tracker.sync_hint(run.accelerator)
         if hint:
-            say(accelerator, hint)
-        return summary
-    finally:
-        stop.uninstall()
-        accelerator.end_training()
-        if run.folder is not None:
-            run.folder.release()
+            self.say(hint)
+        return Outcome(finished=True, summary=summary)
+
+    def finish_epoch(self, epoch: int) -> None:
+        """Evaluate, record the epoch (metrics.jsonl, the tracker) and checkpoint it."""
+        run, progress = self.run, self.progress
+        train = self.totals.reduced(run.accelerator)
+        if not math.isfinite(train["loss_sum"]):
+            raise NonFiniteLoss(progress.global_step)
+        seconds = self.epoch_seconds()  # training only, over every part of an interrupted epoch
+        rate = (train["seen"] - self.untimed_images) / max(seconds, 1e-9)
+        test = eval_model(
+            run.accelerator, run.model, run.test_loader, run.to_input, run.num_classes
+        )
+        record = epoch_record(epoch, train, test, run.scheduler.get_last_lr()[0], seconds, rate)
+        progress.history.append(record)
+        progress.epoch, progress.step_in_epoch, progress.last_eval = epoch + 1, 0, test
+        self.totals = Totals.zeros(run.accelerator.device)
+        self.epoch_seconds_before, self.untimed_images = 0.0, 0
+        self.checkpoint({"loss_sum": 0.0, "correct": 0, "seen": 0, "seconds": 0.0})
+        run.files.write_metrics(progress.history)
+        run.accelerator.log(
+            {f"epoch/{k}": v for k, v in metric_values(record).items()}, step=progress.global_step
+        )
+        self.say(format_epoch(record, self.config.epochs))
 
 
 class NonFiniteLoss(Exception):
@@ -287,17 +312,16 @@ def format_epoch(record: dict, epochs: int) -> str:
     )
 
 
-def summarize(config, accelerator, progress, wall_seconds: float, classes) -> dict:
-    """summary.json: the final evaluation plus what the report needs."""
-    history = progress.history
-    last = progress.last_eval
-    if last is None:  # resumed after the last epoch had finished
-        raise RuntimeError("no evaluation to summarise")
+def summarize(config, run, wall_seconds: float) -> dict:
+    """summary.json: the final evaluation plus what the report needs. A class without a test
+    image has no accuracy (None), not 0."""
+    history, last = run.progress.history, run.progress.last_eval
     matrix = last["confusion_matrix"]
     per_class = {
-        name: (row[i] / sum(row) if sum(row) else 0.0)
-        for i, (name, row) in enumerate(zip(classes, matrix, strict=True))
+        name: (row[i] / sum(row) if sum(row) else None)
+        for i, (name, row) in enumerate(zip(run.classes, matrix, strict=True))
     }
+    accelerator = run.accelerator
     return {
         "model": config.model,
         "dataset": config.dataset,
@@ -307,7 +331,7 @@ def summarize(config, accelerator, progress, wall_seconds: float, classes) -> di
         "best_test_accuracy": max(r["test_accuracy"] for r in history),
         "per_class_accuracy": per_class,
         "confusion_matrix": matrix,
-        "classes": list(classes),
+        "classes": list(run.classes),
         "num_test_samples": last["num_test_samples"],
         "world_size": accelerator.num_processes,
         "mixed_precision": accelerator.mixed_precision,

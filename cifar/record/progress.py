@@ -21,6 +21,9 @@ class InvalidProgress(RecordError):
     """progress.json does not describe a state this run can continue from."""
 
 
+PARTIAL_KEYS = {"loss_sum", "correct", "seen", "seconds"}
+
+
 @dataclass
 class Shape:
     """What a valid progress must agree with: the run's length and the data's."""
@@ -119,10 +122,14 @@ class Progress:
 
     def check_partial(self) -> None:
         partial = self.partial
-        if set(partial) != {"loss_sum", "correct", "seen"}:
-            raise InvalidProgress("'partial' must hold loss_sum, correct and seen")
+        # "seconds" (training time of the epoch so far) came with format 1.
+        if not {"loss_sum", "correct", "seen"} <= set(partial) <= PARTIAL_KEYS:
+            raise InvalidProgress("'partial' must hold loss_sum, correct, seen (and seconds)")
         loss_sum, correct, seen = partial["loss_sum"], partial["correct"], partial["seen"]
+        seconds = partial.get("seconds", 0.0)
         if not (is_number(loss_sum) and loss_sum >= 0 and is_count(correct) and is_count(seen)):
+            raise InvalidProgress("'partial' holds a bad value")
+        if not (is_number(seconds) and seconds >= 0):
             raise InvalidProgress("'partial' holds a bad value")
         if correct > seen or (self.step_in_epoch == 0 and seen):
             raise InvalidProgress("'partial' does not match the position in the epoch")
