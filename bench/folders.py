@@ -25,9 +25,9 @@ from bench.plain import time_plain_training
 from bench.timing import Row, best, sync
 from cifar.config import Config
 from cifar.data import build_datasets
-from cifar.loaders import build_loaders
+from cifar.data.loaders import build_loaders
+from cifar.data.transforms import input_transform
 from cifar.models import IMAGENET_MEAN, IMAGENET_STD
-from cifar.transforms import input_transform
 
 FOLDER_CASE = "imagefolder"
 PHOTO_SIZE = (500, 375)  # width x height, a typical photo of an image-classification set

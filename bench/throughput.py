@@ -40,10 +40,10 @@ from bench.ours import prepare_model, settings, train_on
 from bench.plain import measure_plain, plain_without_cache
 from bench.timing import PeakMemory, Row, best, timed_epochs
 from cifar.build import make_accelerator
-from cifar.data import make_synthetic
+from cifar.data.loaders import DeviceLoader, backbone_features, build_loaders, feature_loaders
+from cifar.data.tensors import make_synthetic
+from cifar.data.transforms import input_transform
 from cifar.errors import UserError
-from cifar.loaders import DeviceLoader, backbone_features, build_loaders, feature_loaders
-from cifar.transforms import input_transform
 
 
 def parse_args(argv=None) -> argparse.Namespace:

@@ -9,10 +9,11 @@ import torch.nn.functional as F
 from PIL import Image
 
 from cifar.config import Config
-from cifar.data import FASHION_FILES, build_datasets
+from cifar.data import build_datasets
+from cifar.data.loaders import DeviceLoader, crop_flip
+from cifar.data.tensors import FASHION_FILES
+from cifar.data.transforms import InputTransform
 from cifar.errors import UserError
-from cifar.loaders import DeviceLoader, crop_flip
-from cifar.transforms import InputTransform
 from tests.conftest import FASHION_DIR, require
 
 pytestmark = pytest.mark.fast  # in-process: part of `make test-fast`

@@ -1,4 +1,4 @@
-"""cifar/imagefolder.py: decoding, the on-disk cache, subsets, bad files, N processes == 1."""
+"""cifar/data/imagefolder.py, decode.py: decoding, cache, subsets, bad files, N processes == 1."""
 
 import os
 import signal
@@ -11,12 +11,14 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from PIL import Image
 
-import cifar.imagefolder as imagefolder
+import cifar.data.imagefolder as imagefolder
 from cifar.config import Config, default_workers
-from cifar.data import TensorImages, build_datasets, load_rgb
+from cifar.data import build_datasets
+from cifar.data.decode import load_rgb, resize
+from cifar.data.imagefolder import ImageFiles
+from cifar.data.loaders import build_loaders
+from cifar.data.tensors import TensorImages
 from cifar.errors import UserError
-from cifar.imagefolder import ImageFiles, resize
-from cifar.loaders import build_loaders
 from tests.conftest import read_json, run_train
 from tests.test_distributed import final_weights, max_difference
 from tests.test_reliability import start_train, wait_for_checkpoint

@@ -5,7 +5,7 @@ import os
 
 import pytest
 
-from cifar.data import FASHION_FILES
+from cifar.data.tensors import FASHION_FILES
 from cifar.record import METRIC_KEYS, SUMMARY_KEYS
 from tests.conftest import (
     FASHION_DIR,
@@ -147,7 +147,7 @@ def test_main_job_offline_stops_with_the_dataset_message_only(tmp_path):
     )
     assert result.returncode != 0
     message = " ".join(result.stderr.split())
-    assert "CIFAR10 is not in" in message and "--dataset synthetic" in message
+    assert "CIFAR-10 is not in" in message and "--dataset synthetic" in message
     assert "Traceback" not in result.stderr
     assert not (tmp_path / "run" / "summary.json").exists()
     assert not (tmp_path / "run" / "metrics.jsonl").exists()

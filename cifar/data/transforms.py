@@ -4,7 +4,8 @@ device (InputTransform, as the model's spec asks)."""
 import torch
 import torch.nn.functional as F
 
-from cifar.models import IMAGENET_MEAN, IMAGENET_STD, model_spec
+from cifar.data import dataset_spec
+from cifar.models import model_spec
 
 CROP_PADDING = 4
 
@@ -53,16 +54,16 @@ def uses_channels_last(config, device) -> bool:
 
 
 def input_transform(config, train_images, device) -> InputTransform:
-    """Normalisation as the model asks (its pretrained weights' mean and std, or the dataset's
-    statistics) and a resize to its input size."""
+    """Normalisation as the model asks (its pretrained weights' mean and std), else as the
+    dataset's spec says (its fixed mean and std, or its training set's statistics), and a resize
+    to the model's input size."""
     channels_last = uses_channels_last(config, device)
     spec = model_spec(config.model)
     size = spec.image_size(config)
     if spec.mean is not None:
         return InputTransform(spec.mean, spec.std, size, channels_last)
-    if config.dataset == "imagefolder":
-        # Its statistics are unknown until every file is read, and a run must not depend on
-        # whether the folder fitted the cache: ImageNet's, cached or not.
-        return InputTransform(IMAGENET_MEAN, IMAGENET_STD, size, channels_last)
+    data = dataset_spec(config.dataset)
+    if data.mean is not None:
+        return InputTransform(data.mean, data.std, size, channels_last)
     mean, std = dataset_statistics(train_images)
     return InputTransform(mean, std, size, channels_last)

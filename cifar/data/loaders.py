@@ -16,12 +16,12 @@ from accelerate import Accelerator
 from accelerate.utils import pad_across_processes
 from torch.utils.data import DataLoader, Dataset, Subset
 
-from cifar.data import TensorImages
+from cifar.data.imagefolder import find_unreadable, refuse_or_skip
+from cifar.data.tensors import TensorImages
+from cifar.data.transforms import CROP_PADDING, crop_padding
 from cifar.distributed import decide_on_main
 from cifar.errors import UserError
-from cifar.imagefolder import find_unreadable, refuse_or_skip
 from cifar.processes import kill_workers_at_exit, leave_signals_to_main
-from cifar.transforms import CROP_PADDING, crop_padding
 
 
 def epoch_generator(seed: int, epoch: int) -> torch.Generator:

@@ -1,6 +1,6 @@
 """Your own images: DATA_DIR/train/<class>/<image> and DATA_DIR/test (or val)/<class>/<image>.
 
-Two ways to feed them, both decoding with data.decode_rgb (a large JPEG at a reduced DCT scale,
+Two ways to feed them, both decoding with decode.decode_rgb (a large JPEG at a reduced DCT scale,
 else torchvision.io):
 - cached (--cache-images always, or auto when train + test decoded fit CACHE_BUDGET_BYTES): each
   image is decoded and resized once to the model's input size (32 for SimpleCNN, --image-size
@@ -8,7 +8,7 @@ else torchvision.io):
   imagefolder/, keyed by the files' paths, labels, sizes and mtimes and that size. Training then
   runs from the device like CIFAR (DeviceLoader), N processes equal to one;
 - uncached: DataLoader workers decode and resize the same images every epoch (ImageFiles), and
-  crop and flip each batch as DeviceLoader would (loaders.FileLoader): the same batches as the
+  crop and flip each batch as the device loader would (loaders.FileLoader): the same batches as the
   cache gives, N processes equal to one, exact on resume.
 --train-subset / --test-subset pick N images at random with a fixed seed (the same images for
 every --seed), kept in the folder's sorted order.
@@ -22,19 +22,19 @@ import tempfile
 
 import torch
 import torchvision
-import torchvision.transforms.v2.functional as TF
 from torch.utils.data import DataLoader, Dataset
 
-from cifar.data import (
+from cifar.data.decode import (
     IMAGE_SUFFIXES,
     JPEG_SUFFIXES,
-    TensorImages,
     decode_jpeg_reduced,
     decode_rgb,
     describe,
     load_rgb,
+    resize,
 )
-from cifar.data import unreadable_message as unreadable
+from cifar.data.decode import unreadable_message as unreadable
+from cifar.data.tensors import TensorImages
 from cifar.errors import UserError
 from cifar.models import model_spec
 from cifar.processes import kill_workers_at_exit, leave_signals_to_main
@@ -66,6 +66,15 @@ class ImageFiles(Dataset):
     def without(self, paths: set) -> "ImageFiles":
         kept = [sample for sample in self.samples if sample[0] not in paths]
         return ImageFiles(kept, self.classes, self.size)
+
+
+def resume_settings(config) -> dict:
+    """What a resumed run must share beyond its flags: the folder (its files are the data; no
+    checksum names them) and the version of the code that reads it."""
+    return {
+        "image_folder": os.path.realpath(config.data_dir),
+        "image_folder_pipeline": PIPELINE_VERSION,
+    }
 
 
 def stored_size(config) -> int:
@@ -209,11 +218,6 @@ class Resized(Dataset):
             return index, resize(decode_rgb(path, self.size), self.size), ""  # as ImageFiles
         except Exception as error:  # PIL raises many types for bad files
             return index, None, describe(error)
-
-
-def resize(images: torch.Tensor, size: int) -> torch.Tensor:
-    """size x size (the aspect ratio is not kept, as torchvision's Resize((size, size)))."""
-    return TF.resize(images, [size, size], antialias=True)
 
 
 def decode_on_gpu(batch: list, resized: Resized) -> list:
