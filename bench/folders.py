@@ -5,7 +5,7 @@ Resize((32, 32)), RandomCrop(32, padding=4), RandomHorizontalFlip, ToTensor and 
 sample in a DataLoader. Ours is the product's path at the same worker count: uncached
 (workers decode at a reduced DCT scale, resize, and crop and flip each batch in one gather as
 drawn by the main process) and cached (one decoding pass into the on-disk cache, then epochs
-from DeviceLoader). Both train the same model, placed the same way, so the rows differ in how
+from DeviceTrainLoader). Both train the same model, placed the same way, so the rows differ in how
 images reach it.
 """
 

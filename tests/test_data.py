@@ -5,14 +5,11 @@ import shutil
 import numpy as np
 import pytest
 import torch
-import torch.nn.functional as F
 from PIL import Image
 
 from cifar.config import Config
 from cifar.data import build_datasets
-from cifar.data.loaders import DeviceLoader, crop_flip
 from cifar.data.tensors import FASHION_FILES
-from cifar.data.transforms import InputTransform
 from cifar.errors import UserError
 from tests.conftest import FASHION_DIR, require
 
@@ -36,77 +33,6 @@ def test_subsets_take_the_first_images():
         Config(dataset="synthetic", synthetic_train_size=300, train_subset=100, test_subset=7)
     )
     assert torch.equal(cut.images, full.images[:100]) and len(test) == 7
-
-
-def reference_crop_flip(image, dy, dx, flip):
-    padded = F.pad(image, (4, 4, 4, 4))
-    crop = padded[:, dy : dy + 32, dx : dx + 32]
-    return crop.flip(-1) if flip else crop
-
-
-def test_batched_crop_flip_equals_per_image_crop_then_flip():
-    generator = torch.Generator().manual_seed(0)
-    images = torch.randint(0, 256, (64, 3, 32, 32), dtype=torch.uint8, generator=generator)
-    shifts = torch.randint(0, 9, (64, 2), generator=generator)
-    flips = torch.randint(0, 2, (64,), generator=generator).bool()
-    out = crop_flip(images, shifts, flips)
-    for i in range(64):
-        expected = reference_crop_flip(images[i], *shifts[i].tolist(), bool(flips[i]))
-        assert torch.equal(out[i], expected)
-
-
-def test_input_transform_normalises_and_resizes():
-    images = torch.randint(0, 256, (4, 3, 32, 32), dtype=torch.uint8)
-    mean, std = (0.1, 0.2, 0.3), (0.5, 0.25, 0.125)
-    out = InputTransform(mean, std, size=None)(images)
-    expected = (images.float() / 255 - torch.tensor(mean).view(1, 3, 1, 1)) / torch.tensor(
-        std
-    ).view(1, 3, 1, 1)
-    torch.testing.assert_close(out, expected, rtol=1e-6, atol=1e-5)
-    assert InputTransform(mean, std, size=64)(images).shape == (4, 3, 64, 64)
-
-
-def loader(n, rank, world, train, batch=8):
-    return DeviceLoader(
-        torch.arange(n).view(n, 1, 1, 1).expand(n, 3, 1, 1),
-        torch.arange(n),
-        batch_size=batch,
-        rank=rank,
-        world_size=world,
-        device="cpu",
-        train=train,
-        seed=5,
-    )
-
-
-@pytest.mark.parametrize("world", [1, 2, 3])
-def test_training_shards_are_disjoint_slices_of_the_same_global_batches(world):
-    loaders = [loader(100, r, world, train=True) for r in range(world)]
-    batches = [[labels for _, labels in each] for each in loaders]
-    seen = torch.cat([torch.cat(b) for b in batches])
-    assert len(seen) == len(set(seen.tolist())) == (100 // (8 * world)) * 8 * world
-    single = [labels for _, labels in loader(100, 0, 1, train=True, batch=8 * world)]
-    for step, global_batch in enumerate(single[: len(batches[0])]):
-        assert torch.equal(torch.cat([b[step] for b in batches]), global_batch)
-
-
-def test_each_epoch_has_its_own_order():
-    each = loader(64, 0, 1, train=True)
-    first = torch.cat([labels for _, labels in each])
-    each.set_epoch(1)
-    assert not torch.equal(first, torch.cat([labels for _, labels in each]))
-
-
-@pytest.mark.parametrize("world", [1, 2, 3])
-def test_evaluation_shards_count_every_image_exactly_once(world):
-    seen = torch.cat(
-        [
-            labels
-            for r in range(world)
-            for _, labels in loader(10_001, r, world, train=False, batch=64)
-        ]
-    )
-    assert sorted(seen.tolist()) == list(range(10_001))
 
 
 def write_idx(folder, compress):

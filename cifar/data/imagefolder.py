@@ -6,7 +6,7 @@ else torchvision.io):
   image is decoded and resized once to the model's input size (32 for SimpleCNN, --image-size
   for ResNet-50) into a uint8 tensor kept on disk under $XDG_CACHE_HOME/cifar-accelerate/
   imagefolder/, keyed by the files' paths, labels, sizes and mtimes and that size. Training then
-  runs from the device like CIFAR (DeviceLoader), N processes equal to one;
+  runs from the device like CIFAR (DeviceTrainLoader), N processes equal to one;
 - uncached: DataLoader workers decode and resize the same images every epoch (ImageFiles), and
   crop and flip each batch as the device loader would (loaders.FileLoader): the same batches as the
   cache gives, N processes equal to one, exact on resume.
