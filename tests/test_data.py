@@ -1,5 +1,6 @@
 import gzip
 import os
+import re
 import shutil
 
 import numpy as np
@@ -66,6 +67,20 @@ def test_fashion_mnist_from_a_folder_of_idx_files(tmp_path, monkeypatch, compres
     assert torch.equal(test.images[:, 1, 2:30, 2:30], torch.from_numpy(test_images))
     assert torch.equal(test.labels, torch.from_numpy(test_labels).long())
     assert test.images[:, :, :2].sum() == 0  # zero padding to 32 x 32
+    if compress:  # unpacked into the cache: the four files, nothing half-written beside them
+        (unpacked,) = (tmp_path / "cache" / "cifar-accelerate" / "fashion-mnist").iterdir()
+        assert sorted(os.listdir(unpacked / "FashionMNIST" / "raw")) == sorted(FASHION_FILES)
+
+
+def test_a_torn_fashion_mnist_archive_leaves_no_unpacked_file_to_trust(tmp_path, monkeypatch):
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
+    write_idx(tmp_path / "idx", compress=True)
+    archive = tmp_path / "idx" / "train-images-idx3-ubyte.gz"
+    archive.write_bytes(archive.read_bytes()[:-40])  # a copy cut short
+    with pytest.raises(UserError, match=re.escape(f"cannot unpack {archive} (EOFError")):
+        build_datasets(Config(dataset="fashion-mnist", data_dir=str(tmp_path / "idx")))
+    (unpacked,) = (tmp_path / "cache" / "cifar-accelerate" / "fashion-mnist").iterdir()
+    assert os.listdir(unpacked / "FashionMNIST" / "raw") == []  # the next run unpacks again
 
 
 def test_fashion_mnist_in_torchvision_layout(tmp_path):

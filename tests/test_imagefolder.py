@@ -119,6 +119,26 @@ def test_the_cache_is_reused_and_rebuilt_when_a_file_changes(tmp_path, monkeypat
     assert len(caches) == 2, caches  # train and test: the stale train cache was removed
 
 
+def test_a_cache_that_cannot_be_written_leaves_no_file_and_costs_only_the_decoding(
+    tmp_path, monkeypatch, cache_home, capsys
+):
+    root = make_jpegs(tmp_path / "images", per_class=2)
+    real_save = torch.save
+
+    def disk_full(obj, f):
+        f.write(b"half a cache")
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(torch, "save", disk_full)
+    decoded, _ = build_datasets(folder_config(root, cache_images="always"))
+    assert "could not be written ([Errno 28] No space left on device)" in capsys.readouterr().out
+    assert os.listdir(cache_home / "cifar-accelerate" / "imagefolder") == []
+    monkeypatch.setattr(torch, "save", real_save)
+    cached, _ = build_datasets(folder_config(root, cache_images="always"))
+    assert torch.equal(decoded.images, cached.images) and torch.equal(decoded.labels, cached.labels)
+    assert len(os.listdir(cache_home / "cifar-accelerate" / "imagefolder")) == 2
+
+
 @pytest.mark.parametrize("cache", ["always", "never"])
 def test_subsets_are_the_same_fixed_images_whatever_the_seed(tmp_path, cache):
     root = make_jpegs(tmp_path / "images", per_class=8)

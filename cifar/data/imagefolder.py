@@ -18,7 +18,6 @@ import contextlib
 import glob
 import hashlib
 import os
-import tempfile
 
 import torch
 import torchvision
@@ -38,6 +37,7 @@ from cifar.data.tensors import TensorImages
 from cifar.errors import UserError
 from cifar.models import model_spec
 from cifar.processes import kill_workers_at_exit, leave_signals_to_main
+from cifar.record import atomic_write
 
 # Train + test decoded at the stored size. Every process holds its copy on its device, and the
 # main process briefly one more on the host while it builds the cache.
@@ -287,25 +287,17 @@ def cached_images(split: ImageFiles, folder: str, size: int, workers: int):
     if os.environ.get("RANK", "0") == "0":
         print(f"decoding {len(split)} images of {folder} once, into {path}", flush=True)
     images, failures = decode_all(split.samples, size, workers)
-    save_atomically({"images": images.images, "labels": images.labels, "failures": failures}, path)
+    save_cache({"images": images.images, "labels": images.labels, "failures": failures}, path)
     return TensorImages(images.images, images.labels, split.classes), failures
 
 
-def save_atomically(cache: dict, path: str) -> None:
-    """Write cache to path through a temporary file; drop this folder's older caches. A cache
-    that cannot be written (read-only or full disk) only costs the next run the decoding."""
+def save_cache(cache: dict, path: str) -> None:
+    """Write cache to path atomically; drop this folder's older caches. A cache that cannot be
+    written (read-only or full disk) only costs the next run the decoding."""
     folder = os.path.dirname(path)
     try:
         os.makedirs(folder, exist_ok=True)
-        with tempfile.NamedTemporaryFile(dir=folder, suffix=".tmp", delete=False) as tmp:
-            try:
-                torch.save(cache, tmp)
-                tmp.flush()
-                os.fsync(tmp.fileno())
-            except BaseException:
-                os.unlink(tmp.name)
-                raise
-        os.replace(tmp.name, path)
+        atomic_write(path, lambda f: torch.save(cache, f))
     except OSError as error:
         print(f"note: the image cache {path} could not be written ({error})", flush=True)
         return

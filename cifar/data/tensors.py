@@ -10,7 +10,7 @@ import gzip
 import os
 import shutil
 import socket
-import tempfile
+import zlib
 from dataclasses import dataclass
 
 import torch
@@ -19,6 +19,7 @@ import torchvision
 
 from cifar.errors import UserError
 from cifar.models import offline
+from cifar.record import atomic_write
 
 FASHION_FILES = (
     "train-images-idx3-ubyte",
@@ -133,9 +134,14 @@ def fashion_raw_folder(data_dir: str) -> str:
         if os.path.exists(target):
             continue
         opener = gzip.open if source.endswith(".gz") else open
-        with opener(source, "rb") as src, tempfile.NamedTemporaryFile(dir=raw, delete=False) as tmp:
-            shutil.copyfileobj(src, tmp)
-        os.replace(tmp.name, target)
+        try:
+            with opener(source, "rb") as src:
+                atomic_write(target, lambda f, src=src: shutil.copyfileobj(src, f))
+        except (EOFError, OSError, zlib.error) as error:  # a torn or foreign .gz
+            raise UserError(
+                f"cannot unpack {source} ({type(error).__name__}: {error}). Replace it with a "
+                f"whole copy (Debian: apt-get install --reinstall dataset-fashion-mnist)."
+            ) from None
     return root
 
 
