@@ -1,20 +1,38 @@
+"""cifar/data/__init__.py and tensors.py: the registry, and the sets held in memory, read from
+files in their real formats through torchvision's own classes."""
+
 import gzip
+import hashlib
+import json
 import os
+import pickle
 import re
-import shutil
 
 import numpy as np
 import pytest
 import torch
-from PIL import Image
+import torchvision
 
-from cifar.config import Config
-from cifar.data import build_datasets
-from cifar.data.tensors import FASHION_FILES
+from cifar.config import Config, build_parser, parse_config
+from cifar.data import DATASETS, REGISTRY, build_datasets, dataset_spec
+from cifar.data.tensors import FASHION_FILES, make_synthetic
 from cifar.errors import UserError
 from tests.conftest import FASHION_DIR, require
+from tests.test_inputs import train_in_process
 
 pytestmark = pytest.mark.fast  # in-process: part of `make test-fast`
+
+
+def test_the_dataset_flag_its_defaults_and_messages_come_from_the_registry():
+    assert tuple(REGISTRY) == DATASETS
+    dataset_flag = next(a for a in build_parser()._actions if a.dest == "dataset")
+    assert tuple(dataset_flag.choices) == DATASETS
+    for name, spec in REGISTRY.items():
+        assert parse_config(["--dataset", name]).augment == spec.augment
+    with pytest.raises(UserError) as error:
+        parse_config(["--dataset", "imagefolder", "--cache-features", "--augment", "none"])
+    in_memory = ", ".join(n for n in DATASETS if not dataset_spec(n).file_backed)
+    assert f"held in memory ({in_memory}), not with --dataset imagefolder" in str(error.value)
 
 
 def test_synthetic_set_is_deterministic_from_the_seed_and_sized_by_flags():
@@ -100,6 +118,121 @@ def test_debian_fashion_mnist_package_loads(tmp_path, monkeypatch):
     assert torch.bincount(test.labels).tolist() == [1000] * 10
 
 
+def learnable(n_train: int, n_test: int, seed: int = 0):
+    """Images a small model learns in one epoch (the synthetic set's), to write as files."""
+    config = Config(synthetic_train_size=n_train, synthetic_test_size=n_test, seed=seed)
+    return make_synthetic(config)
+
+
+def md5(path) -> str:
+    return hashlib.md5(path.read_bytes()).hexdigest()
+
+
+CIFAR_LAYOUT = {  # class -> (folder, train files, test file, meta file, meta key, label key)
+    "CIFAR10": ("cifar-10-batches-py", ["data_batch_1", "data_batch_2"], "test_batch",
+                "batches.meta", "label_names", "labels"),
+    "CIFAR100": ("cifar-100-python", ["train"], "test", "meta", "fine_label_names",
+                 "fine_labels"),
+}  # fmt: skip
+
+
+def write_cifar(root, monkeypatch, name: str, train, test, classes: list) -> None:
+    """CIFAR's python version as torchvision reads it: pickled dicts of N x 3072 uint8 rows (the
+    red, green and blue planes) and labels, and a meta file of class names; the class's md5
+    tables are pointed at these files."""
+    cls = getattr(torchvision.datasets, name)
+    folder, train_files, test_file, meta_file, meta_key, label_key = CIFAR_LAYOUT[name]
+    (root / folder).mkdir(parents=True)
+
+    def write(filename, content):
+        path = root / folder / filename
+        path.write_bytes(pickle.dumps(content, protocol=2))
+        return [filename, md5(path)]
+
+    def batch(images, labels):
+        rows = images.reshape(len(images), 3 * 32 * 32).numpy()
+        return {"data": rows, label_key: labels.tolist(), "coarse_labels": [0] * len(labels)}
+
+    parts = np.array_split(np.arange(len(train)), len(train_files))
+    train_list = [
+        write(f, batch(train.images[p], train.labels[p]))
+        for f, p in zip(train_files, parts, strict=True)
+    ]
+    monkeypatch.setattr(cls, "train_list", train_list)
+    monkeypatch.setattr(cls, "test_list", [write(test_file, batch(test.images, test.labels))])
+    _, meta_md5 = write(meta_file, {meta_key: classes})
+    monkeypatch.setattr(cls, "meta", {"filename": meta_file, "key": meta_key, "md5": meta_md5})
+
+
+@pytest.mark.parametrize("dataset", ["cifar10", "cifar100"])
+def test_cifar_reads_its_pickled_batches_through_torchvision_pixel_for_pixel(
+    tmp_path, monkeypatch, dataset
+):
+    written_train, written_test = learnable(60, 20)
+    classes = [f"class {i}" for i in range(10)]
+    name = dataset.upper()
+    write_cifar(tmp_path, monkeypatch, name, written_train, written_test, classes)
+    train, test = build_datasets(Config(dataset=dataset, data_dir=str(tmp_path)))
+    for read, written in ((train, written_train), (test, written_test)):
+        assert read.images.dtype == torch.uint8 and read.images.is_contiguous()
+        assert torch.equal(read.images, written.images)  # batches joined in order, planes kept
+        assert torch.equal(read.labels, written.labels) and read.classes == classes
+
+
+def test_a_cifar_batch_that_fails_its_checksum_is_the_offline_message(tmp_path, monkeypatch):
+    monkeypatch.setenv("CIFAR_OFFLINE", "1")
+    write_cifar(tmp_path, monkeypatch, "CIFAR10", *learnable(20, 10), [str(i) for i in range(10)])
+    batch = tmp_path / "cifar-10-batches-py" / "test_batch"
+    batch.write_bytes(batch.read_bytes()[:-1] + b"\x00")
+    with pytest.raises(UserError) as error:
+        build_datasets(Config(dataset="cifar10", data_dir=str(tmp_path)))
+    message = str(error.value)
+    assert f"CIFAR-10 is not in {tmp_path} (expected cifar-10-batches-py/" in message
+    assert "--dataset synthetic" in message and "--prepare-only" in message
+
+
+def read_run(run_dir) -> tuple[dict, list]:
+    summary = json.loads((run_dir / "summary.json").read_text())
+    metrics = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    return summary, metrics
+
+
+TINY_RUN = ["--tracker", "none", "--epochs", "1", "--batch-size", "16", "--width", "8"]
+
+
+def test_cifar10_trains_end_to_end_on_batches_in_its_real_format(tmp_path, monkeypatch):
+    monkeypatch.setenv("CIFAR_OFFLINE", "1")
+    classes = ["airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship",
+               "truck"]  # fmt: skip
+    write_cifar(tmp_path / "data", monkeypatch, "CIFAR10", *learnable(512, 200), classes)
+    run = tmp_path / "run"
+    code, _, err = train_in_process(
+        ["--dataset", "cifar10", "--data-dir", str(tmp_path / "data"), *TINY_RUN,
+         "--output-dir", str(run)]
+    )  # fmt: skip
+    assert code == 0, err
+    summary, metrics = read_run(run)
+    assert summary["dataset"] == "cifar10" and summary["classes"] == classes
+    assert summary["num_test_samples"] == 200 and sum(map(sum, summary["confusion_matrix"])) == 200
+    assert summary["test_accuracy"] > 0.9  # chance is 0.1
+    assert metrics[-1]["test_accuracy"] == summary["test_accuracy"]
+
+
+@pytest.mark.parametrize("dataset", ["cifar10", "cifar100"])
+def test_missing_files_are_the_offline_message_with_exit_2(tmp_path, monkeypatch, dataset):
+    monkeypatch.setenv("CIFAR_OFFLINE", "1")
+    run = tmp_path / "run"
+    code, _, err = train_in_process(
+        ["--dataset", dataset, "--data-dir", str(tmp_path / "data"), *TINY_RUN,
+         "--output-dir", str(run)]
+    )  # fmt: skip
+    assert code == 2 and "Traceback" not in err
+    (line,) = [line for line in err.splitlines() if line.startswith("error:")]
+    assert f"is not in {tmp_path / 'data'} (expected {CIFAR_LAYOUT[dataset.upper()][0]}/" in line
+    assert "downloads are off" in line and "--dataset synthetic" in line
+    assert not run.exists() or not os.listdir(run)
+
+
 def test_cifar10_absent_and_offline_names_folder_file_and_synthetic(tmp_path, monkeypatch):
     import socket
 
@@ -112,36 +245,3 @@ def test_cifar10_absent_and_offline_names_folder_file_and_synthetic(tmp_path, mo
     message = str(error.value)
     assert str(tmp_path / "cifar") in message and "cifar-10-python.tar.gz" in message
     assert "--dataset synthetic" in message
-
-
-def make_image_folders(root, per_class=3):
-    for split in ("train", "test"):
-        for label, colour in (("red", (255, 0, 0)), ("blue", (0, 0, 255))):
-            folder = root / split / label
-            folder.mkdir(parents=True)
-            for i in range(per_class):
-                Image.new("RGB", (20 + i, 24), colour).save(folder / f"{i}.png")
-
-
-def test_image_folder_reads_train_and_test(tmp_path, monkeypatch):
-    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
-    make_image_folders(tmp_path)
-    train, test = build_datasets(Config(dataset="imagefolder", data_dir=str(tmp_path)))
-    assert train.classes == ["blue", "red"] and len(train) == 6 and len(test) == 6
-
-
-def test_image_folder_names_an_unreadable_image(tmp_path, monkeypatch):
-    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
-    make_image_folders(tmp_path)
-    (tmp_path / "train" / "red" / "broken.png").write_text("not an image")
-    with pytest.raises(UserError, match="broken.png"):
-        build_datasets(Config(dataset="imagefolder", data_dir=str(tmp_path)))
-
-
-def test_image_folder_without_images_is_refused(tmp_path, monkeypatch):
-    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
-    make_image_folders(tmp_path)
-    shutil.rmtree(tmp_path / "test")
-    (tmp_path / "test" / "red").mkdir(parents=True)
-    with pytest.raises(UserError, match="holds no images"):
-        build_datasets(Config(dataset="imagefolder", data_dir=str(tmp_path)))

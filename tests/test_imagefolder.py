@@ -1,6 +1,7 @@
 """cifar/data/imagefolder.py, decode.py: decoding, cache, subsets, bad files, N processes == 1."""
 
 import os
+import shutil
 import signal
 import warnings
 
@@ -46,6 +47,36 @@ def make_jpegs(root, per_class: int = 8, size=(40, 30)):
                 tint = Image.new("RGB", size, (200, 30, 30) if index == 0 else (30, 30, 200))
                 Image.blend(noise, tint, 0.6).save(folder / f"{i:03}.jpg", quality=90)
     return root
+
+
+def make_image_folders(root, per_class=3):
+    for split in ("train", "test"):
+        for label, colour in (("red", (255, 0, 0)), ("blue", (0, 0, 255))):
+            folder = root / split / label
+            folder.mkdir(parents=True)
+            for i in range(per_class):
+                Image.new("RGB", (20 + i, 24), colour).save(folder / f"{i}.png")
+
+
+def test_image_folder_reads_train_and_test(tmp_path):
+    make_image_folders(tmp_path)
+    train, test = build_datasets(Config(dataset="imagefolder", data_dir=str(tmp_path)))
+    assert train.classes == ["blue", "red"] and len(train) == 6 and len(test) == 6
+
+
+def test_image_folder_names_an_unreadable_image(tmp_path):
+    make_image_folders(tmp_path)
+    (tmp_path / "train" / "red" / "broken.png").write_text("not an image")
+    with pytest.raises(UserError, match="broken.png"):
+        build_datasets(Config(dataset="imagefolder", data_dir=str(tmp_path)))
+
+
+def test_image_folder_without_images_is_refused(tmp_path):
+    make_image_folders(tmp_path)
+    shutil.rmtree(tmp_path / "test")
+    (tmp_path / "test" / "red").mkdir(parents=True)
+    with pytest.raises(UserError, match="holds no images"):
+        build_datasets(Config(dataset="imagefolder", data_dir=str(tmp_path)))
 
 
 def truncate(path) -> None:

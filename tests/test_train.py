@@ -15,7 +15,7 @@ from tests.conftest import (
     require,
     run_train,
 )
-from tests.test_data import make_image_folders
+from tests.test_imagefolder import make_image_folders
 
 
 def test_synthetic_run_learns_and_writes_the_run_folder(tmp_path):
