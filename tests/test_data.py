@@ -10,6 +10,7 @@ import re
 
 import numpy as np
 import pytest
+import scipy.io
 import torch
 import torchvision
 
@@ -219,11 +220,49 @@ def test_cifar10_trains_end_to_end_on_batches_in_its_real_format(tmp_path, monke
     assert summary["classes"] == classes
 
 
+def write_svhn(root, monkeypatch, train, test) -> None:
+    """SVHN's cropped digits as torchvision reads them: <split>_32x32.mat with X as 32 x 32 x 3
+    x N uint8 and y as N x 1, where 10 stands for the digit 0; SVHN's md5 table (split_list)
+    is pointed at these files."""
+    root.mkdir(parents=True, exist_ok=True)
+    for split, images in (("train", train), ("test", test)):
+        path = root / f"{split}_32x32.mat"
+        digits = images.labels.numpy().astype(np.uint8)
+        y = np.where(digits == 0, 10, digits).astype(np.uint8)[:, None]
+        scipy.io.savemat(path, {"X": images.images.permute(2, 3, 1, 0).numpy(), "y": y})
+        url = torchvision.datasets.SVHN.split_list[split][0]
+        monkeypatch.setitem(
+            torchvision.datasets.SVHN.split_list, split, [url, path.name, md5(path)]
+        )
+
+
+def test_svhn_reads_its_mat_files_through_torchvision_pixel_for_pixel(tmp_path, monkeypatch):
+    written_train, written_test = learnable(60, 30)
+    assert 0 in written_train.labels  # the digit 0, stored as 10
+    write_svhn(tmp_path, monkeypatch, written_train, written_test)
+    train, test = build_datasets(Config(dataset="svhn", data_dir=str(tmp_path)))
+    for read, written in ((train, written_train), (test, written_test)):
+        assert read.images.dtype == torch.uint8 and read.images.is_contiguous()
+        assert torch.equal(read.images, written.images)
+        assert torch.equal(read.labels, written.labels)
+        assert read.classes == [str(digit) for digit in range(10)]
+
+
+def test_svhn_trains_end_to_end_on_files_in_its_real_format(tmp_path, monkeypatch):
+    monkeypatch.setenv("CIFAR_OFFLINE", "1")
+    write_svhn(tmp_path / "data", monkeypatch, *learnable(512, 200, seed=3))
+    summary = train_one_epoch("svhn", tmp_path / "data", tmp_path / "run")
+    assert summary["classes"] == list("0123456789")
+    config = json.loads((tmp_path / "run" / "config.json").read_text())
+    assert config["augment"] == "none"  # what auto means on digits
+
+
 @pytest.mark.parametrize(
     ("dataset", "expected"),
     [
         ("cifar10", "cifar-10-batches-py/"),
         ("cifar100", "cifar-100-python/"),
+        ("svhn", "train_32x32.mat and test_32x32.mat"),
     ],
 )
 def test_missing_files_are_the_offline_message_with_exit_2(

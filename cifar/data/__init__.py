@@ -65,6 +65,19 @@ REGISTRY = {
         std=IMAGENET_STD,
         settings=imagefolder.resume_settings,
     ),
+    # Street-view house numbers, 32x32 RGB. A mirrored digit is no digit, so no flips: the usual
+    # SVHN recipe trains without augmentation.
+    "svhn": DatasetSpec(
+        TorchvisionSet(
+            torchvision.datasets.SVHN,
+            "SVHN",
+            "train_32x32.mat and test_32x32.mat",
+            split_names=True,
+            channels_first=True,
+        ),
+        classes=tuple(str(digit) for digit in range(10)),  # torchvision reads its 10 as 0
+        augment="none",
+    ),
     "synthetic": DatasetSpec(make_synthetic),
 }
 DATASETS = tuple(REGISTRY)
