@@ -8,7 +8,8 @@ process of the step. train.py checkpoints and exits 75 (the study passes the sto
 train.py too). A launcher without a handler for the signal (`accelerate launch`, torchrun's
 agent) dies of it; its training processes then become this process's children, so it still
 waits for their checkpoint: once a step's task has ended, SLURM kills what is left of the step.
-Only the standard library: it runs before anything is imported from the project.
+Only the standard library: run as a script from slurm/, it cannot import the cifar package
+unless that is installed (hence the exit codes of cifar.errors written again below).
 """
 
 import ctypes
