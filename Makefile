@@ -65,9 +65,11 @@ $(UV): locks/uv.txt
 train: setup
 	$(LAUNCH) train.py $(ARGS)
 
+# shellcheck is a Debian package (make system-deps); -x follows the scripts' `source` lines.
 lint: setup
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
+	shellcheck -x slurm/*.sh .ci/*.sh .ci/run
 
 test: lint
 	$(BIN)/python -m pytest -q -p no:cacheprovider $(PYTEST_ARGS)
@@ -81,10 +83,11 @@ test-fast: setup
 compare: setup
 	PATH=$(abspath $(BIN)):$$PATH bash slurm/compare.sh $(ARGS)
 
-# Debian packages the Fashion-MNIST and SLURM tests use (run as root).
+# Debian packages the Fashion-MNIST and SLURM tests and the shell lint use (run as root).
 system-deps:
 	apt-get update -qq
-	DEBIAN_FRONTEND=noninteractive apt-get install -y -qq dataset-fashion-mnist slurm-wlm munge
+	DEBIAN_FRONTEND=noninteractive apt-get install -y -qq dataset-fashion-mnist slurm-wlm munge \
+		shellcheck
 
 # A one-node SLURM cluster on this machine (run as root).
 cluster: system-deps

@@ -39,7 +39,7 @@ def main(argv: list[str] | None = None) -> int:
             prepare_only(config)
             return 0
         from cifar.checkpoint import CheckpointWriteError, write_failure
-        from cifar.data import UnreadableImage
+        from cifar.data.decode import UnreadableImage
         from cifar.engine import NonFiniteLoss, run_experiment
         from cifar.experiment import RunFinished
         from cifar.processes import stop_with_launcher

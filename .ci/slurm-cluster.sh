@@ -12,7 +12,8 @@ die() { log "ERROR: $*"; exit 1; }
 HOST=$(hostname)
 CONF=/etc/slurm/slurm.conf
 
-# Is a live (not zombie) process with this exact name running?
+# Is a live (not zombie) process with this exact name running? (ps: pgrep counts zombies too)
+# shellcheck disable=SC2009
 running() { ps -C "$1" -o stat= | grep -qv '^Z'; }
 # Node state as sinfo prints it (idle, alloc, down, drain, ...) without flag suffixes, except
 # '*' (node not responding), so that "idle*" does not count as up.

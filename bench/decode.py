@@ -27,8 +27,7 @@ from PIL import Image
 from torchvision.io import ImageReadMode, decode_image, read_file
 
 from bench.folders import make_jpegs
-from cifar.data import decode_rgb
-from cifar.imagefolder import resize
+from cifar.data.decode import decode_rgb, resize
 from cifar.models import IMAGENET_MEAN, IMAGENET_STD
 
 

@@ -5,7 +5,7 @@ Resize((32, 32)), RandomCrop(32, padding=4), RandomHorizontalFlip, ToTensor and 
 sample in a DataLoader. Ours is the product's path at the same worker count: uncached
 (workers decode at a reduced DCT scale, resize, and crop and flip each batch in one gather as
 drawn by the main process) and cached (one decoding pass into the on-disk cache, then epochs
-from DeviceLoader). Both train the same model, placed the same way, so the rows differ in how
+from DeviceTrainLoader). Both train the same model, placed the same way, so the rows differ in how
 images reach it.
 """
 
@@ -25,9 +25,9 @@ from bench.plain import time_plain_training
 from bench.timing import Row, best, sync
 from cifar.config import Config
 from cifar.data import build_datasets
-from cifar.loaders import build_loaders
+from cifar.data.loaders import build_loaders
+from cifar.data.transforms import input_transform
 from cifar.models import IMAGENET_MEAN, IMAGENET_STD
-from cifar.transforms import input_transform
 
 FOLDER_CASE = "imagefolder"
 PHOTO_SIZE = (500, 375)  # width x height, a typical photo of an image-classification set

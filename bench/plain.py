@@ -9,9 +9,9 @@ from torch.utils.data import DataLoader, Dataset
 from bench.cases import case_config
 from bench.timing import PeakMemory, Row, timed_epochs
 from cifar.build import build_optimizer
-from cifar.data import make_synthetic
+from cifar.data.tensors import make_synthetic
+from cifar.data.transforms import dataset_statistics
 from cifar.models import IMAGENET_MEAN, IMAGENET_STD, build_model
-from cifar.transforms import dataset_statistics
 
 
 class PlainImages(Dataset):

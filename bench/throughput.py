@@ -9,7 +9,7 @@ r"""Training throughput: this project's pipeline against the plain DataLoader wa
 
 Both sides train the same model on the same synthetic CIFAR-shaped uint8 images, on the same
 device, in one process. Ours is the product's code: Config -> make_accelerator, build_model,
-build_loaders (DeviceLoader: the whole set on the device, batched crop + flip), input_transform
+build_loaders (DeviceTrainLoader: the whole set on the device, batched crop + flip), input_transform
 (fused normalise + resize + channels_last), feature_loaders for caching, and train_epoch.
 Plain is the torchvision tutorial way: a Dataset of PIL images with per-sample RandomCrop,
 RandomHorizontalFlip, (Resize,) ToTensor and Normalize, a DataLoader with --num-workers
@@ -40,10 +40,15 @@ from bench.ours import prepare_model, settings, train_on
 from bench.plain import measure_plain, plain_without_cache
 from bench.timing import PeakMemory, Row, best, timed_epochs
 from cifar.build import make_accelerator
-from cifar.data import make_synthetic
+from cifar.data.loaders import (
+    DeviceEvalLoader,
+    backbone_features,
+    build_loaders,
+    feature_loaders,
+)
+from cifar.data.tensors import make_synthetic
+from cifar.data.transforms import input_transform
 from cifar.errors import UserError
-from cifar.loaders import DeviceLoader, backbone_features, build_loaders, feature_loaders
-from cifar.transforms import input_transform
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -101,14 +106,13 @@ def measure_ours(args, accelerator, case: str, memory: PeakMemory) -> list[Row]:
         return [Row(case, label, speed, seconds, args.epochs * seconds, memory.read())]
     # Warm up the backbone on a few batches, then time the product's caching step as a whole.
     warm = train.head(max(1, args.warmup) * config.batch_size)
-    warm = DeviceLoader(
+    warm = DeviceEvalLoader(
         warm.images,
         warm.labels,
         batch_size=config.batch_size,
         rank=0,
         world_size=1,
         device=accelerator.device,
-        train=False,
     )
     backbone_features(accelerator, model, warm, to_input)
     cached = {}

@@ -7,9 +7,9 @@ import torch
 from accelerate import Accelerator
 from accelerate.utils import GradientAccumulationPlugin
 
+from cifar.data.transforms import uses_channels_last
 from cifar.errors import UserError
 from cifar.trackers import tracker_named
-from cifar.transforms import uses_channels_last
 
 
 def make_accelerator(config, project_dir: str | None = None) -> Accelerator:

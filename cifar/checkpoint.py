@@ -146,9 +146,9 @@ def refuse_other_settings(differences: dict, folder: str) -> None:
         return
     details = "; ".join(f"{k}: {old!r} -> {new!r}" for k, (old, new) in differences.items())
     fix = "Resume with the run's own settings (see its config.json)"
-    if "image_folder_pipeline" in differences:  # not a flag: the code reading the images
+    if any(name.endswith("_pipeline") for name in differences):  # see DatasetSpec.settings
         fix = (
-            "This version of cifar-accelerate reads image folders differently (decoding, "
+            "This version of cifar-accelerate reads the dataset's files differently (decoding, "
             "crops or normalisation) from the one that began the run: finish it with that "
             "version"
         )

@@ -1,19 +1,20 @@
-"""Refuse to train on the CPU when the process was given GPUs that torch cannot use.
+"""The GPUs this process was given, and no silent CPU fallback when torch cannot use them.
 
 torch built for a newer CUDA than the NVIDIA driver supports sees no GPU, and Accelerate then
 picks the CPU without a word: a GPU job that crawls for hours. This module turns that into a
 user error before any work, unless the CPU was asked for (--allow-cpu, `accelerate launch
 --cpu`).
+
+    python -m cifar.devices     # prints how many GPUs this process was given (the job scripts)
 """
 
 import os
 import re
 import shutil
 import subprocess
+import sys
 
-import torch
-
-from cifar.errors import UserError
+from cifar.errors import USAGE_EXIT_CODE, UserError, report_user_error
 
 NVIDIA_SMI_SECONDS = 10  # a hung driver must not hang the start of every run
 # Oldest NVIDIA driver each torch build of `make setup TORCH=...` runs on (NVIDIA's CUDA
@@ -21,26 +22,38 @@ NVIDIA_SMI_SECONDS = 10  # a hung driver must not hang the start of every run
 DRIVER_FOR_BUILD = {"cu130": 580, "cu126": 525}
 
 
-def gpus_given(environ=os.environ) -> str:
-    """Why this process should have GPUs ('SLURM_GPUS_ON_NODE=2', 'nvidia-smi lists 1
-    GPU(s)', ...), or '' when nothing says it has any."""
+def given_gpus(environ=os.environ) -> tuple[int, str]:
+    """How many GPUs this process was given and what says so ((2, 'SLURM_GPUS_ON_NODE=2'),
+    (1, 'nvidia-smi lists 1 GPU(s)'), ...), or (0, '') when nothing says it has any."""
     count = environ.get("SLURM_GPUS_ON_NODE", "").strip()
     if count.isdigit() and int(count) > 0:
-        return f"SLURM_GPUS_ON_NODE={count}"
+        return int(count), f"SLURM_GPUS_ON_NODE={count}"
     for name in ("SLURM_STEP_GPUS", "SLURM_JOB_GPUS"):
-        if environ.get(name, "").strip():
-            return f"{name}={environ[name].strip()}"
+        ids = environ.get(name, "").strip()
+        if ids:
+            return len(ids.split(",")), f"{name}={ids}"
     visible = environ.get("CUDA_VISIBLE_DEVICES")
     if visible is not None:
         # Set but naming nothing ("", -1, NoDevFiles) means: no GPUs for this process.
         first = visible.split(",")[0].strip()
         if first and first not in ("-1", "NoDevFiles"):
-            return f"CUDA_VISIBLE_DEVICES={visible}"
-        return ""
+            return len(visible.split(",")), f"CUDA_VISIBLE_DEVICES={visible}"
+        return 0, ""
     listed = [line for line in nvidia_smi("-L").splitlines() if line.startswith("GPU")]
     if listed:
-        return f"nvidia-smi lists {len(listed)} GPU(s)"
-    return ""
+        return len(listed), f"nvidia-smi lists {len(listed)} GPU(s)"
+    return 0, ""
+
+
+def gpus_given(environ=os.environ) -> str:
+    """Why this process should have GPUs ('SLURM_GPUS_ON_NODE=2', ...), or '' when nothing says
+    it has any."""
+    return given_gpus(environ)[1]
+
+
+def gpu_count(environ=os.environ) -> int:
+    """How many GPUs this process was given (0: none, train on the CPU)."""
+    return given_gpus(environ)[0]
 
 
 def nvidia_smi(*args: str) -> str:
@@ -80,6 +93,8 @@ def suggested_build(driver: str) -> str:
 
 def check_gpus_usable(allow_cpu: bool, environ=os.environ) -> None:
     """Raise a UserError when GPUs were given but torch sees none, unless the CPU was chosen."""
+    import torch  # here: the job scripts count GPUs with this module, and torch takes seconds
+
     if allow_cpu or torch.cuda.is_available():
         return
     if environ.get("ACCELERATE_USE_CPU", "").lower() in ("1", "true", "yes"):
@@ -110,3 +125,21 @@ def check_gpus_usable(allow_cpu: bool, environ=os.environ) -> None:
         f"sees none: {found}{need}. Training would run on the CPU. Fix: {fix}, see "
         f"docs/install.md; or train on the CPU on purpose with --allow-cpu."
     )
+
+
+def main(argv: list[str]) -> int:
+    if argv:
+        report_user_error(
+            UserError(
+                f"python -m cifar.devices takes no arguments (got {' '.join(argv)}): it prints "
+                "how many GPUs this process was given, from SLURM's variables, "
+                "CUDA_VISIBLE_DEVICES or nvidia-smi. Run it without arguments."
+            )
+        )
+        return USAGE_EXIT_CODE
+    print(gpu_count())
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))

@@ -17,11 +17,11 @@ from cifar.checkpoint import (
     resolve_resume,
     settings_differences,
 )
-from cifar.data import build_datasets
+from cifar.data import build_datasets, dataset_spec
+from cifar.data.loaders import build_loaders, feature_loaders
+from cifar.data.transforms import input_transform
 from cifar.distributed import broadcast, decide_on_main, on_main_first, run_on_main
 from cifar.errors import UserError, say
-from cifar.imagefolder import PIPELINE_VERSION
-from cifar.loaders import build_loaders, feature_loaders
 from cifar.models import build_model, load_pretrained_state, model_spec
 from cifar.record import (
     CONFIG_FILE,
@@ -38,7 +38,6 @@ from cifar.record import (
     read_json,
 )
 from cifar.trackers import tracker_named
-from cifar.transforms import input_transform
 
 
 @dataclass
@@ -75,11 +74,7 @@ def run_settings(config, accelerator, train=None, test=None) -> dict:
         "gradient_accumulation_steps": accelerator.gradient_accumulation_steps,
         "world_size": accelerator.num_processes,
     }
-    if config.dataset == "imagefolder":
-        settings.update(
-            image_folder=os.path.realpath(config.data_dir),  # the folder is the data
-            image_folder_pipeline=PIPELINE_VERSION,
-        )
+    settings.update(dataset_spec(config.dataset).settings(config))
     if train is not None:
         settings.update(train_images=len(train), test_images=len(test))
     return settings

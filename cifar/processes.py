@@ -94,12 +94,12 @@ def kill_workers_at_exit() -> None:
 
 
 def leave_signals_to_main(_worker_id: int) -> None:
-    """A DataLoader worker's start. Ctrl-C and a scheduler's SIGTERM (scancel, a time limit)
-    reach every process of the job, workers included; a worker killed by one ends the run with
-    a DataLoader error before the main process can checkpoint. Workers ignore both, and the
-    kernel kills them when the main process ends, however it ends."""
-    signal.signal(signal.SIGINT, signal.SIG_IGN)
-    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    """A DataLoader worker's start. Ctrl-C, a scheduler's SIGTERM (scancel) and SLURM's warning
+    SIGUSR1 (delivered to every process of the job step) reach workers too; a worker killed by
+    one ends the run with a DataLoader error before the main process can checkpoint. Workers
+    ignore them all, and the kernel kills them when the main process ends, however it ends."""
+    for sig in STOP_SIGNALS:
+        signal.signal(sig, signal.SIG_IGN)
     signal_when_parent_dies(signal.SIGKILL)
 
 

@@ -18,7 +18,7 @@
 #SBATCH --cpus-per-task=8
 #SBATCH --time=01:00:00
 #SBATCH --requeue
-#SBATCH --signal=B:USR1@120
+#SBATCH --signal=USR1@120
 #SBATCH --output=logs/%x-%j.out
 #SBATCH --open-mode=append
 ##SBATCH --partition=gpu

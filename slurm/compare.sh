@@ -15,9 +15,9 @@
 # Output: runs/compare-<stamp>/{cnn,resnet50}/seed0, study.md and study.json there, and
 # runs/compare-<stamp>/report; all runs share the W&B group compare-<stamp> (the folder's name;
 # --name before -- changes it). The stamp is job<id> under SLURM (CIFAR_RUN_DIR or COMPARE_DIR
-# choose the folder). On the warning signal the study stops its run at a checkpoint, the job
-# requeues itself and resumes the same folders (finished runs are skipped). Settings:
-# slurm/common.sh and docs/slurm.md.
+# choose the folder). On the warning signal the run checkpoints, the job requeues itself and
+# resumes the same folders (finished runs are skipped). Settings: slurm/common.sh and
+# docs/slurm.md.
 #SBATCH --job-name=compare
 #SBATCH --nodes=1
 #SBATCH --ntasks=1
@@ -25,7 +25,7 @@
 #SBATCH --cpus-per-task=8
 #SBATCH --time=04:00:00
 #SBATCH --requeue
-#SBATCH --signal=B:USR1@180
+#SBATCH --signal=USR1@180
 #SBATCH --output=logs/%x-%j.out
 #SBATCH --open-mode=append
 ##SBATCH --partition=gpu
@@ -45,7 +45,7 @@ for arg in "$@"; do [[ $arg != -- ]] || separated=1; done
 ((separated)) || set -- -- "$@"
 if cifar_begin; then
     cifar_node_launch
-    cifar_run process python -m cifar.study --out "$CIFAR_RUN_DIR" --seeds 0 \
+    cifar_run "${CIFAR_STEP[@]}" python -m cifar.study --out "$CIFAR_RUN_DIR" --seeds 0 \
         --launcher "${CIFAR_LAUNCH[*]}" "$@"
 fi
 if [[ ${CIFAR_DRY_RUN:-0} != 1 && ! -f $CIFAR_RUN_DIR/report/results.md ]]; then

@@ -11,9 +11,9 @@
 # Without GPUs (tests; CIFAR_NUM_PROCESSES CPU processes per machine, gloo) several tasks on
 # one node can act as the machines:
 #   CIFAR_TASKS_AS_MACHINES=1 sbatch --nodes=1 --ntasks=2 --gres=none slurm/multinode.sh ...
-# Stop and requeue work as in cnn.sh: the warning signal reaches this shell, which passes
-# SIGTERM to every process of the srun step on all nodes; each node's processes checkpoint
-# together and exit 75; the job requeues and resumes. Settings: slurm/common.sh and docs/slurm.md.
+# Stop and requeue work as in cnn.sh: SLURM sends the warning signal to every process of the
+# srun step on all nodes; all processes checkpoint together and exit 75; the job requeues and
+# resumes. Settings: slurm/common.sh and docs/slurm.md.
 #SBATCH --job-name=multinode
 #SBATCH --nodes=2
 #SBATCH --ntasks-per-node=1
@@ -21,7 +21,7 @@
 #SBATCH --cpus-per-task=16
 #SBATCH --time=04:00:00
 #SBATCH --requeue
-#SBATCH --signal=B:USR1@180
+#SBATCH --signal=USR1@180
 #SBATCH --output=logs/%x-%j.out
 #SBATCH --open-mode=append
 ##SBATCH --partition=gpu
@@ -44,17 +44,16 @@ cifar_begin || exit 0
 # What every node's launcher needs, computed once here (on the first node).
 CIFAR_GPUS=$(cifar_gpu_count)
 CIFAR_PER_MACHINE=$(cifar_processes_per_node "$CIFAR_GPUS")
-STEP=(srun --kill-on-bad-exit=1)
+tasks=(--kill-on-bad-exit=1)
 if [[ ${CIFAR_TASKS_AS_MACHINES:-0} == 1 ]]; then
     CIFAR_MACHINES=${SLURM_NTASKS:-1}
-    STEP+=(--ntasks="$CIFAR_MACHINES")
+    tasks+=(--ntasks="$CIFAR_MACHINES")
 else
     CIFAR_MACHINES=${SLURM_NNODES:-1}
-    STEP+=(--nodes="$CIFAR_MACHINES" --ntasks="$CIFAR_MACHINES" --ntasks-per-node=1)
+    tasks+=(--nodes="$CIFAR_MACHINES" --ntasks="$CIFAR_MACHINES" --ntasks-per-node=1)
 fi
-if ((CIFAR_GPUS > 0)); then STEP+=(--gres="gpu:$CIFAR_GPUS"); fi
-# srun does not take --cpus-per-task over from sbatch (SLURM 22.05 to 23.02).
-if [[ -n ${SLURM_CPUS_PER_TASK:-} ]]; then STEP+=(--cpus-per-task="$SLURM_CPUS_PER_TASK"); fi
+if ((CIFAR_GPUS > 0)); then tasks+=(--gres="gpu:$CIFAR_GPUS"); fi
+cifar_step "${tasks[@]}"
 if [[ -z ${CIFAR_MAIN_IP:-} && -n ${SLURM_JOB_NODELIST:-} ]]; then
     CIFAR_MAIN_IP=$(scontrol show hostnames "$SLURM_JOB_NODELIST" | head -n1)
 fi
@@ -66,5 +65,5 @@ cifar_log "$CIFAR_MACHINES machine(s) x $CIFAR_PER_MACHINE process(es) ($CIFAR_G
     "main $CIFAR_MAIN_IP:$CIFAR_PORT"
 
 # Each task expands its own rank (SLURM_NODEID, or SLURM_PROCID in test mode) in cifar_node.
-cifar_run steps "${STEP[@]}" bash -c 'source slurm/common.sh && cifar_node "$@"' \
+cifar_run "${CIFAR_STEP[@]}" bash -c 'source slurm/common.sh && cifar_node "$@"' \
     cifar-node "${CIFAR_TRAIN[@]}"

@@ -2,13 +2,15 @@
 
 import os
 import stat
+import subprocess
+import sys
 
 import pytest
 import torch
 
 from cifar import devices
 from cifar.errors import UserError
-from tests.conftest import SMOKE, run_train
+from tests.conftest import ROOT, SMOKE, run_train
 
 pytestmark = pytest.mark.fast  # in-process: part of `make test-fast`
 
@@ -34,28 +36,32 @@ def no_nvidia_smi(tmp_path, monkeypatch):
 
 
 @pytest.mark.parametrize(
-    "environ, given",
+    "environ, count, given",
     [
-        ({"SLURM_GPUS_ON_NODE": "2"}, "SLURM_GPUS_ON_NODE=2"),
-        ({"SLURM_GPUS_ON_NODE": "0"}, ""),
-        ({"SLURM_JOB_GPUS": "0,1"}, "SLURM_JOB_GPUS=0,1"),
-        ({"SLURM_STEP_GPUS": "3"}, "SLURM_STEP_GPUS=3"),
-        ({"CUDA_VISIBLE_DEVICES": "0"}, "CUDA_VISIBLE_DEVICES=0"),
-        ({"CUDA_VISIBLE_DEVICES": "GPU-5c1a,GPU-77"}, "CUDA_VISIBLE_DEVICES=GPU-5c1a,GPU-77"),
-        ({"CUDA_VISIBLE_DEVICES": ""}, ""),
-        ({"CUDA_VISIBLE_DEVICES": "-1"}, ""),
-        ({"CUDA_VISIBLE_DEVICES": "NoDevFiles"}, ""),
-        ({}, ""),
+        ({"SLURM_GPUS_ON_NODE": "2"}, 2, "SLURM_GPUS_ON_NODE=2"),
+        ({"SLURM_GPUS_ON_NODE": "0"}, 0, ""),
+        ({"SLURM_JOB_GPUS": "0,1"}, 2, "SLURM_JOB_GPUS=0,1"),
+        ({"SLURM_STEP_GPUS": "3"}, 1, "SLURM_STEP_GPUS=3"),
+        ({"SLURM_STEP_GPUS": "4,5,6", "SLURM_JOB_GPUS": "4,5,6,7"}, 3, "SLURM_STEP_GPUS=4,5,6"),
+        ({"SLURM_GPUS_ON_NODE": "0", "CUDA_VISIBLE_DEVICES": "0"}, 1, "CUDA_VISIBLE_DEVICES=0"),
+        ({"CUDA_VISIBLE_DEVICES": "0"}, 1, "CUDA_VISIBLE_DEVICES=0"),
+        ({"CUDA_VISIBLE_DEVICES": "GPU-5c1a,GPU-77"}, 2, "CUDA_VISIBLE_DEVICES=GPU-5c1a,GPU-77"),
+        ({"CUDA_VISIBLE_DEVICES": ""}, 0, ""),
+        ({"CUDA_VISIBLE_DEVICES": "-1"}, 0, ""),
+        ({"CUDA_VISIBLE_DEVICES": "NoDevFiles"}, 0, ""),
+        ({}, 0, ""),
     ],
 )
-def test_gpus_given_reads_slurm_and_cuda_visible_devices(no_nvidia_smi, environ, given):
+def test_gpus_given_reads_slurm_and_cuda_visible_devices(no_nvidia_smi, environ, count, given):
     assert devices.gpus_given(environ) == given
+    assert devices.gpu_count(environ) == count
 
 
 def test_gpus_given_asks_nvidia_smi_when_the_environment_is_silent(tmp_path, monkeypatch):
     fake_nvidia_smi(tmp_path, LISTING)
     monkeypatch.setenv("PATH", str(tmp_path))
     assert devices.gpus_given({}) == "nvidia-smi lists 2 GPU(s)"
+    assert devices.gpu_count({}) == 2
     assert devices.driver_version() == "550.54.15"
     # An empty CUDA_VISIBLE_DEVICES hides the GPUs nvidia-smi lists.
     assert devices.gpus_given({"CUDA_VISIBLE_DEVICES": ""}) == ""
@@ -66,8 +72,38 @@ def test_a_failing_or_hanging_nvidia_smi_counts_as_no_gpu(tmp_path, monkeypatch,
     fake_nvidia_smi(tmp_path, body)
     monkeypatch.setenv("PATH", str(tmp_path))
     monkeypatch.setattr(devices, "NVIDIA_SMI_SECONDS", 1)
-    assert devices.gpus_given({}) == ""
+    assert devices.gpus_given({}) == "" and devices.gpu_count({}) == 0
     assert devices.driver_version() == ""
+
+
+def devices_command(*args: str, **env: str) -> subprocess.CompletedProcess:
+    """python -m cifar.devices in an environment without SLURM, CUDA or nvidia-smi, plus env."""
+    base = {k: v for k, v in os.environ.items() if not k.startswith(("SLURM_", "CUDA_"))}
+    base.update(PATH=os.path.dirname(sys.executable), PYTHONPATH=str(ROOT), **env)
+    command = [sys.executable, "-m", "cifar.devices", *args]
+    return subprocess.run(command, cwd=ROOT, env=base, capture_output=True, text=True)
+
+
+def test_the_command_prints_the_count_the_job_scripts_use():
+    assert devices_command(SLURM_JOB_GPUS="0,1,2").stdout == "3\n"
+    assert devices_command(CUDA_VISIBLE_DEVICES="").stdout == "0\n"
+    assert devices_command().stdout == "0\n"
+
+
+def test_the_command_refuses_arguments_in_one_line():
+    result = devices_command("--gpus", "2")
+    assert result.returncode == 2 and result.stdout == ""
+    assert result.stderr.count("\n") == 1 and "Traceback" not in result.stderr
+    assert result.stderr.startswith("error: python -m cifar.devices takes no arguments")
+
+
+def test_counting_gpus_does_not_import_torch():
+    """The job scripts count GPUs at every start: that must not cost torch's import."""
+    code = "import sys, cifar.devices; print('torch' in sys.modules)"
+    result = subprocess.run(
+        [sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, check=True
+    )
+    assert result.stdout == "False\n"
 
 
 @pytest.mark.parametrize(

@@ -1,6 +1,7 @@
-"""cifar/imagefolder.py: decoding, the on-disk cache, subsets, bad files, N processes == 1."""
+"""cifar/data/imagefolder.py, decode.py: decoding, cache, subsets, bad files, N processes == 1."""
 
 import os
+import shutil
 import signal
 import warnings
 
@@ -11,12 +12,14 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from PIL import Image
 
-import cifar.imagefolder as imagefolder
+import cifar.data.imagefolder as imagefolder
 from cifar.config import Config, default_workers
-from cifar.data import TensorImages, build_datasets, load_rgb
+from cifar.data import build_datasets
+from cifar.data.decode import load_rgb, resize
+from cifar.data.imagefolder import ImageFiles
+from cifar.data.loaders import build_loaders
+from cifar.data.tensors import TensorImages
 from cifar.errors import UserError
-from cifar.imagefolder import ImageFiles, resize
-from cifar.loaders import build_loaders
 from tests.conftest import read_json, run_train
 from tests.test_distributed import final_weights, max_difference
 from tests.test_reliability import start_train, wait_for_checkpoint
@@ -44,6 +47,36 @@ def make_jpegs(root, per_class: int = 8, size=(40, 30)):
                 tint = Image.new("RGB", size, (200, 30, 30) if index == 0 else (30, 30, 200))
                 Image.blend(noise, tint, 0.6).save(folder / f"{i:03}.jpg", quality=90)
     return root
+
+
+def make_image_folders(root, per_class=3):
+    for split in ("train", "test"):
+        for label, colour in (("red", (255, 0, 0)), ("blue", (0, 0, 255))):
+            folder = root / split / label
+            folder.mkdir(parents=True)
+            for i in range(per_class):
+                Image.new("RGB", (20 + i, 24), colour).save(folder / f"{i}.png")
+
+
+def test_image_folder_reads_train_and_test(tmp_path):
+    make_image_folders(tmp_path)
+    train, test = build_datasets(Config(dataset="imagefolder", data_dir=str(tmp_path)))
+    assert train.classes == ["blue", "red"] and len(train) == 6 and len(test) == 6
+
+
+def test_image_folder_names_an_unreadable_image(tmp_path):
+    make_image_folders(tmp_path)
+    (tmp_path / "train" / "red" / "broken.png").write_text("not an image")
+    with pytest.raises(UserError, match="broken.png"):
+        build_datasets(Config(dataset="imagefolder", data_dir=str(tmp_path)))
+
+
+def test_image_folder_without_images_is_refused(tmp_path):
+    make_image_folders(tmp_path)
+    shutil.rmtree(tmp_path / "test")
+    (tmp_path / "test" / "red").mkdir(parents=True)
+    with pytest.raises(UserError, match="holds no images"):
+        build_datasets(Config(dataset="imagefolder", data_dir=str(tmp_path)))
 
 
 def truncate(path) -> None:
@@ -115,6 +148,26 @@ def test_the_cache_is_reused_and_rebuilt_when_a_file_changes(tmp_path, monkeypat
     assert torch.equal(rebuilt.images[1:], first.images[1:])
     caches = sorted(p.name for p in (cache_home / "cifar-accelerate" / "imagefolder").iterdir())
     assert len(caches) == 2, caches  # train and test: the stale train cache was removed
+
+
+def test_a_cache_that_cannot_be_written_leaves_no_file_and_costs_only_the_decoding(
+    tmp_path, monkeypatch, cache_home, capsys
+):
+    root = make_jpegs(tmp_path / "images", per_class=2)
+    real_save = torch.save
+
+    def disk_full(obj, f):
+        f.write(b"half a cache")
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(torch, "save", disk_full)
+    decoded, _ = build_datasets(folder_config(root, cache_images="always"))
+    assert "could not be written ([Errno 28] No space left on device)" in capsys.readouterr().out
+    assert os.listdir(cache_home / "cifar-accelerate" / "imagefolder") == []
+    monkeypatch.setattr(torch, "save", real_save)
+    cached, _ = build_datasets(folder_config(root, cache_images="always"))
+    assert torch.equal(decoded.images, cached.images) and torch.equal(decoded.labels, cached.labels)
+    assert len(os.listdir(cache_home / "cifar-accelerate" / "imagefolder")) == 2
 
 
 @pytest.mark.parametrize("cache", ["always", "never"])

@@ -90,7 +90,7 @@ def test_the_cycle_check_finds_a_loop():
 
 def test_every_module_imports_alone_in_a_fresh_interpreter():
     failures = []
-    for name in MODULES:
+    for name in [m for m in MODULES if not m.endswith(".__main__")]:  # those run the program
         result = subprocess.run(
             [sys.executable, "-c", f"import {name}"],
             cwd=ROOT,

@@ -200,9 +200,9 @@ def test_a_run_begun_under_another_image_folder_pipeline_is_not_resumed():
 
     from cifar.checkpoint import refuse_other_settings, settings_differences
     from cifar.config import Config
+    from cifar.data.imagefolder import PIPELINE_VERSION
     from cifar.errors import UserError
     from cifar.experiment import run_settings
-    from cifar.imagefolder import PIPELINE_VERSION
 
     accelerator = SimpleNamespace(
         mixed_precision="no", gradient_accumulation_steps=1, num_processes=1
@@ -215,4 +215,4 @@ def test_a_run_begun_under_another_image_folder_pipeline_is_not_resumed():
     with pytest.raises(UserError) as error:
         refuse_other_settings(differences, "runs/x/checkpoints/step-000000004")
     message = str(error.value)
-    assert "reads image folders differently" in message and "start a new run" in message
+    assert "reads the dataset's files differently" in message and "start a new run" in message

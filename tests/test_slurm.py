@@ -8,6 +8,7 @@ train on synthetic data on the CPU. Without a cluster the tests skip (fail in CI
 
 import os
 import re
+import signal
 import subprocess
 import sys
 import time
@@ -102,9 +103,9 @@ def wait_for_checkpoint(job: int, run_dir: Path) -> None:
 
 def signal_after_first_checkpoint(job: int, run_dir: Path) -> None:
     """Once training runs, send what SLURM sends before the time limit
-    (#SBATCH --signal=B:USR1@120): USR1 to the batch shell only."""
+    (#SBATCH --signal=USR1@120): USR1 to every process of the job's steps, not the batch shell."""
     wait_for_checkpoint(job, run_dir)
-    subprocess.run(["scancel", "--batch", "--signal=USR1", str(job)], check=True)
+    subprocess.run(["scancel", "--signal=USR1", str(job)], check=True)
 
 
 @pytest.fixture
@@ -142,18 +143,23 @@ def would_run(output: str) -> str:
     return line.removeprefix("would run: ")
 
 
+# How a one-node script runs its training under SLURM: one task of a job step, whose first
+# process (slurm/step.py) outlives the run.
+STEP = "srun --ntasks=1 python slurm/step.py "
+
+
 def test_launch_command_follows_the_gpus_of_the_node():
     tail = "train.py --model cnn --epochs 1 --output-dir runs/cnn-job4242 --resume auto"
     no_gpu = {"CUDA_VISIBLE_DEVICES": ""}  # whatever nvidia-smi says
     one_cpu = dry_run(["bash", "slurm/cnn.sh", "--epochs", "1"], SLURM_JOB_NAME="cnn", **no_gpu)
-    assert would_run(one_cpu) == (
+    assert would_run(one_cpu) == STEP + (
         "accelerate launch --num_processes 1 --num_machines 1 --quiet --cpu "
         f"--mixed_precision no --dynamo_backend no {tail}"
     )
     four_gpus = dry_run(
         ["bash", "slurm/cnn.sh", "--epochs", "1"], SLURM_JOB_NAME="cnn", SLURM_GPUS_ON_NODE="4"
     )
-    assert would_run(four_gpus) == (
+    assert would_run(four_gpus) == STEP + (
         "accelerate launch --num_processes 4 --num_machines 1 --multi_gpu "
         f"--main_process_port 24242 --mixed_precision no --dynamo_backend no {tail}"
     )
@@ -164,7 +170,7 @@ def test_launch_command_follows_the_gpus_of_the_node():
         CIFAR_MIXED_PRECISION="bf16",
         CIFAR_TRAIN_ARGS="--epochs 3 --lr 0.01",
     )
-    assert would_run(two_visible) == (
+    assert would_run(two_visible) == STEP + (
         "accelerate launch --num_processes 2 --num_machines 1 --multi_gpu "
         "--main_process_port 24242 --mixed_precision bf16 train.py --model resnet50 --epochs 3 "
         "--lr 0.01 --output-dir runs/big-job4242 --resume auto"
@@ -173,7 +179,7 @@ def test_launch_command_follows_the_gpus_of_the_node():
         ["bash", "slurm/cnn.sh"], CIFAR_NUM_PROCESSES="2", CIFAR_RUN_DIR="/x/y", **no_gpu
     )
     assert would_run(cpu_group).startswith(
-        "env ACCELERATE_USE_CPU=true accelerate launch --num_processes 2 --num_machines 1 "
+        f"{STEP}env ACCELERATE_USE_CPU=true accelerate launch --num_processes 2 --num_machines 1 "
         "--multi_gpu "
     )
     assert would_run(cpu_group).endswith("--output-dir /x/y --resume auto")
@@ -207,7 +213,8 @@ def test_multinode_command_per_node():
     )
     assert would_run(batch).startswith(
         "srun --kill-on-bad-exit=1 --nodes=2 --ntasks=2 --ntasks-per-node=1 --gres=gpu:4 "
-        '--cpus-per-task=16 bash -c source slurm/common.sh && cifar_node "$@" cifar-node '
+        "--cpus-per-task=16 python slurm/step.py "
+        'bash -c source slurm/common.sh && cifar_node "$@" cifar-node '
         "--model resnet50 --output-dir runs/multinode-job4242 --resume auto"
     )
     assert "2 machine(s) x 4 process(es) (4 GPU(s) each), main node001:24242" in batch
@@ -221,7 +228,7 @@ def test_compare_runs_the_study_with_the_node_launcher():
         "--main_process_port 24242 --mixed_precision no --dynamo_backend no"
     )
     output = dry_run(["bash", "slurm/compare.sh", "--epochs", "1"], SLURM_GPUS_ON_NODE="2")
-    assert would_run(output) == (
+    assert would_run(output) == STEP + (
         f"python -m cifar.study --out runs/compare-job4242 --seeds 0 {launcher} -- --epochs 1"
     )
     output = dry_run(
@@ -229,7 +236,7 @@ def test_compare_runs_the_study_with_the_node_launcher():
         SLURM_GPUS_ON_NODE="2",
         COMPARE_DIR="runs/mine",
     )
-    assert would_run(output) == (
+    assert would_run(output) == STEP + (
         f"python -m cifar.study --out runs/mine --seeds 0 {launcher} --seeds 1 2 -- --epochs 1"
     )
 
@@ -243,6 +250,58 @@ def test_flags_the_script_owns_are_refused():
         text=True,
     )
     assert result.returncode == 2 and "CIFAR_RUN_DIR" in result.stderr
+
+
+# A launcher that dies of USR1 (no handler, like `accelerate launch`) and leaves its training
+# process, which checkpoints on USR1 (two seconds here) and exits 75.
+LAUNCHER = """
+import subprocess, sys, time
+subprocess.Popen([sys.executable, "-c", sys.argv[1], sys.argv[2]])
+time.sleep(60)
+"""
+TRAINER = """
+import pathlib, signal, sys, time
+stopped = []
+signal.signal(signal.SIGUSR1, lambda *_: stopped.append(1))
+pathlib.Path(sys.argv[1] + ".started").touch()
+while not stopped:
+    time.sleep(0.05)
+time.sleep(2)
+pathlib.Path(sys.argv[1]).write_text("checkpoint")
+sys.exit(75)
+"""
+
+
+def test_the_step_waits_for_the_checkpoint_of_a_launcher_that_died(tmp_path):
+    """USR1 to every process, as SLURM signals a step: the launcher dies, its training process
+    checkpoints; slurm/step.py exits 75 only once that checkpoint exists."""
+    checkpoint = tmp_path / "checkpoint"
+    step = subprocess.Popen(
+        [sys.executable, "slurm/step.py", sys.executable, "-c", LAUNCHER, TRAINER, checkpoint],
+        cwd=ROOT,
+        stdout=subprocess.PIPE,
+        text=True,
+        start_new_session=True,
+    )
+    deadline = time.monotonic() + 30
+    while not (tmp_path / "checkpoint.started").exists():
+        assert time.monotonic() < deadline and step.poll() is None
+        time.sleep(0.05)
+    os.killpg(step.pid, signal.SIGUSR1)
+    output, _ = step.communicate(timeout=30)
+    assert step.returncode == 75
+    assert checkpoint.read_text() == "checkpoint"
+    assert "got SIGUSR1: the training checkpoints and stops" in output
+
+
+def test_the_step_passes_the_exit_code_on_and_refuses_no_command():
+    run = [sys.executable, "slurm/step.py"]
+    assert subprocess.run([*run, "sh", "-c", "exit 3"], cwd=ROOT).returncode == 3
+    assert subprocess.run([*run, "sh", "-c", "kill -9 $$"], cwd=ROOT).returncode == 137
+    for bad in ([], ["no-such-launcher"]):
+        result = subprocess.run([*run, *bad], cwd=ROOT, capture_output=True, text=True)
+        assert result.returncode == 2 and "Traceback" not in result.stderr
+        assert result.stderr.startswith("error: ") and result.stderr.count("\n") == 1
 
 
 @pytest.mark.slurm
@@ -333,8 +392,8 @@ def test_compare_requeues_on_the_warning_and_skips_the_finished_model(cluster, t
     assert restart_count(job) == 1
     log = log_of(tmp_path, "compare", job)
     assert "got SIGUSR1" in log and f"job {job} requeued" in log
-    # The study's launcher dies at once; the job waits for train.py's checkpoint, then requeues,
-    # and the requeued run resumes from that checkpoint.
+    # The study's launcher dies of USR1; the step waits for train.py's checkpoint, the job then
+    # requeues, and the requeued run resumes from that checkpoint.
     assert log.index("checkpoint saved at step") < log.index(f"job {job} requeued")
     (saved,) = re.findall(r"checkpoint saved at step (\d+)", log)
     assert re.search(rf"resuming at epoch \d+ step {saved}\b", log)
@@ -363,7 +422,7 @@ def test_plain_scancel_cancels_compare_after_a_checkpoint(cluster, tmp_path):
 @pytest.mark.slurm
 def test_multinode_two_tasks_as_two_machines_survive_a_stop(cluster, tmp_path):
     """srun starts one launcher per task; the two form one 2-process gloo group. USR1 to the
-    batch shell reaches both through the step: both checkpoint, the job requeues and resumes."""
+    step reaches both: both checkpoint, the job requeues and resumes."""
     job = sbatch(
         "multinode.sh",
         tmp_path,

@@ -5,7 +5,7 @@ import os
 
 import pytest
 
-from cifar.data import FASHION_FILES
+from cifar.data.tensors import FASHION_FILES
 from cifar.record import FORMAT_KEY, FORMAT_VERSION, METRIC_KEYS, SUMMARY_KEYS
 from tests.conftest import (
     FASHION_DIR,
@@ -15,7 +15,7 @@ from tests.conftest import (
     require,
     run_train,
 )
-from tests.test_data import make_image_folders
+from tests.test_imagefolder import make_image_folders
 
 
 def test_synthetic_run_learns_and_writes_the_run_folder(tmp_path):
@@ -148,7 +148,7 @@ def test_main_job_offline_stops_with_the_dataset_message_only(tmp_path):
     )
     assert result.returncode != 0
     message = " ".join(result.stderr.split())
-    assert "CIFAR10 is not in" in message and "--dataset synthetic" in message
+    assert "CIFAR-10 is not in" in message and "--dataset synthetic" in message
     assert "Traceback" not in result.stderr
     assert not (tmp_path / "run" / "summary.json").exists()
     assert not (tmp_path / "run" / "metrics.jsonl").exists()

@@ -1,10 +1,12 @@
-"""From stored uint8 images to the model's input: normalisation, resize and memory format on the
-device (InputTransform, as the model's spec asks)."""
+"""From stored uint8 images to the model's input, on the device: the training augmentation (crop
+and flip as the epoch plan draws them) and InputTransform (normalisation as the model's or the
+dataset's spec asks, resize, memory format)."""
 
 import torch
 import torch.nn.functional as F
 
-from cifar.models import IMAGENET_MEAN, IMAGENET_STD, model_spec
+from cifar.data import dataset_spec
+from cifar.models import model_spec
 
 CROP_PADDING = 4
 
@@ -12,6 +14,26 @@ CROP_PADDING = 4
 def crop_padding(size: int) -> int:
     """Zero padding of the random crop: 4 at CIFAR's 32 pixels, the same share at other sizes."""
     return max(1, size // 8)
+
+
+def crop_flip(
+    images: torch.Tensor, shifts: torch.Tensor, flips: torch.Tensor, padding: int = CROP_PADDING
+) -> torch.Tensor:
+    """Random crops (zero padding) and horizontal flips of a uint8 batch in one gather.
+
+    shifts: N x 2 offsets in [0, 2 x padding] into the padded image; flips: N bools.
+    """
+    n, channels, height, width = images.shape
+    padded = F.pad(images, (padding,) * 4)
+    rows = shifts[:, :1] + torch.arange(height, device=images.device)
+    columns = torch.arange(width, device=images.device).expand(n, width)
+    columns = torch.where(flips[:, None], width - 1 - columns, columns) + shifts[:, 1:]
+    return padded[
+        torch.arange(n, device=images.device)[:, None, None, None],
+        torch.arange(channels, device=images.device)[None, :, None, None],
+        rows[:, None, :, None],
+        columns[:, None, None, :],
+    ]
 
 
 class InputTransform:
@@ -53,16 +75,16 @@ def uses_channels_last(config, device) -> bool:
 
 
 def input_transform(config, train_images, device) -> InputTransform:
-    """Normalisation as the model asks (its pretrained weights' mean and std, or the dataset's
-    statistics) and a resize to its input size."""
+    """Normalisation as the model asks (its pretrained weights' mean and std), else as the
+    dataset's spec says (its fixed mean and std, or its training set's statistics), and a resize
+    to the model's input size."""
     channels_last = uses_channels_last(config, device)
     spec = model_spec(config.model)
     size = spec.image_size(config)
     if spec.mean is not None:
         return InputTransform(spec.mean, spec.std, size, channels_last)
-    if config.dataset == "imagefolder":
-        # Its statistics are unknown until every file is read, and a run must not depend on
-        # whether the folder fitted the cache: ImageNet's, cached or not.
-        return InputTransform(IMAGENET_MEAN, IMAGENET_STD, size, channels_last)
+    data = dataset_spec(config.dataset)
+    if data.mean is not None:
+        return InputTransform(data.mean, data.std, size, channels_last)
     mean, std = dataset_statistics(train_images)
     return InputTransform(mean, std, size, channels_last)

@@ -1,14 +1,14 @@
 """Your own images: DATA_DIR/train/<class>/<image> and DATA_DIR/test (or val)/<class>/<image>.
 
-Two ways to feed them, both decoding with data.decode_rgb (a large JPEG at a reduced DCT scale,
+Two ways to feed them, both decoding with decode.decode_rgb (a large JPEG at a reduced DCT scale,
 else torchvision.io):
 - cached (--cache-images always, or auto when train + test decoded fit CACHE_BUDGET_BYTES): each
   image is decoded and resized once to the model's input size (32 for SimpleCNN, --image-size
   for ResNet-50) into a uint8 tensor kept on disk under $XDG_CACHE_HOME/cifar-accelerate/
   imagefolder/, keyed by the files' paths, labels, sizes and mtimes and that size. Training then
-  runs from the device like CIFAR (DeviceLoader), N processes equal to one;
+  runs from the device like CIFAR (DeviceTrainLoader), N processes equal to one;
 - uncached: DataLoader workers decode and resize the same images every epoch (ImageFiles), and
-  crop and flip each batch as DeviceLoader would (loaders.FileLoader): the same batches as the
+  crop and flip each batch as the device loader would (loaders.FileLoader): the same batches as the
   cache gives, N processes equal to one, exact on resume.
 --train-subset / --test-subset pick N images at random with a fixed seed (the same images for
 every --seed), kept in the folder's sorted order.
@@ -18,26 +18,26 @@ import contextlib
 import glob
 import hashlib
 import os
-import tempfile
 
 import torch
 import torchvision
-import torchvision.transforms.v2.functional as TF
 from torch.utils.data import DataLoader, Dataset
 
-from cifar.data import (
+from cifar.data.decode import (
     IMAGE_SUFFIXES,
     JPEG_SUFFIXES,
-    TensorImages,
     decode_jpeg_reduced,
     decode_rgb,
     describe,
     load_rgb,
+    resize,
 )
-from cifar.data import unreadable_message as unreadable
+from cifar.data.decode import unreadable_message as unreadable
+from cifar.data.tensors import TensorImages
 from cifar.errors import UserError
 from cifar.models import model_spec
 from cifar.processes import kill_workers_at_exit, leave_signals_to_main
+from cifar.record import atomic_write
 
 # Train + test decoded at the stored size. Every process holds its copy on its device, and the
 # main process briefly one more on the host while it builds the cache.
@@ -66,6 +66,15 @@ class ImageFiles(Dataset):
     def without(self, paths: set) -> "ImageFiles":
         kept = [sample for sample in self.samples if sample[0] not in paths]
         return ImageFiles(kept, self.classes, self.size)
+
+
+def resume_settings(config) -> dict:
+    """What a resumed run must share beyond its flags: the folder (its files are the data; no
+    checksum names them) and the version of the code that reads it."""
+    return {
+        "image_folder": os.path.realpath(config.data_dir),
+        "image_folder_pipeline": PIPELINE_VERSION,
+    }
 
 
 def stored_size(config) -> int:
@@ -211,11 +220,6 @@ class Resized(Dataset):
             return index, None, describe(error)
 
 
-def resize(images: torch.Tensor, size: int) -> torch.Tensor:
-    """size x size (the aspect ratio is not kept, as torchvision's Resize((size, size)))."""
-    return TF.resize(images, [size, size], antialias=True)
-
-
 def decode_on_gpu(batch: list, resized: Resized) -> list:
     """The JPEG bytes in batch decoded by nvJPEG in one call, else by resized (on the CPU)."""
     raw = [i for i, (_, data, _) in enumerate(batch) if data is not None and data.ndim == 1]
@@ -283,25 +287,17 @@ def cached_images(split: ImageFiles, folder: str, size: int, workers: int):
     if os.environ.get("RANK", "0") == "0":
         print(f"decoding {len(split)} images of {folder} once, into {path}", flush=True)
     images, failures = decode_all(split.samples, size, workers)
-    save_atomically({"images": images.images, "labels": images.labels, "failures": failures}, path)
+    save_cache({"images": images.images, "labels": images.labels, "failures": failures}, path)
     return TensorImages(images.images, images.labels, split.classes), failures
 
 
-def save_atomically(cache: dict, path: str) -> None:
-    """Write cache to path through a temporary file; drop this folder's older caches. A cache
-    that cannot be written (read-only or full disk) only costs the next run the decoding."""
+def save_cache(cache: dict, path: str) -> None:
+    """Write cache to path atomically; drop this folder's older caches. A cache that cannot be
+    written (read-only or full disk) only costs the next run the decoding."""
     folder = os.path.dirname(path)
     try:
         os.makedirs(folder, exist_ok=True)
-        with tempfile.NamedTemporaryFile(dir=folder, suffix=".tmp", delete=False) as tmp:
-            try:
-                torch.save(cache, tmp)
-                tmp.flush()
-                os.fsync(tmp.fileno())
-            except BaseException:
-                os.unlink(tmp.name)
-                raise
-        os.replace(tmp.name, path)
+        atomic_write(path, lambda f: torch.save(cache, f))
     except OSError as error:
         print(f"note: the image cache {path} could not be written ({error})", flush=True)
         return
