@@ -34,17 +34,15 @@ def main(argv: list[str] | None = None) -> int:
 
         config = parse_config(argv)
         if config.prepare_only:
-            from cifar.experiment import prepare_only
+            from cifar.assemble import prepare_only
 
             prepare_only(config)
             return 0
+        from cifar.assemble import RunFinished
         from cifar.checkpoint import CheckpointWriteError, write_failure
         from cifar.data.decode import UnreadableImage
         from cifar.engine import NonFiniteLoss, run_experiment
-        from cifar.experiment import RunFinished
-        from cifar.processes import stop_with_launcher
 
-        stop_with_launcher()
         try:
             if not run_experiment(config).finished:  # stopped on request, with a checkpoint
                 return REQUEUE_EXIT_CODE

@@ -13,12 +13,8 @@ from cifar.trackers import tracker_named
 
 
 def make_accelerator(config, project_dir: str | None = None) -> Accelerator:
-    """The one Accelerator of a run; precision and accumulation from flags or accelerate config."""
-    from cifar.allocator import reuse_freed_memory
-    from cifar.devices import check_gpus_usable
-
-    check_gpus_usable(config.allow_cpu)  # before Accelerate quietly settles for the CPU
-    reuse_freed_memory()
+    """The one Accelerator of a run; precision and accumulation from flags or accelerate config.
+    The process-wide settings come first, from processes.apply_process_settings."""
     kwargs = {"step_scheduler_with_optimizer": False, "project_dir": project_dir}
     if config.mixed_precision:
         kwargs["mixed_precision"] = config.mixed_precision
@@ -29,9 +25,6 @@ def make_accelerator(config, project_dir: str | None = None) -> Accelerator:
     log_with = tracker_named(config.tracker).log_with  # None: it joins in start(), later
     if log_with:
         kwargs["log_with"] = log_with
-    if config.deterministic:
-        os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")  # before CUDA starts
-        torch.use_deterministic_algorithms(True, warn_only=True)
     if int(os.environ.get("WORLD_SIZE", "1")) > 1 and not torch.cuda.is_available():
         kwargs["cpu"] = True  # several CPU processes (torchrun): Accelerate needs cpu=True for gloo
     try:

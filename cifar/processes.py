@@ -1,6 +1,7 @@
-"""The process's lifetime: stop signals turned into a checkpoint request, the kernel's
-parent-death signal, and DataLoader workers that leave signals to the main process and never
-outlive it."""
+"""The process's lifetime and its process-wide settings: apply_process_settings (one visible
+step before the Accelerator exists, recorded in config.json), stop signals turned into a
+checkpoint request, the kernel's parent-death signal, and DataLoader workers that leave signals
+to the main process and never outlive it."""
 
 import atexit
 import ctypes
@@ -11,6 +12,39 @@ import signal
 import sys
 
 import torch
+
+from cifar.allocator import reuse_freed_memory
+from cifar.devices import check_gpus_usable
+
+# cuBLAS's deterministic workspace; it must be set before CUDA starts.
+CUBLAS_WORKSPACE = ":4096:8"
+
+
+def apply_process_settings(config) -> dict:
+    """Everything a run changes for the whole process, in one place, before the Accelerator is
+    made; returns what was applied (config.json's process_settings).
+
+    - GPUs this process was given but torch cannot use stop the run (devices.py), before
+      Accelerate quietly settles for the CPU;
+    - the launcher's death stops the run (stop_with_launcher);
+    - glibc's malloc reuses freed memory (allocator.py): measured on CPU training only, so
+      only there;
+    - --deterministic: cuBLAS's workspace and torch's deterministic algorithms.
+    """
+    check_gpus_usable(config.allow_cpu)
+    applied = {
+        "stop_with_launcher": stop_with_launcher(),
+        "malloc_reuses_freed_memory": False,
+        "deterministic_algorithms": bool(config.deterministic),
+    }
+    if not torch.cuda.is_available():
+        applied["malloc_reuses_freed_memory"] = reuse_freed_memory()
+    if config.deterministic:
+        os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", CUBLAS_WORKSPACE)
+        torch.use_deterministic_algorithms(True, warn_only=True)
+        applied["cublas_workspace_config"] = os.environ["CUBLAS_WORKSPACE_CONFIG"]
+    return applied
+
 
 # SIGINT too: Ctrl-C saves a checkpoint like a scheduler's SIGTERM; a second Ctrl-C stops at once.
 STOP_SIGNALS = (signal.SIGTERM, signal.SIGUSR1, signal.SIGINT)
@@ -59,14 +93,15 @@ class StopRequest:
         return bool(self.accelerator.reduce(flag, reduction="sum").item() > 0)
 
 
-def stop_with_launcher() -> None:
+def stop_with_launcher() -> bool:
     """Stop when the launcher dies. `accelerate launch` with one process dies alone on SIGTERM
     (a container stop, a scheduler's kill), and torchrun's workers run in sessions of their own,
     so a killed agent leaves them training. Ask the kernel to send this process SIGTERM when
-    its launcher dies: it checkpoints and stops."""
+    its launcher dies: it checkpoints and stops. True when this process has a launcher."""
     launched = "ACCELERATE_USE_CPU" in os.environ or "TORCHELASTIC_RUN_ID" in os.environ
     if launched:
         signal_when_parent_dies(signal.SIGTERM)
+    return launched
 
 
 def signal_when_parent_dies(sig: signal.Signals) -> None:

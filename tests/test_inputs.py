@@ -180,9 +180,9 @@ def test_text_that_is_not_utf8_is_refused_naming_the_flag(offline_env, tmp_path)
 def test_an_image_folder_may_not_change_on_resume_but_its_worker_count_may():
     from types import SimpleNamespace
 
+    from cifar.assemble import run_settings
     from cifar.checkpoint import settings_differences
     from cifar.config import Config
-    from cifar.experiment import run_settings
 
     accelerator = SimpleNamespace(
         mixed_precision="no", gradient_accumulation_steps=1, num_processes=1
@@ -198,11 +198,11 @@ def test_an_image_folder_may_not_change_on_resume_but_its_worker_count_may():
 def test_a_run_begun_under_another_image_folder_pipeline_is_not_resumed():
     from types import SimpleNamespace
 
+    from cifar.assemble import run_settings
     from cifar.checkpoint import refuse_other_settings, settings_differences
     from cifar.config import Config
     from cifar.data.imagefolder import PIPELINE_VERSION
     from cifar.errors import UserError
-    from cifar.experiment import run_settings
 
     accelerator = SimpleNamespace(
         mixed_precision="no", gradient_accumulation_steps=1, num_processes=1

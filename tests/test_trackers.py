@@ -350,7 +350,7 @@ def test_resumed_run_continues_the_same_wandb_run(tmp_path):
 
 
 def summary_of_three_classes() -> dict:
-    """A summary.json of a 3-class run, as engine.summarize writes it."""
+    """A summary.json of a 3-class run, as evaluation.summarize writes it."""
     matrix = [[4, 1, 0], [0, 5, 0], [2, 0, 3]]
     classes = ["cat", "dog", "emu"]
     return {

@@ -1,4 +1,5 @@
-"""Setting up one run: folder, Accelerator, data, model, optimizer, resume state."""
+"""Assembling one run from a Config: the process settings, the Accelerator, the run folder, the
+data and loaders, the model, optimizer and schedule, and where the run resumes (a Run)."""
 
 import os
 import platform
@@ -23,11 +24,14 @@ from cifar.data.transforms import input_transform
 from cifar.distributed import broadcast, decide_on_main, on_main_first, run_on_main
 from cifar.errors import UserError, say
 from cifar.models import build_model, load_pretrained_state, model_spec
+from cifar.processes import apply_process_settings
 from cifar.record import (
     CONFIG_FILE,
+    METRICS_FILE,
     PROGRESS_FILE,
     SUMMARY_FILE,
     Progress,
+    RecordError,
     RunFiles,
     RunFolder,
     Shape,
@@ -37,6 +41,7 @@ from cifar.record import (
     log_resume,
     read_json,
 )
+from cifar.record.schema import check_epoch_records
 from cifar.trackers import tracker_named
 
 
@@ -109,26 +114,39 @@ def finished_message(config, accelerator, run_dir: str, candidates: list[str]) -
     settings = saved.get("settings") if isinstance(saved.get("settings"), dict) else {}
     current = run_settings(config, accelerator)
     refuse_other_settings(settings_differences(settings, current), run_dir)
+    results = f"Its results are in {os.path.join(run_dir, SUMMARY_FILE)}"
+    if not os.path.isfile(os.path.join(run_dir, METRICS_FILE)):
+        try:
+            check_epoch_records(saved.get("history"))
+        except RecordError:
+            return ""  # the full check says what is wrong with the checkpoint
+        RunFiles(run_dir, is_main=True).write_metrics(saved["history"])
+        return (
+            f"the run in {run_dir} is finished ({config.epochs} epochs); its {METRICS_FILE} was "
+            f"missing and was written again from the checkpoint {candidates[0]}. {results}."
+        )
     return (
         f"the run in {run_dir} is finished ({config.epochs} epochs); nothing to do, no file "
-        f"changed. Its results are in {os.path.join(run_dir, SUMMARY_FILE)}."
+        f"changed. {results}."
     )
 
 
 def setup_run(config) -> Run:
+    """The Run config describes, its folder claimed; RunFinished when it is already done."""
     tracker_named(config.tracker).check()
+    process_settings = apply_process_settings(config)
     accelerator = make_accelerator(config)
     run_dir = broadcast(accelerator, os.path.abspath(config.output_dir or default_run_dir(config)))
     folder = run_on_main(accelerator, lambda: RunFolder.claim(run_dir, bool(config.resume)))
     try:
-        return assemble_run(config, accelerator, run_dir, folder)
+        return assemble_run(config, accelerator, run_dir, folder, process_settings)
     except BaseException:
         if folder is not None:
             folder.abandon()
         raise
 
 
-def assemble_run(config, accelerator, run_dir: str, folder) -> Run:
+def assemble_run(config, accelerator, run_dir: str, folder, process_settings: dict) -> Run:
     """The rest of setup_run, once the run folder is ours."""
     checkpoints = checkpoints_dir(run_dir)
     candidates = decide_on_main(accelerator, lambda: resolve_resume(config, checkpoints))
@@ -171,10 +189,10 @@ def assemble_run(config, accelerator, run_dir: str, folder) -> Run:
     files = RunFiles(run_dir, accelerator.is_main_process)
     if progress is None:
         progress = Progress(settings)
-        files.write_config(describe_run(config, accelerator, run_dir))
+        files.write_config(describe_run(config, accelerator, run_dir, process_settings))
     else:
         if not os.path.exists(files.path(CONFIG_FILE)):
-            files.write_config(describe_run(config, accelerator, run_dir))
+            files.write_config(describe_run(config, accelerator, run_dir, process_settings))
         run_on_main(accelerator, lambda: log_resume(run_dir, resumed_from, progress, settings))
     files.write_metrics(progress.history)
     tracker.start(accelerator, config, run_dir, tracker_kwargs, config.to_dict())
@@ -206,7 +224,7 @@ def assemble_run(config, accelerator, run_dir: str, folder) -> Run:
     )
 
 
-def describe_run(config, accelerator, run_dir: str) -> dict:
+def describe_run(config, accelerator, run_dir: str, process_settings: dict) -> dict:
     """config.json: the resolved Config plus where and with what it ran."""
     device = accelerator.device
     name = torch.cuda.get_device_name(device) if device.type == "cuda" else cpu_name()
@@ -218,6 +236,7 @@ def describe_run(config, accelerator, run_dir: str) -> dict:
         "gradient_accumulation_steps_used": accelerator.gradient_accumulation_steps,
         "device": device.type,
         "device_name": name,
+        "process_settings": process_settings,
         "versions": {
             "python": platform.python_version(),
             "torch": torch.__version__,
