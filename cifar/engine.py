@@ -107,7 +107,7 @@ def run_experiment(config) -> Outcome:
     run = setup_run(config)
     stop = StopRequest(run.accelerator).install()
     try:
-        return RunLoop(config, run, stop).run()
+        return RunLoop(config, run, stop).run_epochs()
     finally:
         stop.uninstall()
         run.accelerator.end_training()
@@ -180,7 +180,7 @@ class RunLoop:
             )
         return stop_now
 
-    def run(self) -> Outcome:
+    def run_epochs(self) -> Outcome:
         config, run, progress = self.config, self.run, self.progress
         show_progress = run.accelerator.is_main_process and sys.stderr.isatty()
         for epoch in range(progress.epoch, config.epochs):
