@@ -24,8 +24,8 @@ import os
 import sys
 from pathlib import Path
 
-# Run as a script, Python puts bench/ itself first on the path, where bench/markdown.py would
-# stand in for the Markdown package: put the checkout there instead, and import bench.* by name.
+# Run as a script, Python puts bench/ itself first on the path, where its modules would stand in
+# for packages of the same name: put the checkout there instead, and import bench.* by name.
 HERE = Path(__file__).resolve().parent
 sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != HERE]
 sys.path.insert(0, str(HERE.parent))
@@ -35,7 +35,7 @@ from torch import nn
 
 from bench.cases import CASES, case_config
 from bench.folders import FOLDER_CASE, measure_folders
-from bench.markdown import device_name, format_section, load_average, write_section
+from bench.section import device_name, format_section, load_average, write_section
 from bench.ours import prepare_model, settings, train_on
 from bench.plain import measure_plain, plain_without_cache
 from bench.timing import PeakMemory, Row, best, timed_epochs

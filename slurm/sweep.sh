@@ -5,8 +5,8 @@
 # The default grid (cnn resnet50) x (0 1 2) is --array=0-5.
 #
 #   sbatch slurm/sweep.sh --out runs/study -- --dataset cifar10 --epochs 10
-#   sbatch --array=0-5 slurm/sweep.sh --out runs/tta --arm "plain=--model cnn" \
-#       --arm "tta=--model cnn --tta" --seeds 0 1 2 -- --epochs 10
+#   sbatch --array=0-5 slurm/sweep.sh --out runs/width --arm "w32=--model cnn" \
+#       --arm "w64=--model cnn --width 64" --seeds 0 1 2 -- --epochs 10
 #   sbatch --array=0-5%2 slurm/sweep.sh --out runs/study    # at most 2 elements at a time
 #   python -m cifar.study --out runs/study --report-only     # when the array is done
 #

@@ -9,7 +9,7 @@ import sys
 
 import pytest
 
-from bench.markdown import SECTION_END, SECTION_START, write_section
+from bench.section import SECTION_END, SECTION_START, write_section
 from tests.conftest import ROOT, train_env
 
 TINY = [
