@@ -35,9 +35,9 @@ from torch import nn
 
 from bench.cases import CASES, case_config
 from bench.folders import FOLDER_CASE, measure_folders
-from bench.section import device_name, format_section, load_average, write_section
 from bench.ours import prepare_model, settings, train_on
 from bench.plain import measure_plain, plain_without_cache
+from bench.section import device_name, format_section, load_average, write_section
 from bench.timing import PeakMemory, Row, best, timed_epochs
 from cifar.build import make_accelerator
 from cifar.data.loaders import (
