@@ -4,7 +4,7 @@ mean with a 95% band, per-class accuracy with intervals."""
 import numpy as np
 from matplotlib.figure import Figure
 
-from cifar.report import save, style_epoch_axis, style_per_class_axes
+from cifar.report.figures import save, style_epoch_axis, style_per_class_axes
 
 
 def error_bars(stats: list[dict]) -> np.ndarray:

@@ -2,7 +2,7 @@
 
 import shlex
 
-from cifar.report import format_seconds
+from cifar.report.table import format_seconds
 
 # How each metric reads: a label, the scale of its numbers, their unit, and which way is better.
 METRIC_TEXT = {
