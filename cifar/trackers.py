@@ -105,7 +105,8 @@ class TensorBoard(Tracker):
         accelerator.init_trackers(self.name, flat_config)
 
     def log_end(self, writer, summary: dict, samples: dict | None, step: int) -> None:
-        from cifar.report.figures import confusion_figure, per_class_figure, samples_figure
+        from cifar.report.classes import confusion_figure, per_class_figure
+        from cifar.report.figures import samples_figure
 
         for key, value in summary_scalars(summary).items():
             writer.add_scalar(key, value, step)

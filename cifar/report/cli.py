@@ -4,7 +4,8 @@
 
 Writes into --out: accuracy.png and loss.png (test curves of all runs overlaid),
 train_vs_test.png, per_class_accuracy.png, confusion-<run>.png for each run, and results.md
-(the results table with the figures).
+(the results table with the figures). Runs of different datasets get a section and figures
+each (accuracy-<dataset>.png, ...).
 """
 
 import argparse
@@ -12,15 +13,27 @@ import os
 
 from cifar.errors import USAGE_EXIT_CODE, UserError, report_user_error
 from cifar.record import atomic_write
-from cifar.report.figures import (
-    confusion_figure,
-    curves_figure,
-    per_class_figure,
-    save,
-    train_vs_test_figure,
-)
-from cifar.report.runs import file_label, load_run, run_labels
-from cifar.report.table import describe_hardware, results_table
+from cifar.report.classes import confusion_figure, per_class_figure
+from cifar.report.figures import curves_figure, train_vs_test_figure
+from cifar.report.runs import dataset_groups, file_names, load_run, run_labels
+from cifar.report.style import save
+from cifar.report.table import results_markdown, test_images, train_images
+
+FIGURES = {
+    "accuracy": lambda runs: curves_figure(runs, "test_accuracy", "test accuracy"),
+    "loss": lambda runs: curves_figure(runs, "test_loss", "test loss"),
+    "train_vs_test": train_vs_test_figure,
+    "per_class_accuracy": per_class_figure,
+}
+
+
+def name_data_in_legends(runs: list[dict]) -> None:
+    """Where the runs of one figure trained or were tested on other images, the legend says
+    on which."""
+    for what, describe in (("train", train_images), ("test", test_images)):
+        if len({describe(run) for run in runs}) > 1:
+            for run in runs:
+                run["legend"] = f"{run.get('legend', run['label'])}, {what} {describe(run)}"
 
 
 def write_report(run_dirs: list[str], out: str) -> list[str]:
@@ -31,36 +44,21 @@ def write_report(run_dirs: list[str], out: str) -> list[str]:
     if os.path.exists(out) and not os.path.isdir(out):
         raise UserError(f"--out {out} is a file. Pass a folder for the report, e.g. --out report.")
     os.makedirs(out, exist_ok=True)
-    written = [
-        save(curves_figure(runs, "test_accuracy", "test accuracy"), out, "accuracy.png"),
-        save(curves_figure(runs, "test_loss", "test loss"), out, "loss.png"),
-        save(train_vs_test_figure(runs), out, "train_vs_test.png"),
-        save(per_class_figure(runs), out, "per_class_accuracy.png"),
-    ]
-    confusions = []
-    for run in runs:
-        name = f"confusion-{file_label(run['label'])}.png"
-        confusions.append(name)
+    groups = dataset_groups(runs)
+    written = []
+    for group in groups:
+        name_data_in_legends(group["runs"])
+        suffix = "" if len(groups) == 1 else f"-{group['name']}"
+        group["figures"] = [f"{kind}{suffix}.png" for kind in FIGURES]
+        for draw, name in zip(FIGURES.values(), group["figures"], strict=True):
+            written.append(save(draw(group["runs"]), out, name))
+    for run, name in zip(
+        runs, file_names([r["label"] for r in runs], "confusion-", ".png"), strict=True
+    ):
+        run["confusion"] = name
         written.append(save(confusion_figure(run["summary"], run["label"]), out, name))
-    figures = ["accuracy.png", "loss.png", "train_vs_test.png", "per_class_accuracy.png"]
-    text = "\n".join(
-        [
-            "# Results",
-            "",
-            results_table(runs),
-            "",
-            "Test accuracy and loss are the last epoch's; wall time covers the whole run "
-            "(training and evaluation); images/s is the mean training throughput over epochs, "
-            "all processes together.",
-            "",
-            *[describe_hardware(run) for run in runs],
-            "",
-            *[f"![{name[:-4]}]({name})" for name in figures + confusions],
-            "",
-        ]
-    )
     path = os.path.join(out, "results.md")
-    atomic_write(path, text)
+    atomic_write(path, results_markdown(groups))
     return [*written, path]
 
 

@@ -1,101 +1,69 @@
-"""The report's figures, drawn with matplotlib's object-oriented API (no pyplot state)."""
+"""The report's curves (a metric per epoch, train against test) and the sample predictions,
+drawn with matplotlib's object-oriented API (no pyplot state)."""
 
-import os
+from matplotlib.figure import Figure
+from matplotlib.lines import Line2D
 
-import matplotlib
+from cifar.report.style import (
+    colours,
+    figure,
+    legend_beside,
+    line_style,
+    shown,
+    style_epoch_axis,
+)
 
-matplotlib.use("Agg")  # files only, never a window; also safe on nodes without a display
+# Train and test differ in line, marker and fill, so they stay apart in grey print too.
+SPLIT_STYLE = {
+    "train": {"linestyle": "--", "marker": "s", "markerfacecolor": "none"},
+    "test": {"linestyle": "-", "marker": "o"},
+}
 
-from matplotlib.figure import Figure  # noqa: E402
-from matplotlib.ticker import MaxNLocator  # noqa: E402
 
-DPI = 120
-ANNOTATE_UP_TO = 12  # classes: above this the confusion matrix cells carry no counts
+def legend_text(run: dict) -> str:
+    """The run's label, with the data it used where runs of one figure differ in it."""
+    return run.get("legend", run["label"])
 
 
 def curves_figure(runs: list[dict], key: str, ylabel: str) -> Figure:
-    """One metric of metrics.jsonl against the epoch, one line per run."""
-    fig = Figure(figsize=(6.4, 4.2))
+    """One metric of metrics.jsonl against the epoch, one line (and colour) per run."""
+    labels = [legend_text(run) for run in runs]
+    fig = figure(6.4, 4.2, len(runs), max(map(len, labels)))
     ax = fig.add_subplot()
-    for run in runs:
+    handles = []
+    for run, colour in zip(runs, colours(len(runs)), strict=True):
         epochs = [r["epoch"] for r in run["metrics"]]
-        ax.plot(epochs, [r[key] for r in run["metrics"]], marker="o", label=run["label"])
-    style_epoch_axis(ax, ylabel, f"{ylabel} per epoch")
-    fig.tight_layout()
+        (line,) = ax.plot(
+            epochs,
+            [r[key] for r in run["metrics"]],
+            color=colour,
+            **line_style(len(epochs), len(runs)),
+            **SPLIT_STYLE["train" if key.startswith("train") else "test"],
+        )
+        handles.append(line)
+    style_epoch_axis(ax, ylabel, f"{ylabel} per epoch", accuracy=key.endswith("accuracy"))
+    legend_beside(fig, handles, labels)
     return fig
-
-
-def style_epoch_axis(ax, ylabel: str, title: str) -> None:
-    ax.set(xlabel="epoch", ylabel=ylabel, title=title)
-    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
-    ax.grid(alpha=0.3)
-    ax.legend(fontsize="small")
 
 
 def train_vs_test_figure(runs: list[dict]) -> Figure:
-    """Accuracy and loss, train dashed and test solid, one colour per run."""
-    fig = Figure(figsize=(11, 4.2))
+    """Accuracy and loss per epoch: train dashed with open squares, test solid with dots, one
+    colour per run; one legend for both panels."""
+    labels = [legend_text(run) for run in runs]
+    fig = figure(11, 4.2, len(runs) + 2, max(map(len, labels)))
     axes = fig.subplots(1, 2)
-    for index, run in enumerate(runs):
-        colour = f"C{index % 10}"
+    for run, colour in zip(runs, colours(len(runs)), strict=True):
         epochs = [r["epoch"] for r in run["metrics"]]
         for ax, metric in zip(axes, ("accuracy", "loss"), strict=True):
-            for split, style in (("train", "--"), ("test", "-")):
+            for split, style in SPLIT_STYLE.items():
                 values = [r[f"{split}_{metric}"] for r in run["metrics"]]
-                label = f"{run['label']} {split}"
-                ax.plot(epochs, values, style, color=colour, marker="o", label=label)
+                weights = line_style(len(epochs), len(runs))
+                ax.plot(epochs, values, color=colour, **weights, **style)
     for ax, metric in zip(axes, ("accuracy", "loss"), strict=True):
-        style_epoch_axis(ax, metric, f"train vs test {metric}")
-    fig.tight_layout()
-    return fig
-
-
-def per_class_figure(runs: list[dict]) -> Figure:
-    """Final per-class test accuracy as grouped bars, one colour per run."""
-    classes = list(dict.fromkeys(c for run in runs for c in run["summary"]["classes"]))
-    fig = Figure(figsize=(min(16, max(7, 0.6 * len(classes) * max(1, len(runs) / 2))), 4.5))
-    ax = fig.add_subplot()
-    width = 0.8 / len(runs)
-    for index, run in enumerate(runs):
-        accuracy = run["summary"]["per_class_accuracy"]
-        xs = [i + (index - (len(runs) - 1) / 2) * width for i, c in enumerate(classes)]
-        ax.bar(xs, [accuracy.get(c, 0.0) for c in classes], width, label=run["label"])
-    style_per_class_axes(ax, classes, "Per-class test accuracy", len(runs))
-    fig.tight_layout()
-    return fig
-
-
-def style_per_class_axes(ax, classes: list, title: str, series: int) -> None:
-    """Class names under the bars (smaller when there are many), accuracy from 0 to 1."""
-    ax.set_xticks(range(len(classes)), classes, rotation=45 if len(classes) <= 20 else 90)
-    ax.tick_params(axis="x", labelsize="small" if len(classes) <= 20 else 5)
-    # Headroom above 1.0 keeps the legend off the bars.
-    ax.set(ylabel="test accuracy", ylim=(0, 1.2), title=title)
-    ax.grid(axis="y", alpha=0.3)
-    ax.legend(fontsize="small", loc="upper center", ncol=min(series, 4))
-
-
-def confusion_figure(summary: dict, title: str = "") -> Figure:
-    """summary.json's confusion matrix (rows: true class), coloured by the row fraction."""
-    matrix, classes = summary["confusion_matrix"], summary["classes"]
-    n = len(classes)
-    fractions = [[c / max(sum(row), 1) for c in row] for row in matrix]
-    size = min(12, 2.5 + 0.55 * n)
-    fig = Figure(figsize=(size + 1, size))
-    ax = fig.add_subplot()
-    image = ax.imshow(fractions, cmap="Blues", vmin=0, vmax=1)
-    fig.colorbar(image, ax=ax, fraction=0.046, pad=0.04, label="fraction of the true class")
-    if n <= ANNOTATE_UP_TO:
-        for i, row in enumerate(matrix):
-            for j, count in enumerate(row):
-                colour = "white" if fractions[i][j] > 0.5 else "black"
-                ax.text(j, i, str(count), ha="center", va="center", fontsize=8, color=colour)
-    ticks = range(n) if n <= 20 else []
-    ax.set_xticks(ticks, [classes[i] for i in ticks], rotation=45, ha="right")
-    ax.set_yticks(ticks, [classes[i] for i in ticks])
-    accuracy = summary["test_accuracy"]
-    ax.set(xlabel="predicted", ylabel="true", title=f"{title} test accuracy {accuracy:.2%}")
-    fig.tight_layout()
+        style_epoch_axis(ax, metric, f"train vs test {metric}", accuracy=metric == "accuracy")
+    splits = [Line2D([], [], color="black", **style) for style in SPLIT_STYLE.values()]
+    runs_drawn = [Line2D([], [], color=colour, linewidth=3) for colour in colours(len(runs))]
+    legend_beside(fig, splits + runs_drawn, [*SPLIT_STYLE, *labels])
     return fig
 
 
@@ -110,13 +78,7 @@ def samples_figure(samples: dict, columns: int = 8) -> Figure:
         ax.imshow(image[..., 0] if image.shape[-1] == 1 else image, cmap="gray")
         label, prediction = samples["labels"][index], samples["predictions"][index]
         colour = "green" if label == prediction else "red"
-        ax.set_title(f"{prediction}\n({label})", fontsize=6, color=colour)
+        ax.set_title(shown(f"{prediction}\n({label})"), fontsize=6, color=colour)
         ax.axis("off")
     fig.tight_layout()
     return fig
-
-
-def save(fig: Figure, out: str, name: str) -> str:
-    path = os.path.join(out, name)
-    fig.savefig(path, dpi=DPI)
-    return path

@@ -4,7 +4,8 @@ mean with a 95% band, per-class accuracy with intervals."""
 import numpy as np
 from matplotlib.figure import Figure
 
-from cifar.report.figures import save, style_epoch_axis, style_per_class_axes
+from cifar.report.classes import style_per_class_axes
+from cifar.report.style import save, style_epoch_axis
 
 
 def error_bars(stats: list[dict]) -> np.ndarray:
@@ -65,6 +66,7 @@ def curves_figure(study: dict) -> Figure:
                 alpha=0.2,
             )
         style_epoch_axis(ax, label, f"{label}: mean over seeds, 95% CI band")
+        ax.legend(fontsize="small")
     fig.tight_layout()
     return fig
 
@@ -81,7 +83,8 @@ def per_class_figure(study: dict) -> Figure:
         stats = [arm["per_class_accuracy"][c] for c in present]
         xs = [classes.index(c) + (index - (len(arms) - 1) / 2) * width for c in present]
         ax.bar(xs, [s["mean"] for s in stats], width, yerr=error_bars(stats), capsize=2, label=name)
-    style_per_class_axes(ax, classes, "Per-class test accuracy: mean, 95% CI", len(arms))
+    style_per_class_axes(ax, classes, "Per-class test accuracy: mean, 95% CI")
+    ax.legend(fontsize="small")
     fig.tight_layout()
     return fig
 
