@@ -15,11 +15,12 @@ def write_run(
     classes=("cat", "dog", "emu"),
     tested=None,
     zero_for_untested: bool = False,
+    summary: dict | None = None,
     **config,
 ) -> Path:
     """A finished run folder made up as train.py writes one: `tested[i]` test images of class
     i (0: none, whose accuracy is null, or 0.0 as runs before null wrote it), the numbers drawn
-    from the seed. config overrides config.json's keys."""
+    from the seed. summary overrides summary.json's keys, config those of config.json."""
     rng = random.Random(seed)
     tested = list(tested or [20] * len(classes))
     matrix = []
@@ -33,7 +34,8 @@ def write_run(
         name: row[i] / sum(row) if sum(row) else (0.0 if zero_for_untested else None)
         for i, (name, row) in enumerate(zip(classes, matrix, strict=True))
     }
-    accuracy = sum(matrix[i][i] for i in range(len(classes))) / sum(tested)
+    accuracy = sum(matrix[i][i] for i in range(len(classes))) / max(sum(tested), 1)
+    accuracy = (summary or {}).get("test_accuracy", accuracy)
     metrics = [
         {
             "format_version": 1,
@@ -48,7 +50,7 @@ def write_run(
         }
         for epoch in range(1, epochs + 1)
     ]
-    summary = {
+    record = {
         "format_version": 1,
         "model": "cnn",
         "dataset": dataset,
@@ -64,6 +66,7 @@ def write_run(
         "mixed_precision": "no",
         "wall_seconds": 1.5 * epochs + 0.5,
         "train_images_per_second": 600.0,
+        **(summary or {}),
     }
     settings = {
         "format_version": 1,
@@ -78,5 +81,5 @@ def write_run(
     folder.mkdir(parents=True)
     (folder / "config.json").write_text(json.dumps(settings))
     (folder / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in metrics))
-    (folder / "summary.json").write_text(json.dumps(summary))
+    (folder / "summary.json").write_text(json.dumps(record))
     return folder
