@@ -75,12 +75,15 @@ def data_notes(runs: list[dict]) -> list[str]:
     """Sentences for what a reader could miss: runs of one table trained or tested on other
     images, and classes a run had no test image of."""
     notes = []
-    for what, describe in (("train", train_images), ("test", test_images)):
+    for what, describe, sets in (
+        ("train", train_images, "training sets"),
+        ("test", test_images, "test sets"),
+    ):
         if len({describe(run) for run in runs}) > 1:
             each = "; ".join(f"{cell(run['label'])}: {describe(run)}" for run in runs)
             notes.append(
                 f"- These runs differ in their {what} images ({each}): their accuracies come "
-                f"from different {what}ing sets."
+                f"from different {sets}."
             )
     for run in runs:
         untested = untested_classes(run["summary"])
