@@ -10,7 +10,7 @@ import sys
 import pytest
 
 from bench.markdown import SECTION_END, SECTION_START, write_section
-from tests.conftest import ROOT, train_env
+from tests.helpers import ROOT, train_env
 
 TINY = [
     "--device", "cpu",

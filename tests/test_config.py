@@ -4,7 +4,7 @@ import pytest
 
 from cifar.config import Config, build_parser, parse_config
 from cifar.errors import UserError
-from tests.conftest import SMOKE, read_json, run_train
+from tests.helpers import SMOKE, read_json, run_train
 
 pytestmark = pytest.mark.fast  # in-process: part of `make test-fast`
 

@@ -10,7 +10,7 @@ import torch
 
 from cifar import devices
 from cifar.errors import UserError
-from tests.conftest import ROOT, SMOKE, run_train
+from tests.helpers import ROOT, SMOKE, run_train
 
 pytestmark = pytest.mark.fast  # in-process: part of `make test-fast`
 

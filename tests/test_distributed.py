@@ -1,39 +1,28 @@
 """N processes give the answer of one: sharding, reduction, accumulation, precision, seeds."""
 
 import glob
+import subprocess
 
 import pytest
 import torch
 from accelerate.commands.config.config_args import load_config_from_file
-from safetensors.torch import load_file
 
-from tests.conftest import ROOT, SMOKE, comparable_metrics, read_json, run_train
+from tests.helpers import (
+    BIN,
+    ROOT,
+    SMOKE,
+    comparable_metrics,
+    final_weights,
+    max_difference,
+    read_json,
+    run_train,
+    tiny_run,
+    train_env,
+)
 
 # BatchNorm normalises with per-process batch statistics, so N x b equals 1 x (N x b) only
 # without it; everything else (crop, flip, order, loss, schedule) is identical.
-EXACT = [
-    "--dataset",
-    "synthetic",
-    "--tracker",
-    "none",
-    "--synthetic-train-size",
-    "1024",
-    "--synthetic-test-size",
-    "257",
-    "--epochs",
-    "1",
-    "--no-batch-norm",
-]
-
-
-def final_weights(run_dir) -> dict:
-    newest = sorted(glob.glob(f"{run_dir}/checkpoints/step-*/model.safetensors"))[-1]
-    return {k: v.clone() for k, v in load_file(newest).items()}  # not backed by the file
-
-
-def max_difference(a: dict, b: dict) -> float:
-    assert a.keys() == b.keys()
-    return max((a[k].double() - b[k].double()).abs().max().item() for k in a)
+EXACT = tiny_run("--no-batch-norm", test=257, batch=None)
 
 
 def test_two_processes_with_batch_b_equal_one_process_with_batch_2b(tmp_path):
@@ -78,22 +67,7 @@ def test_gradient_accumulation_of_two_batches_equals_one_double_batch(tmp_path):
 @pytest.mark.parametrize("processes", [2, 3])
 def test_evaluation_counts_every_test_image_once(tmp_path, processes):
     run_train(
-        [
-            "--dataset",
-            "synthetic",
-            "--tracker",
-            "none",
-            "--synthetic-train-size",
-            "384",
-            "--synthetic-test-size",
-            "10001",
-            "--batch-size",
-            "32",
-            "--epochs",
-            "1",
-            "--output-dir",
-            tmp_path,
-        ],
+        [*tiny_run(train=384, test=10001, batch=32), "--output-dir", tmp_path],
         kind="torchrun",
         processes=processes,
     )
@@ -136,10 +110,6 @@ def test_accelerate_configs_parse(name):
 
 
 def test_cpu_multi_process_config_launches_two_processes(tmp_path):
-    import subprocess
-
-    from tests.conftest import BIN, train_env
-
     command = [
         str(BIN / "accelerate"),
         "launch",

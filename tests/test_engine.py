@@ -1,31 +1,12 @@
 """cifar/engine.py and cifar/evaluation.py: what the loop records about each epoch and the run."""
 
-import hashlib
 import shutil
 
 import pytest
 
-from tests.conftest import SMOKE, read_json, read_metrics, run_train
+from tests.helpers import folder_hashes, read_json, read_metrics, run_train, tiny_run
 
-SMALL = [
-    *SMOKE,
-    "--synthetic-train-size",
-    "256",
-    "--synthetic-test-size",
-    "64",
-    "--width",
-    "8",
-    "--head-hidden",
-    "32",
-]  # 4 steps an epoch
-
-
-def hashes(folder) -> dict:
-    return {
-        str(p.relative_to(folder)): hashlib.sha256(p.read_bytes()).hexdigest()
-        for p in sorted(folder.rglob("*"))
-        if p.is_file()
-    }
+SMALL = tiny_run("--width", "8", "--head-hidden", "32", train=256, test=64)  # 4 steps an epoch
 
 
 def test_a_class_without_a_test_image_has_no_accuracy_not_zero(tmp_path):
@@ -71,11 +52,11 @@ def test_a_finished_run_whose_metrics_jsonl_was_deleted_gets_it_back_on_resume(t
     run_train([*SMALL, "--epochs", "2", "--output-dir", run_dir])
     metrics = (run_dir / "metrics.jsonl").read_bytes()
     (run_dir / "metrics.jsonl").unlink()
-    before = hashes(run_dir)
+    before = folder_hashes(run_dir)
     result = run_train([*SMALL, "--epochs", "2", "--output-dir", run_dir, "--resume", "auto"])
     assert "metrics.jsonl was missing and was written again from the checkpoint" in result.stderr
     assert (run_dir / "metrics.jsonl").read_bytes() == metrics
-    after = hashes(run_dir)
+    after = folder_hashes(run_dir)
     assert after.pop("metrics.jsonl") and after == before  # nothing else changed
     report = run_train([*SMALL, "--epochs", "2", "--output-dir", run_dir, "--resume", "auto"])
     assert "nothing to do, no file changed" in report.stderr

@@ -20,9 +20,17 @@ from cifar.data.imagefolder import ImageFiles
 from cifar.data.loaders import build_loaders
 from cifar.data.tensors import TensorImages
 from cifar.errors import UserError
-from tests.conftest import read_json, run_train
-from tests.test_distributed import final_weights, max_difference
-from tests.test_reliability import start_train, wait_for_checkpoint
+from tests.helpers import (
+    final_weights,
+    make_image_folders,
+    make_jpegs,
+    max_difference,
+    read_json,
+    run_train,
+    smooth_image,
+    start_train,
+    wait_for_checkpoint,
+)
 
 pytestmark = pytest.mark.fast  # in-process: part of `make test-fast`
 EXAMPLES = int(os.environ.get("CIFAR_HYPOTHESIS_EXAMPLES", "30"))
@@ -34,28 +42,6 @@ def cache_home(tmp_path, monkeypatch):
     home = tmp_path / "cache"
     monkeypatch.setenv("XDG_CACHE_HOME", str(home))
     return home
-
-
-def make_jpegs(root, per_class: int = 8, size=(40, 30)):
-    """Noisy red and blue JPEGs: a learnable two-class folder."""
-    for split in ("train", "test"):
-        for index, colour in enumerate(("red", "blue")):
-            folder = root / split / colour
-            folder.mkdir(parents=True)
-            for i in range(per_class):
-                noise = Image.effect_noise(size, 40).convert("RGB")
-                tint = Image.new("RGB", size, (200, 30, 30) if index == 0 else (30, 30, 200))
-                Image.blend(noise, tint, 0.6).save(folder / f"{i:03}.jpg", quality=90)
-    return root
-
-
-def make_image_folders(root, per_class=3):
-    for split in ("train", "test"):
-        for label, colour in (("red", (255, 0, 0)), ("blue", (0, 0, 255))):
-            folder = root / split / label
-            folder.mkdir(parents=True)
-            for i in range(per_class):
-                Image.new("RGB", (20 + i, 24), colour).save(folder / f"{i}.png")
 
 
 def test_image_folder_reads_train_and_test(tmp_path):
@@ -237,15 +223,6 @@ def test_images_decode_to_the_pixels_pil_reads(tmp_path, suffix):
     decoded = load_rgb(str(path))
     assert decoded.shape == (3, 13, 21)
     assert torch.equal(decoded.permute(1, 2, 0), expected)
-
-
-def smooth_image(width: int, height: int, mode: str = "RGB", seed: int = 0) -> Image.Image:
-    """A photo-like image: a random colour field interpolated smoothly, with mild noise."""
-    rng = np.random.default_rng(seed)
-    coarse = Image.fromarray(rng.integers(0, 256, (4, 5, 3), dtype=np.uint8))
-    smooth = np.asarray(coarse.resize((width, height), Image.BICUBIC), dtype=np.int16)
-    noisy = (smooth + rng.normal(0, 4, smooth.shape)).clip(0, 255).astype(np.uint8)
-    return Image.fromarray(noisy).convert(mode)
 
 
 def test_a_large_jpeg_decodes_at_a_reduced_scale_close_to_the_full_decode(tmp_path):

@@ -6,8 +6,6 @@ an exception escaping main() is a traceback a user would have seen. CIFAR_HYPOTH
 raises the number of examples (CI runs the default).
 """
 
-import contextlib
-import io
 import json
 import os
 import shutil
@@ -17,7 +15,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-import train
+from tests.helpers import tiny_run, train_in_process
 
 pytestmark = pytest.mark.fast  # in-process: part of `make test-fast`
 
@@ -74,7 +72,7 @@ def config_files():
 @st.composite
 def argument_lists(draw):
     flags = draw(st.lists(st.sampled_from(sorted(VALUES)), max_size=5, unique=True))
-    args = ["--synthetic-train-size", "64", "--synthetic-test-size", "16", "--batch-size", "16"]
+    args = tiny_run(train=64, test=16, batch=16, epochs=None)
     for flag in flags:
         args += [flag, draw(st.sampled_from(VALUES[flag]))]
     args += draw(st.lists(st.sampled_from(SWITCHES), max_size=2, unique=True))
@@ -93,25 +91,6 @@ def offline_env():
     yield
     os.environ.clear()
     os.environ.update(saved)
-
-
-def train_in_process(argv: list[str]) -> tuple[int, str, str]:
-    """(exit code, stdout, stderr) of train.py's main() called with argv in this process."""
-    from accelerate.state import AcceleratorState, GradientState
-
-    out, err = io.StringIO(), io.StringIO()
-    try:
-        with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
-            code = train.main(argv)
-    except SystemExit as stop:  # argparse's own usage errors
-        code = stop.code
-    finally:
-        AcceleratorState._reset_state(True)
-        GradientState._reset_state()
-        import torch
-
-        torch.use_deterministic_algorithms(False)
-    return code, out.getvalue(), err.getvalue()
 
 
 def assert_run_or_one_paragraph(code, out, err, run_dir):
@@ -143,7 +122,7 @@ def test_any_flags_and_config_file_give_a_run_or_one_paragraph(offline_env, draw
     folder = tempfile.mkdtemp()
     try:
         run_dir = os.path.join(folder, "run")
-        argv = ["--dataset", "synthetic", "--tracker", "none", "--output-dir", run_dir, *args]
+        argv = ["--output-dir", run_dir, *args]
         if config is not None:
             suffix, content = config
             path = os.path.join(folder, "settings" + suffix)

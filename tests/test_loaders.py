@@ -21,7 +21,7 @@ from cifar.data.loaders import (
 from cifar.data.plan import EpochPlan, shard_bounds
 from cifar.data.transforms import InputTransform, crop_flip
 from cifar.errors import UserError
-from tests.test_imagefolder import make_image_folders
+from tests.helpers import make_image_folders
 
 pytestmark = pytest.mark.fast  # in-process: part of `make test-fast`
 

@@ -8,7 +8,7 @@ from cifar.build import build_optimizer
 from cifar.config import Config
 from cifar.errors import UserError
 from cifar.models import ResNetTransfer, SimpleCNN, build_model, model_spec, pretrained_weights_path
-from tests.conftest import SMOKE, read_json, run_train
+from tests.helpers import SMOKE, read_json, run_train
 
 pytestmark = pytest.mark.fast  # in-process: part of `make test-fast`
 

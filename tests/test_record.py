@@ -26,7 +26,7 @@ from cifar.record import (
     read_finished_run,
 )
 from cifar.record.schema import check_epoch_records, check_summary
-from tests.conftest import ROOT, comparable_metrics, read_json, read_metrics, run_train, train_env
+from tests.helpers import ROOT, comparable_metrics, read_json, read_metrics, run_train, train_env
 
 FIXTURES = Path(__file__).parent / "fixtures"
 OLD_RUN = FIXTURES / "run-v0-mid-epoch"

@@ -1,58 +1,35 @@
 """Nothing a user or a cluster does loses a run: exact resume, safe checkpoints, clear errors."""
 
 import glob
-import hashlib
 import os
 import pickle
 import signal
 import subprocess
-import time
 
 import pytest
 from safetensors.torch import load_file
 
-from tests.conftest import (
-    ROOT,
+from tests.helpers import (
     SMOKE,
+    Payload,
     comparable_metrics,
-    launcher,
+    final_weights,
+    folder_hashes,
+    max_difference,
     read_json,
     read_metrics,
     run_train,
-    train_env,
+    start_train,
+    tiny_run,
+    train_in_process,
+    wait_for_checkpoint,
 )
-from tests.test_distributed import final_weights, max_difference
-
-# 16 steps per epoch (1 process, batch 64, or 2 processes, batch 32), checkpoints every 5.
-RESUMABLE = [
-    "--dataset",
-    "synthetic",
-    "--tracker",
-    "none",
-    "--synthetic-train-size",
-    "1024",
-    "--synthetic-test-size",
-    "256",
-    "--epochs",
-    "3",
-    "--checkpoint-every",
-    "5",
-    "--dropout",
-    "0.1",
-    "--deterministic",
-]
 
 
-def start_train(args, kind="python", processes=1) -> subprocess.Popen:
-    command = launcher(kind, processes) + [str(ROOT / "train.py"), *map(str, args)]
-    return subprocess.Popen(
-        command,
-        cwd=ROOT,
-        env=train_env(),
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
-        start_new_session=True,
+def resumable(batch: int) -> list[str]:
+    """16 steps per epoch (1 process, batch 64, or 2 processes, batch 32), checkpoints every 5."""
+    return tiny_run(
+        "--checkpoint-every", "5", "--dropout", "0.1", "--deterministic", batch=batch, epochs=3
     )
 
 
@@ -70,25 +47,10 @@ def kill_run(process: subprocess.Popen, run_dir) -> None:
     process.wait()
 
 
-def wait_for_checkpoint(run_dir, after_step: int, process: subprocess.Popen, timeout=300):
-    deadline = time.time() + timeout
-    while time.time() < deadline:
-        steps = [
-            int(os.path.basename(p).split("-")[1])
-            for p in glob.glob(f"{run_dir}/checkpoints/step-*")
-        ]
-        if any(s > after_step for s in steps):
-            return
-        if process.poll() is not None:
-            pytest.fail(f"training ended before the kill:\n{process.stdout.read()}")
-        time.sleep(0.02)
-    pytest.fail("no checkpoint appeared")
-
-
 @pytest.mark.parametrize("processes", [1, 2])
 def test_sigkill_in_epoch_two_then_resume_equals_an_uninterrupted_run(tmp_path, processes):
     kind = "python" if processes == 1 else "torchrun"
-    args = [*RESUMABLE, "--batch-size", 64 // processes]
+    args = resumable(batch=64 // processes)
     whole, killed = tmp_path / "whole", tmp_path / "killed"
     run_train([*args, "--output-dir", whole], kind=kind, processes=processes)
 
@@ -106,7 +68,7 @@ def test_sigkill_in_epoch_two_then_resume_equals_an_uninterrupted_run(tmp_path, 
 
 
 def test_sigterm_saves_a_checkpoint_and_exits_for_requeue(tmp_path):
-    args = [*RESUMABLE, "--batch-size", "64", "--output-dir", tmp_path]
+    args = [*resumable(batch=64), "--output-dir", tmp_path]
     process = start_train(args)
     wait_for_checkpoint(tmp_path, after_step=5, process=process)
     process.send_signal(signal.SIGTERM)
@@ -139,16 +101,6 @@ def test_corrupt_newest_checkpoint_falls_back_to_the_previous_one(tmp_path):
     after = read_json(run_dir / "summary.json")
     assert after["test_accuracy"] == before["test_accuracy"]
     assert max_difference(weights_before, final_weights(run_dir)) == 0.0
-
-
-class Payload:
-    """Unpickling this would create a file."""
-
-    def __init__(self, marker):
-        self.marker = marker
-
-    def __reduce__(self):
-        return (open, (self.marker, "w"))
 
 
 def test_a_checkpoint_with_a_pickle_payload_does_not_run_code(tmp_path):
@@ -208,14 +160,6 @@ def test_non_finite_loss_stops_naming_the_step_and_keeps_good_checkpoints(tmp_pa
         assert all(t.isfinite().all() for t in weights.values()), folder
 
 
-def snapshot(folder) -> dict:
-    return {
-        str(p): hashlib.sha256(p.read_bytes()).hexdigest()
-        for p in sorted(folder.rglob("*"))
-        if p.is_file()
-    }
-
-
 @pytest.fixture(scope="module")
 def earlier_run(tmp_path_factory):
     run_dir = tmp_path_factory.mktemp("earlier") / "run"
@@ -256,10 +200,8 @@ def test_each_bad_input_gives_its_message_exit_2_and_touches_nothing(
 ):
     """Each mistake, made on a new run folder (which is not left behind) and on an existing
     run (which is not touched). In this process: an exception escaping main() fails the test."""
-    from tests.test_inputs import train_in_process
-
     monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch"))
-    before = snapshot(earlier_run)
+    before = folder_hashes(earlier_run)
     fresh = tmp_path / "fresh"
     for flags, message in bad_inputs(str(tmp_path)):
         resuming = flags[0] == "--resume" or "trained with" in message
@@ -271,7 +213,7 @@ def test_each_bad_input_gives_its_message_exit_2_and_touches_nothing(
         assert code == 2, (flags, err)
         assert message in " ".join(err.split()), (flags, err)
         assert "Traceback" not in err, flags
-        assert snapshot(earlier_run) == before, flags
+        assert folder_hashes(earlier_run) == before, flags
         assert not fresh.exists(), flags
 
 
@@ -279,10 +221,10 @@ def test_unwritable_output_folder_and_existing_run_are_refused(earlier_run, tmp_
     (tmp_path / "a-file").write_text("x")
     result = run_train([*SMOKE, "--output-dir", tmp_path / "a-file" / "run"], check=False)
     assert result.returncode == 2 and "cannot write to the run folder" in result.stderr
-    before = snapshot(earlier_run)
+    before = folder_hashes(earlier_run)
     result = run_train([*SMOKE, "--output-dir", earlier_run], check=False)
     assert result.returncode == 2 and "already holds a run" in result.stderr
-    assert snapshot(earlier_run) == before
+    assert folder_hashes(earlier_run) == before
 
 
 def test_resume_auto_without_checkpoints_starts_fresh(tmp_path):

@@ -11,25 +11,21 @@ import time
 import pytest
 
 from cifar.config import Config
-from tests.conftest import (
+from tests.helpers import (
     SMOKE,
+    assert_refused,
+    folder_hashes,
+    make_image_folders,
     read_json,
     read_metrics,
     require,
     run_train,
+    start_train,
+    tiny_run,
+    wait_for_checkpoint,
 )
-from tests.test_reliability import snapshot, start_train, wait_for_checkpoint
 
-TWO_EPOCHS = [*SMOKE, "--epochs", "2"]
-
-
-def assert_refused(result, *phrases):
-    """Exit 2, one paragraph naming the problem, no traceback."""
-    assert result.returncode == 2, (result.stdout, result.stderr)
-    assert "Traceback" not in result.stderr, result.stderr
-    message = " ".join(result.stderr.split())
-    for phrase in phrases:
-        assert phrase in message, (phrase, result.stderr)
+TWO_EPOCHS = tiny_run(epochs=2)
 
 
 @pytest.fixture(scope="module")
@@ -45,11 +41,11 @@ def unfinished_run(tmp_path_factory):
 def test_resuming_a_finished_run_changes_no_file_and_says_so(tmp_path):
     run_dir = tmp_path / "run"
     run_train([*SMOKE, "--output-dir", run_dir])
-    before = snapshot(run_dir)
+    before = folder_hashes(run_dir)
     result = run_train([*SMOKE, "--output-dir", run_dir, "--resume", "auto"])
     assert "is finished (1 epochs); nothing to do, no file changed" in result.stderr
     assert "resuming" not in result.stdout
-    assert snapshot(run_dir) == before
+    assert folder_hashes(run_dir) == before
 
 
 @pytest.mark.parametrize(
@@ -66,12 +62,12 @@ def test_resuming_a_finished_run_changes_no_file_and_says_so(tmp_path):
 def test_resume_refuses_a_changed_setting_naming_it_and_touches_nothing(
     unfinished_run, change, named
 ):
-    before = snapshot(unfinished_run)
+    before = folder_hashes(unfinished_run)
     result = run_train(
         [*TWO_EPOCHS, "--output-dir", unfinished_run, "--resume", "auto", *change], check=False
     )
     assert_refused(result, "these settings differ from the ones it was trained with", *named)
-    assert snapshot(unfinished_run) == before
+    assert folder_hashes(unfinished_run) == before
 
 
 def test_resume_under_other_allowed_settings_logs_them_and_keeps_config_json(tmp_path):
@@ -103,11 +99,11 @@ def test_a_folder_not_made_by_train_py_is_refused_untouched(tmp_path):
     folder.mkdir()
     (folder / "config.json").write_text('{"mine": true}')
     (folder / "summary.json").write_text('{"accuracy": 0.99}')
-    before = snapshot(folder)
+    before = folder_hashes(folder)
     for resume in ([], ["--resume", "auto"]):
         result = run_train([*SMOKE, "--output-dir", folder, *resume], check=False)
         assert_refused(result, f"the folder {folder} is not empty", "was not made by train.py")
-        assert snapshot(folder) == before
+        assert folder_hashes(folder) == before
 
 
 def test_a_failed_start_leaves_nothing_that_blocks_the_same_command(tmp_path):
@@ -119,27 +115,16 @@ def test_a_failed_start_leaves_nothing_that_blocks_the_same_command(tmp_path):
         command = [*SMOKE, *folder_args, "--output-dir", run_dir]
         assert_refused(run_train(command, check=False), "does not exist")
         assert not fresh.exists() and list(empty.iterdir()) == []
-    make_image_folders(images)
+    make_image_folders(images, per_class=4, size=(8, 8))
     for run_dir in (fresh, empty):
         run_train([*SMOKE, *folder_args, "--output-dir", run_dir])
         assert read_json(run_dir / "summary.json")["epochs"] == 1
 
 
-def make_image_folders(root, per_class: int = 4):
-    from PIL import Image
-
-    for split in ("train", "test"):
-        for index, colour in enumerate(("red", "blue")):
-            folder = root / split / colour
-            folder.mkdir(parents=True)
-            for i in range(per_class):
-                Image.new("RGB", (8 + i, 8), colour).save(folder / f"{index}-{i}.png")
-
-
 def test_three_runs_started_at_once_on_one_folder_exactly_one_trains(tmp_path):
     run_dir = tmp_path / "run"
-    args = ["--synthetic-train-size", "4096", "--epochs", "3", "--output-dir", run_dir]
-    processes = {seed: start_train([*SMOKE, *args, "--seed", seed]) for seed in (1, 2, 3)}
+    args = [*tiny_run(train=4096, epochs=3), "--output-dir", run_dir]
+    processes = {seed: start_train([*args, "--seed", seed]) for seed in (1, 2, 3)}
     refused, winner = {}, None
     deadline = time.time() + 300
     while len(refused) < 2 and time.time() < deadline:
@@ -190,17 +175,17 @@ def test_a_progress_json_that_is_not_ours_makes_no_traceback(tmp_path):
     os.remove(run_dir / "summary.json")
     for newest in glob.glob(f"{run_dir}/checkpoints/step-*"):
         tamper(newest, lambda p: [1, 2, 3])
-    before = snapshot(run_dir)
+    before = folder_hashes(run_dir)
     result = run_train([*SMOKE, "--output-dir", run_dir, "--resume", "auto"], check=False)
     assert_refused(
         result, "invalid progress.json (expected an object, got list)", "could be loaded"
     )
-    assert snapshot(run_dir) == before
+    assert folder_hashes(run_dir) == before
 
 
 def test_ctrl_c_checkpoints_and_exits_for_resume(tmp_path):
     run_dir = tmp_path / "run"
-    args = [*SMOKE, "--synthetic-train-size", "4096", "--epochs", "2", "--checkpoint-every", "5"]
+    args = tiny_run("--checkpoint-every", "5", train=4096, epochs=2)
     process = start_train([*args, "--output-dir", run_dir])
     wait_for_checkpoint(run_dir, after_step=5, process=process)
     process.send_signal(signal.SIGINT)
@@ -254,7 +239,7 @@ def children(pid: int) -> list[int]:
 
 def test_sigterm_to_accelerate_launch_checkpoints_and_stops_the_training(tmp_path):
     run_dir = tmp_path / "run"
-    args = [*SMOKE, "--synthetic-train-size", "4096", "--epochs", "2", "--checkpoint-every", "5"]
+    args = tiny_run("--checkpoint-every", "5", train=4096, epochs=2)
     process = start_train([*args, "--output-dir", run_dir], kind="accelerate")
     wait_for_checkpoint(run_dir, after_step=5, process=process)
     (training,) = children(process.pid)
@@ -269,17 +254,7 @@ def test_sigterm_to_accelerate_launch_checkpoints_and_stops_the_training(tmp_pat
 
 def test_a_full_disk_while_checkpointing_is_reported_and_keeps_earlier_checkpoints(tmp_path):
     require(os.geteuid() == 0 and shutil.which("mount") is not None, "mounting a tmpfs needs root")
-    args = [
-        *SMOKE,
-        "--epochs",
-        "3",
-        "--checkpoint-every",
-        "3",
-        "--width",
-        "8",
-        "--head-hidden",
-        "64",
-    ]
+    args = tiny_run("--checkpoint-every", "3", "--width", "8", "--head-hidden", "64", epochs=3)
     probe = tmp_path / "probe"
     run_train([*args, "--epochs", "1", "--output-dir", probe])
     newest = sorted(glob.glob(f"{probe}/checkpoints/step-*"))[-1]
@@ -322,13 +297,13 @@ def test_a_truncated_jpeg_is_named_with_exit_2(tmp_path, workers):
     broken = images / "train" / "blue" / "2.jpg"
     data = broken.read_bytes()
     broken.write_bytes(data[: len(data) // 2])  # the header still reads; the pixels do not
-    before = snapshot(images)
+    before = folder_hashes(images)
     args = ["--dataset", "imagefolder", "--data-dir", images, "--batch-size", "2"]
     result = run_train(
         [*SMOKE, *args, "--num-workers", workers, "--output-dir", tmp_path / "run"], check=False
     )
     assert_refused(result, f"cannot decode image {broken} (OSError", "--resume auto")
-    assert snapshot(images) == before
+    assert folder_hashes(images) == before
 
 
 def test_resume_path_never_continues_another_run_over_a_folder_holding_one(tmp_path):
@@ -336,12 +311,12 @@ def test_resume_path_never_continues_another_run_over_a_folder_holding_one(tmp_p
     run_train([*SMOKE, "--output-dir", kept])
     run_train([*SMOKE, "--seed", "7", "--output-dir", other])
     os.remove(other / "summary.json")
-    before = snapshot(kept)
+    before = folder_hashes(kept)
     result = run_train(
         [*SMOKE, "--seed", "7", "--output-dir", kept, "--resume", other], check=False
     )
     assert_refused(result, f"the run folder {kept} already holds a run", "another run's checkpoint")
-    assert snapshot(kept) == before
+    assert folder_hashes(kept) == before
 
 
 def test_only_step_folders_are_checkpoints_a_backup_is_neither_loaded_nor_pruned(tmp_path):

@@ -7,15 +7,16 @@ import pytest
 
 from cifar.data.tensors import FASHION_FILES
 from cifar.record import FORMAT_KEY, FORMAT_VERSION, METRIC_KEYS, SUMMARY_KEYS
-from tests.conftest import (
+from tests.helpers import (
     FASHION_DIR,
     SMOKE,
+    make_image_folders,
     read_json,
     read_metrics,
     require,
     run_train,
+    tiny_run,
 )
-from tests.test_imagefolder import make_image_folders
 
 
 def test_synthetic_run_learns_and_writes_the_run_folder(tmp_path):
@@ -88,24 +89,8 @@ def test_config_file_and_flag_precedence_end_to_end(tmp_path):
 
 
 def test_resnet50_transfer_trains_end_to_end_with_and_without_cached_features(tmp_path):
-    tiny = [
-        *SMOKE,
-        "--model",
-        "resnet50",
-        "--no-pretrained",
-        "--image-size",
-        "32",
-        "--synthetic-train-size",
-        "256",
-        "--synthetic-test-size",
-        "64",
-        "--batch-size",
-        "32",
-        "--augment",
-        "none",
-        "--lr",
-        "0.01",
-    ]
+    resnet = ["--model", "resnet50", "--no-pretrained", "--image-size", "32"]
+    tiny = tiny_run(*resnet, "--augment", "none", "--lr", "0.01", train=256, test=64, batch=32)
     run_train([*tiny, "--output-dir", tmp_path / "plain"])
     run_train([*tiny, "--cache-features", "--output-dir", tmp_path / "cached"])
     plain, cached = (read_json(tmp_path / d / "summary.json") for d in ("plain", "cached"))
