@@ -22,6 +22,8 @@ ROOT = Path(__file__).resolve().parent.parent
 FASHION_DIR = "/usr/share/datasets/fashion-mnist"
 BIN = Path(sys.executable).parent
 TEST_CACHE = os.path.join(tempfile.gettempdir(), "cifar-accelerate-test-cache")
+# Examples per Hypothesis test; `make test-fast` runs fewer.
+EXAMPLES = int(os.environ.get("CIFAR_HYPOTHESIS_EXAMPLES", "30"))
 
 
 def require(condition: bool, reason: str) -> None:
@@ -149,6 +151,7 @@ def tiny_run(
 
 
 SMOKE = tiny_run()  # 16 steps of batch 64 on 1024 images, 256 test images
+SMALL = tiny_run("--width", "8", "--head-hidden", "32", train=256, test=64)  # 4 steps an epoch
 
 
 def assert_refused(result, *phrases):
@@ -191,12 +194,15 @@ def max_difference(a: dict, b: dict) -> float:
     return max((a[k].double() - b[k].double()).abs().max().item() for k in a)
 
 
-def folder_hashes(folder) -> dict:
-    """{path below folder: sha256 of its bytes} of every file in it: equal when nothing changed."""
+def folder_hashes(folder, folders: bool = False) -> dict:
+    """{path below folder: SHA-256 of its bytes} of every file below folder (and with folders,
+    every folder as "dir"): equal dicts mean an untouched folder."""
     return {
         str(p.relative_to(folder)): hashlib.sha256(p.read_bytes()).hexdigest()
-        for p in sorted(Path(folder).rglob("*"))
         if p.is_file()
+        else "dir"
+        for p in sorted(Path(folder).rglob("*"))
+        if folders or p.is_file()
     }
 
 

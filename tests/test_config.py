@@ -1,3 +1,5 @@
+"""cifar/config.py: the settings, their flags, defaults and config files."""
+
 import json
 
 import pytest

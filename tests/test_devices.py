@@ -1,4 +1,5 @@
-"""No silent CPU fallback: GPUs given to the process but invisible to torch stop the run."""
+"""cifar/devices.py: no silent CPU fallback: GPUs given to the process but invisible to torch
+stop the run."""
 
 import os
 import stat

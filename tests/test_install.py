@@ -1,4 +1,5 @@
-"""The environment is the lock, and `make train` is train.py with nothing in between."""
+"""The Makefile and the locks: the environment is the lock, and `make train` is train.py with
+nothing in between."""
 
 import re
 import subprocess

@@ -1,4 +1,5 @@
-"""progress.json is trusted only when it describes a state the run can continue from."""
+"""cifar/record/progress.py: progress.json is trusted only when it describes a state the run can
+continue from."""
 
 import copy
 import dataclasses
