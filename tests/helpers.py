@@ -1,11 +1,14 @@
 """What the tests share: running train.py the way users do (python, accelerate launch, torchrun)
 or in this process, tiny synthetic runs, reading a run folder back, image folders to train on,
-and W&B's offline files."""
+W&B's offline files, and which tests start a process (tests/conftest.py marks those slow)."""
 
+import ast
 import contextlib
 import glob
 import hashlib
+import importlib
 import importlib.util
+import inspect
 import io
 import json
 import os
@@ -13,6 +16,7 @@ import struct
 import subprocess
 import sys
 import tempfile
+import textwrap
 import time
 from pathlib import Path
 
@@ -332,3 +336,111 @@ def isolated_home(tmp_path) -> dict:
         "WANDB_CONFIG_DIR": str(home / ".config" / "wandb"),
         "NETRC": "",
     }
+
+
+# Which tests start a process. A test does when its function, a fixture it uses, or a function
+# of tests/ either calls (followed through the names of each function's module) names one of
+# these: tests/conftest.py marks it slow, and the fast tier refuses to start a process.
+
+PROCESS_MODULES = ("subprocess", "multiprocessing", "torch.multiprocessing")
+PROCESS_FUNCTIONS = {
+    ("accelerate", "debug_launcher"),
+    ("accelerate", "notebook_launcher"),
+    *(("os", name) for name in ("fork", "forkpty", "system", "popen", "posix_spawn")),
+    *(("os", name) for name in ("posix_spawnp", "spawnv", "spawnve", "spawnvp", "spawnl")),
+}
+
+
+def starts_processes(thing) -> bool:
+    """Whether thing (a module, function or class) is one of those that start a process."""
+    if inspect.ismodule(thing):
+        module = thing.__name__
+    elif callable(thing):
+        module = getattr(thing, "__module__", None) or ""
+        if any(thing is getattr(sys.modules.get(m), f, 0) for m, f in PROCESS_FUNCTIONS):
+            return True
+    else:
+        return False
+    return module in PROCESS_MODULES or module.startswith(tuple(m + "." for m in PROCESS_MODULES))
+
+
+def imported_names(node) -> list[tuple[str, str | None]]:
+    """(module, name) of what an import statement imports; name None for a whole module."""
+    if isinstance(node, ast.Import):
+        return [(alias.name, None) for alias in node.names]
+    if isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
+        return [(node.module, alias.name) for alias in node.names]
+    return []
+
+
+def named(node, names: dict):
+    """The object a name or a dotted name (a.b.c) of the source stands for, or None."""
+    if isinstance(node, ast.Name):
+        return names.get(node.id)
+    if isinstance(node, ast.Attribute):
+        owner = named(node.value, names)
+        if inspect.ismodule(owner) or inspect.isclass(owner):
+            return getattr(owner, node.attr, None)
+    return None
+
+
+def imported(module: str, name: str | None):
+    try:
+        found = importlib.import_module(module)
+    except ImportError:
+        return None
+    return found if name is None else getattr(found, name, None)
+
+
+def tests_code(thing) -> bool:
+    return (getattr(thing, "__module__", None) or "").startswith("tests")
+
+
+def starts_a_process(function, seen: set | None = None) -> bool:
+    """Whether function, or a function or class of tests/ it names, names a way to start a
+    process (its source read as a syntax tree; names resolved through its module's globals)."""
+    seen = set() if seen is None else seen
+    function = inspect.unwrap(getattr(function, "__func__", function))
+    inner = getattr(getattr(function, "hypothesis", None), "inner_test", None)
+    if inner is not None:  # a Hypothesis test: the function it wraps
+        function = inner
+    if id(function) in seen:
+        return False
+    seen.add(id(function))
+    if inspect.isclass(function):
+        members = vars(function).values()
+        return any(starts_a_process(m, seen) for m in members if inspect.isfunction(m))
+    try:
+        tree = ast.parse(textwrap.dedent(inspect.getsource(function)))
+    except (OSError, TypeError, SyntaxError):
+        return False
+    names = getattr(function, "__globals__", {})
+    for node in ast.walk(tree):
+        if isinstance(node, (ast.Import, ast.ImportFrom)):
+            things = [imported(module, name) for module, name in imported_names(node)]
+        elif isinstance(node, (ast.Name, ast.Attribute)):
+            things = [named(node, names)]
+        else:
+            continue
+        for thing in things:
+            if starts_processes(thing):
+                return True
+            ours = tests_code(thing) and (inspect.isfunction(thing) or inspect.isclass(thing))
+            if ours and starts_a_process(thing, seen):
+                return True
+    return False
+
+
+def item_starts_a_process(item, in_process_fixtures=()) -> bool:
+    """Whether a collected test, or one of the fixtures it uses, starts a process."""
+    if starts_a_process(item.function):
+        return True
+    fixtures = getattr(item, "_fixtureinfo", None)
+    for name, definitions in getattr(fixtures, "name2fixturedefs", {}).items():
+        if name in in_process_fixtures:
+            continue
+        for definition in definitions:
+            func = getattr(definition, "func", None)
+            if tests_code(func) and starts_a_process(func):
+                return True
+    return False

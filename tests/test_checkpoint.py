@@ -96,7 +96,6 @@ def test_a_setting_a_checkpoint_does_not_record_reads_as_its_default():
     }
 
 
-@pytest.mark.fast  # in-process: part of `make test-fast`
 def test_an_image_folder_may_not_change_on_resume_but_its_worker_count_may():
     from types import SimpleNamespace
 
@@ -115,7 +114,6 @@ def test_an_image_folder_may_not_change_on_resume_but_its_worker_count_may():
         assert settings_differences(before, moved) == {}, dataset
 
 
-@pytest.mark.fast  # in-process: part of `make test-fast`
 def test_a_run_begun_under_another_image_folder_pipeline_is_not_resumed():
     from types import SimpleNamespace
 

@@ -8,8 +8,6 @@ from cifar.config import Config, build_parser, parse_config
 from cifar.errors import UserError
 from tests.helpers import SMOKE, read_json, run_train
 
-pytestmark = pytest.mark.fast  # in-process: part of `make test-fast`
-
 
 def test_defaults_without_flags():
     assert parse_config([]) == Config(augment="crop-flip")
@@ -116,7 +114,6 @@ def test_numbers_written_as_people_write_them_are_read_as_numbers(tmp_path):
     assert isinstance(config.synthetic_train_size, int) and isinstance(config.momentum, float)
 
 
-@pytest.mark.slow
 def test_a_yaml_learning_rate_of_1e_3_trains_with_0_001(tmp_path):
     run_dir = tmp_path / "run"
     path = tmp_path / "run.yaml"

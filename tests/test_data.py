@@ -20,8 +20,6 @@ from cifar.data.tensors import FASHION_FILES, make_synthetic
 from cifar.errors import UserError
 from tests.helpers import FASHION_DIR, require, tiny_run, train_in_process
 
-pytestmark = pytest.mark.fast  # in-process: part of `make test-fast`
-
 
 def test_the_dataset_flag_its_defaults_and_messages_come_from_the_registry():
     assert tuple(REGISTRY) == DATASETS

@@ -13,8 +13,6 @@ from PIL import Image
 from cifar.data.decode import load_rgb, resize
 from tests.helpers import EXAMPLES, smooth_image
 
-pytestmark = pytest.mark.fast  # in-process: part of `make test-fast`
-
 
 @pytest.mark.parametrize("suffix", ["png", "bmp"])
 def test_images_decode_to_the_pixels_pil_reads(tmp_path, suffix):

@@ -28,8 +28,6 @@ from tests.helpers import (
     smooth_image,
 )
 
-pytestmark = pytest.mark.fast  # in-process: part of `make test-fast`
-
 
 @pytest.fixture(autouse=True)
 def cache_home(tmp_path, monkeypatch):
@@ -69,7 +67,6 @@ def folder_config(root, **settings) -> Config:
     return Config(dataset="imagefolder", data_dir=str(root), num_workers=0, **settings)
 
 
-@pytest.mark.slow
 def test_a_folder_trains_equally_on_two_processes_and_one_cached_or_not(tmp_path, cache_home):
     images = make_jpegs(tmp_path / "images", per_class=32, size=(96, 72))  # decoded at 1/2
     args = [
@@ -231,7 +228,6 @@ def test_a_bad_image_is_named_when_the_cache_is_built(tmp_path, size):
     assert "--skip-bad-images" in str(error.value)
 
 
-@pytest.mark.slow
 def test_a_truncated_jpeg_decoded_in_a_worker_is_named_with_exit_2(tmp_path):
     root = make_jpegs(tmp_path / "images", per_class=4, size=(400, 300))  # decoded at 1/8
     broken = root / "train" / "blue" / "002.jpg"
@@ -249,7 +245,6 @@ def test_a_truncated_jpeg_decoded_in_a_worker_is_named_with_exit_2(tmp_path):
 
 
 @pytest.mark.parametrize("cache", ["always", "never"])
-@pytest.mark.slow
 def test_skip_bad_images_lists_the_skipped_files_and_trains(tmp_path, cache):
     root = make_jpegs(tmp_path / "images", per_class=4)
     truncated, garbage = root / "train" / "red" / "001.jpg", root / "test" / "blue" / "003.jpg"
@@ -285,7 +280,6 @@ def test_default_workers_share_the_cpus_this_process_may_use(monkeypatch):
     assert default_workers() == 1
 
 
-@pytest.mark.slow
 @pytest.mark.parametrize("workers", [0, 1])
 def test_a_truncated_jpeg_is_named_with_exit_2(tmp_path, workers):
     from PIL import Image

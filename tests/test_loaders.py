@@ -21,8 +21,6 @@ from cifar.data.plan import EpochPlan
 from cifar.errors import UserError
 from tests.helpers import make_image_folders
 
-pytestmark = pytest.mark.fast  # in-process: part of `make test-fast`
-
 
 def numbered(n: int, size: int = 1) -> tuple[torch.Tensor, torch.Tensor]:
     """n uint8 images whose pixels are their index (mod 256), and labels 0..n-1."""

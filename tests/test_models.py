@@ -14,8 +14,6 @@ from cifar.errors import UserError
 from cifar.models import ResNetTransfer, SimpleCNN, build_model, model_spec, pretrained_weights_path
 from tests.helpers import SMOKE, Payload, read_json, run_train
 
-pytestmark = pytest.mark.fast  # in-process: part of `make test-fast`
-
 RESNET50_BACKBONE_PARAMS = 23_508_032  # torchvision resnet50 without its fc layer
 
 
@@ -129,7 +127,6 @@ def test_resnet18_is_a_registered_model_with_its_own_contract():
     assert count(model, trainable_only=True) == head
 
 
-@pytest.mark.slow
 def test_resnet18_trains_end_to_end_from_cached_weights(tmp_path):
     torch_home = tmp_path / "torch"
     path = pretrained_weights_path(model_spec("resnet18").weights)
@@ -144,7 +141,6 @@ def test_resnet18_trains_end_to_end_from_cached_weights(tmp_path):
     assert read_json(run_dir / "config.json")["model"] == "resnet18"
 
 
-@pytest.mark.slow
 def test_a_pickle_payload_in_the_weights_cache_does_not_run_code(tmp_path):
     marker = tmp_path / "pwned"
     cache = tmp_path / "torch" / "hub" / "checkpoints"

@@ -6,8 +6,6 @@ import torch
 
 from cifar.data.plan import EpochPlan, shard_bounds
 
-pytestmark = pytest.mark.fast  # in-process: part of `make test-fast`
-
 
 def test_the_plan_draws_order_then_crops_then_flips_from_seed_and_epoch_alone():
     plan = EpochPlan(50, batch_size=8, seed=7, augment="crop-flip", padding=4)

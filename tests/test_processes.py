@@ -159,7 +159,6 @@ def test_sigterm_to_accelerate_launch_checkpoints_and_stops_the_training(tmp_pat
     assert [r["epoch"] for r in read_metrics(run_dir)] == [1, 2]
 
 
-@pytest.mark.slow
 @pytest.mark.parametrize("stop", [signal.SIGTERM, signal.SIGINT], ids=["SIGTERM", "SIGINT"])
 def test_a_signal_to_the_whole_job_checkpoints_and_the_resume_is_exact(tmp_path, stop):
     """scancel and Ctrl-C signal every process of the job, DataLoader workers included."""

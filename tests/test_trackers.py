@@ -296,7 +296,6 @@ def summary_of_three_classes() -> dict:
     }
 
 
-@pytest.mark.fast
 @pytest.mark.parametrize("name", ["wandb", "tensorboard"])
 def test_a_tracker_without_its_package_is_refused_in_one_paragraph(name, monkeypatch):
     from cifar.errors import UserError
@@ -311,7 +310,6 @@ def test_a_tracker_without_its_package_is_refused_in_one_paragraph(name, monkeyp
     )
 
 
-@pytest.mark.fast
 def test_the_trackers_join_the_accelerator_as_their_adapter_says(monkeypatch):
     from cifar.build import make_accelerator
     from cifar.config import TRACKERS, Config
@@ -326,7 +324,6 @@ def test_the_trackers_join_the_accelerator_as_their_adapter_says(monkeypatch):
     assert joined == {"wandb": ["wandb"], "tensorboard": [], "none": []}
 
 
-@pytest.mark.fast
 def test_none_needs_no_package_and_starts_and_logs_nothing(tmp_path, monkeypatch):
     from accelerate import Accelerator
 
@@ -346,7 +343,6 @@ def test_none_needs_no_package_and_starts_and_logs_nothing(tmp_path, monkeypatch
     assert list(tmp_path.iterdir()) == []
 
 
-@pytest.mark.fast
 def test_tensorboard_adapter_logs_config_and_end_of_run_figures_read_back(tmp_path):
     require_package("tensorboard")
     import numpy as np

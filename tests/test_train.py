@@ -258,7 +258,6 @@ def assert_run_or_one_paragraph(code, out, err, run_dir):
         assert not os.path.exists(run_dir) or not os.listdir(run_dir), os.listdir(run_dir)
 
 
-@pytest.mark.fast  # in-process: part of `make test-fast`
 @settings(
     max_examples=EXAMPLES,
     deadline=None,
@@ -283,7 +282,6 @@ def test_any_flags_and_config_file_give_a_run_or_one_paragraph(offline_env, draw
         shutil.rmtree(folder, ignore_errors=True)
 
 
-@pytest.mark.fast  # in-process: part of `make test-fast`
 @pytest.mark.parametrize("value", ["nan", "inf", "-inf", "-1", "1e309"])
 @pytest.mark.parametrize("flag", ["--lr", "--momentum", "--weight-decay", "--dropout"])
 def test_non_finite_and_negative_numbers_are_refused_naming_the_flag(offline_env, flag, value):
@@ -291,7 +289,6 @@ def test_non_finite_and_negative_numbers_are_refused_naming_the_flag(offline_env
     assert code == 2 and f"{flag} must be in" in err and "Traceback" not in err, err
 
 
-@pytest.mark.fast  # in-process: part of `make test-fast`
 @pytest.mark.parametrize("suffix", [".json", ".yaml"])
 def test_a_config_file_nested_too_deeply_is_one_paragraph(offline_env, tmp_path, suffix):
     path = tmp_path / f"deep{suffix}"
@@ -300,7 +297,6 @@ def test_a_config_file_nested_too_deeply_is_one_paragraph(offline_env, tmp_path,
     assert code == 2 and "nested too deeply" in err and "Traceback" not in err, err
 
 
-@pytest.mark.fast  # in-process: part of `make test-fast`
 def test_text_that_is_not_utf8_is_refused_naming_the_flag(offline_env, tmp_path):
     name = b"caf\xe9".decode("utf-8", "surrogateescape")  # what Python makes of such argv
     code, _, err = train_in_process(["--dataset", "synthetic", "--run-name", name])

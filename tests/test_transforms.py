@@ -1,12 +1,9 @@
 """cifar/data/transforms.py: the batched crop and flip, and the model's input."""
 
-import pytest
 import torch
 import torch.nn.functional as F
 
 from cifar.data.transforms import InputTransform, crop_flip
-
-pytestmark = pytest.mark.fast  # in-process: part of `make test-fast`
 
 
 def reference_crop_flip(image, dy, dx, flip):
