@@ -1,100 +1,74 @@
-"""Shared helpers: run train.py the way users do (python, accelerate launch, torchrun)."""
+"""The suite's hooks and shared fixtures; the shared code is tests/helpers.py.
 
-import json
+Every test that starts a process (itself, through a fixture it uses, or through a function of
+tests/ it calls) is marked slow as it is collected (tests.helpers.item_starts_a_process). The
+fast tier, `make test-fast`, runs the others (-m "not slow and not slurm") with
+CIFAR_FAST_TIER=1, under which a test that starts a process all the same fails, saying so.
+"""
+
+import ctypes.util
 import os
 import subprocess
 import sys
-import tempfile
-from pathlib import Path
 
 import pytest
 
-ROOT = Path(__file__).resolve().parent.parent
-FASHION_DIR = "/usr/share/datasets/fashion-mnist"
-BIN = Path(sys.executable).parent
-TEST_CACHE = os.path.join(tempfile.gettempdir(), "cifar-accelerate-test-cache")
+# ROOT, read_json, read_metrics, require and train_env only for tests/test_study.py and
+# tests/test_report.py, which import them (and SMOKE, run_train) from here until they import them
+# from tests.helpers.
+from tests.helpers import (  # noqa: F401
+    ROOT,
+    SMOKE,
+    item_starts_a_process,
+    read_json,
+    read_metrics,
+    require,
+    run_train,
+    train_env,
+)
+
+# The fast tier's guard names subprocess to refuse it: it starts no process.
+IN_PROCESS_FIXTURES = ("refuse_processes_in_the_fast_tier",)
 
 
-def require(condition: bool, reason: str) -> None:
-    """Skip when a system dependency is missing; in CI (CIFAR_REQUIRE_ALL_TESTS=1) fail."""
-    if condition:
-        return
-    if os.environ.get("CIFAR_REQUIRE_ALL_TESTS") == "1":
-        pytest.fail(f"required for CI: {reason}")
-    pytest.skip(reason)
+def pytest_collection_modifyitems(config, items):
+    for item in items:
+        unmarked = isinstance(item, pytest.Function) and item.get_closest_marker("slow") is None
+        if unmarked and item_starts_a_process(item, IN_PROCESS_FIXTURES):
+            item.add_marker(pytest.mark.slow)
 
 
-def launcher(kind: str, processes: int = 1) -> list[str]:
-    if kind == "python":
-        return [sys.executable]
-    if kind == "torchrun":
-        return [str(BIN / "torchrun"), "--standalone", f"--nproc_per_node={processes}"]
-    if kind == "accelerate":
-        return [str(BIN / "accelerate"), "launch", "--quiet", "--num_processes", "1", "--cpu"]
-    raise ValueError(kind)
+class RefusedProcess(subprocess.Popen):
+    """subprocess.Popen in the fast tier: fails the test, naming the command. One process is let
+    through: Python's own search for the C library (ctypes.util.find_library runs `ldconfig -p`),
+    which a run's process settings make (cifar.allocator.glibc)."""
 
-
-def train_env(**extra) -> dict:
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("WANDB_", "SLURM_"))}
-    env.update({"CIFAR_OFFLINE": "1", "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"})
-    env["XDG_CACHE_HOME"] = TEST_CACHE  # decoded image folders and unpacked IDX files
-    env.update(extra)
-    return env
-
-
-def run_train(
-    args,
-    *,
-    kind: str = "python",
-    processes: int = 1,
-    env: dict | None = None,
-    check: bool = True,
-    timeout: int = 600,
-) -> subprocess.CompletedProcess:
-    """Run train.py in a subprocess; fail the test with its output when it fails unexpectedly."""
-    command = launcher(kind, processes) + [str(ROOT / "train.py"), *map(str, args)]
-    result = subprocess.run(
-        command,
-        cwd=ROOT,
-        env=train_env(**(env or {})),
-        text=True,
-        capture_output=True,
-        timeout=timeout,
-    )
-    if check and result.returncode != 0:
+    def __init__(self, args, *more, **options):
+        frame = sys._getframe(1)
+        while frame is not None and frame.f_code.co_filename != ctypes.util.__file__:
+            frame = frame.f_back
+        if frame is not None:
+            super().__init__(args, *more, **options)
+            return
+        self._child_created = False  # what Popen.__del__ reads
         pytest.fail(
-            f"{' '.join(command)} exited {result.returncode}\n{result.stdout}\n{result.stderr}"
+            f"this test starts a process ({args!r}), so it belongs to the slow tests: mark it "
+            "@pytest.mark.slow, or start the process through a function of tests/ (which "
+            "tests/conftest.py sees); `make test-fast` runs in-process tests only",
+            pytrace=False,
         )
-    return result
 
 
-SMOKE = [
-    "--dataset",
-    "synthetic",
-    "--tracker",
-    "none",
-    "--synthetic-train-size",
-    "1024",
-    "--synthetic-test-size",
-    "256",
-    "--batch-size",
-    "64",
-    "--epochs",
-    "1",
-]
+@pytest.fixture(autouse=True)
+def refuse_processes_in_the_fast_tier(request, monkeypatch):
+    """Under CIFAR_FAST_TIER=1 (make test-fast) a test not marked slow may not start a process."""
+    if os.environ.get("CIFAR_FAST_TIER") == "1" and request.node.get_closest_marker("slow") is None:
+        monkeypatch.setattr(subprocess, "Popen", RefusedProcess)
 
 
-def read_json(path) -> dict:
-    return json.loads(Path(path).read_text())
-
-
-def read_metrics(run_dir) -> list[dict]:
-    return [json.loads(line) for line in Path(run_dir, "metrics.jsonl").read_text().splitlines()]
-
-
-TIMING_KEYS = ("epoch_seconds", "train_images_per_second")
-
-
-def comparable_metrics(run_dir) -> list[dict]:
-    """metrics.jsonl without the wall-clock fields, which differ between any two runs."""
-    return [{k: v for k, v in r.items() if k not in TIMING_KEYS} for r in read_metrics(run_dir)]
+@pytest.fixture(scope="module")
+def earlier_run(tmp_path_factory):
+    """A finished one-epoch run, for tests that must leave it untouched."""
+    run_dir = tmp_path_factory.mktemp("earlier") / "run"
+    run_train([*SMOKE, "--output-dir", run_dir])
+    return run_dir

@@ -53,7 +53,6 @@ class FakeLibc:
         return 1
 
 
-@pytest.mark.fast
 @pytest.mark.parametrize(
     "environ",
     [
@@ -68,7 +67,6 @@ def test_the_users_own_malloc_settings_are_left_alone(environ):
     assert libc.calls == []
 
 
-@pytest.mark.fast
 def test_both_thresholds_are_fixed_otherwise():
     libc = FakeLibc()
     assert allocator.reuse_freed_memory({"GLIBC_TUNABLES": "glibc.pthread.rseq=0"}, libc)

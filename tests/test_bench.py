@@ -7,10 +7,8 @@ import re
 import subprocess
 import sys
 
-import pytest
-
 from bench.section import SECTION_END, SECTION_START, write_section
-from tests.conftest import ROOT, train_env
+from tests.helpers import ROOT, train_env
 
 TINY = [
     "--device", "cpu",
@@ -31,7 +29,6 @@ def table_rows(text: str) -> list[dict]:
     return [m.groupdict() for line in text.splitlines() if (m := ROW.match(line))]
 
 
-@pytest.mark.slow
 def test_benchmark_prints_and_writes_every_row_at_a_tiny_size(tmp_path):
     out = tmp_path / "docs" / "benchmarks.md"
     result = subprocess.run(
@@ -69,7 +66,6 @@ def test_benchmark_prints_and_writes_every_row_at_a_tiny_size(tmp_path):
     assert table_rows(text) == printed
 
 
-@pytest.mark.slow
 def test_imagefolder_case_times_plain_and_ours_uncached_and_cached(tmp_path):
     command = [
         sys.executable, str(ROOT / "bench" / "throughput.py"), "--device", "cpu",

@@ -1,12 +1,13 @@
+"""cifar/config.py: the settings, their flags, defaults and config files."""
+
+import dataclasses
 import json
 
 import pytest
 
-from cifar.config import Config, build_parser, parse_config
+from cifar.config import Config, flag_name, parse_config
 from cifar.errors import UserError
-from tests.conftest import SMOKE, read_json, run_train
-
-pytestmark = pytest.mark.fast  # in-process: part of `make test-fast`
+from tests.helpers import SMOKE, read_json, run_train, train_in_process
 
 
 def test_defaults_without_flags():
@@ -19,33 +20,31 @@ def test_auto_augmentation_follows_the_dataset():
     assert parse_config(["--dataset", "fashion-mnist", "--augment", "none"]).augment == "none"
 
 
+def help_entries(text: str) -> dict[str, str]:
+    """{flag: its entry, white space folded} of each option of an argparse help text."""
+    entries, flag = {}, None
+    for line in text.splitlines():
+        if line.startswith("  -"):  # an option's first line: its flags, perhaps its help
+            flag = line.split()[0].rstrip(",")
+            entries[flag] = ""
+        if flag is not None and line.strip():
+            entries[flag] = f"{entries[flag]} {line.strip()}".strip()
+    return entries
+
+
 def test_help_lists_every_flag_with_its_default():
-    text = build_parser().format_help()
-    for flag in (
-        "--model",
-        "--dataset",
-        "--data-dir",
-        "--epochs",
-        "--batch-size",
-        "--lr",
-        "--optimizer",
-        "--scheduler",
-        "--weight-decay",
-        "--label-smoothing",
-        "--seed",
-        "--output-dir",
-        "--train-subset",
-        "--image-size",
-        "--freeze",
-        "--pretrained",
-        "--no-pretrained",
-        "--num-workers",
-        "--tracker",
-        "--resume",
-        "--config",
-    ):
-        assert flag in text, flag
-    assert "(default: 5)" in text and "(default: 'cifar10')" in text
+    """Every field of Config, in `python train.py --help` (run in this process), with its
+    default."""
+    code, text, err = train_in_process(["--help"])
+    assert code == 0, err
+    entries = help_entries(text.split("\noptions:\n", 1)[1])
+    for f in dataclasses.fields(Config):
+        flag = flag_name(f.name)
+        default = f.default if f.default is not dataclasses.MISSING else f.default_factory()
+        assert flag in entries, flag
+        assert f"(default: {default!r})" in entries[flag], (flag, entries[flag])
+    assert len(entries) == len(dataclasses.fields(Config)) + 1  # and -h
+    assert "(default: 5)" in entries["--epochs"] and "(default: 'cifar10')" in entries["--dataset"]
 
 
 def test_yaml_config_is_read_and_flags_win(tmp_path):
@@ -114,7 +113,6 @@ def test_numbers_written_as_people_write_them_are_read_as_numbers(tmp_path):
     assert isinstance(config.synthetic_train_size, int) and isinstance(config.momentum, float)
 
 
-@pytest.mark.slow
 def test_a_yaml_learning_rate_of_1e_3_trains_with_0_001(tmp_path):
     run_dir = tmp_path / "run"
     path = tmp_path / "run.yaml"

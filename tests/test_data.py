@@ -18,10 +18,7 @@ from cifar.config import Config, build_parser, parse_config
 from cifar.data import DATASETS, REGISTRY, build_datasets, dataset_spec
 from cifar.data.tensors import FASHION_FILES, make_synthetic
 from cifar.errors import UserError
-from tests.conftest import FASHION_DIR, require
-from tests.test_inputs import train_in_process
-
-pytestmark = pytest.mark.fast  # in-process: part of `make test-fast`
+from tests.helpers import FASHION_DIR, require, tiny_run, train_in_process
 
 
 def test_the_dataset_flag_its_defaults_and_messages_come_from_the_registry():
@@ -196,7 +193,7 @@ def train_one_epoch(dataset: str, data_dir, run) -> dict:
     """train.main on dataset in this process; its summary, checked against metrics.jsonl, with
     every one of its 200 test images counted once and learnt (chance is 0.1)."""
     code, _, err = train_in_process(
-        ["--dataset", dataset, "--data-dir", str(data_dir), *TINY_RUN, "--output-dir", str(run)]
+        [*tiny_run_of(dataset), "--data-dir", str(data_dir), "--output-dir", str(run)]
     )
     assert code == 0, err
     summary = json.loads((run / "summary.json").read_text())
@@ -208,7 +205,8 @@ def train_one_epoch(dataset: str, data_dir, run) -> dict:
     return summary
 
 
-TINY_RUN = ["--tracker", "none", "--epochs", "1", "--batch-size", "16", "--width", "8"]
+def tiny_run_of(dataset: str) -> list[str]:
+    return tiny_run("--width", "8", dataset=dataset, batch=16)
 
 
 def test_cifar10_trains_end_to_end_on_batches_in_its_real_format(tmp_path, monkeypatch):
@@ -271,9 +269,8 @@ def test_missing_files_are_the_offline_message_with_exit_2(
     monkeypatch.setenv("CIFAR_OFFLINE", "1")
     run = tmp_path / "run"
     code, _, err = train_in_process(
-        ["--dataset", dataset, "--data-dir", str(tmp_path / "data"), *TINY_RUN,
-         "--output-dir", str(run)]
-    )  # fmt: skip
+        [*tiny_run_of(dataset), "--data-dir", str(tmp_path / "data"), "--output-dir", str(run)]
+    )
     assert code == 2 and "Traceback" not in err
     (line,) = [line for line in err.splitlines() if line.startswith("error:")]
     assert f"is not in {tmp_path / 'data'} (expected {expected}" in line

@@ -1,4 +1,5 @@
-"""No silent CPU fallback: GPUs given to the process but invisible to torch stop the run."""
+"""cifar/devices.py: no silent CPU fallback: GPUs given to the process but invisible to torch
+stop the run."""
 
 import os
 import stat
@@ -10,11 +11,11 @@ import torch
 
 from cifar import devices
 from cifar.errors import UserError
-from tests.conftest import ROOT, SMOKE, run_train
-
-pytestmark = pytest.mark.fast  # in-process: part of `make test-fast`
+from tests.helpers import ROOT, SMOKE, run_train
 
 NO_GPU_HERE = pytest.mark.skipif(torch.cuda.is_available(), reason="torch sees a GPU here")
+# cifar.devices runs the fake nvidia-smi as a process, which tests/conftest.py cannot see.
+RUNS_NVIDIA_SMI = pytest.mark.slow
 
 
 def fake_nvidia_smi(folder, body: str) -> None:
@@ -57,6 +58,7 @@ def test_gpus_given_reads_slurm_and_cuda_visible_devices(no_nvidia_smi, environ,
     assert devices.gpu_count(environ) == count
 
 
+@RUNS_NVIDIA_SMI
 def test_gpus_given_asks_nvidia_smi_when_the_environment_is_silent(tmp_path, monkeypatch):
     fake_nvidia_smi(tmp_path, LISTING)
     monkeypatch.setenv("PATH", str(tmp_path))
@@ -67,6 +69,7 @@ def test_gpus_given_asks_nvidia_smi_when_the_environment_is_silent(tmp_path, mon
     assert devices.gpus_given({"CUDA_VISIBLE_DEVICES": ""}) == ""
 
 
+@RUNS_NVIDIA_SMI
 @pytest.mark.parametrize("body", ["exit 9", "sleep 30", "echo 'No devices were found'"])
 def test_a_failing_or_hanging_nvidia_smi_counts_as_no_gpu(tmp_path, monkeypatch, body):
     fake_nvidia_smi(tmp_path, body)
@@ -114,6 +117,7 @@ def test_suggested_build_is_the_newest_the_driver_runs(driver, build):
 
 
 @NO_GPU_HERE
+@RUNS_NVIDIA_SMI
 def test_unusable_gpus_name_torch_the_driver_and_the_fix(tmp_path, monkeypatch):
     fake_nvidia_smi(tmp_path, LISTING)
     monkeypatch.setenv("PATH", str(tmp_path))
@@ -130,7 +134,6 @@ def test_unusable_gpus_name_torch_the_driver_and_the_fix(tmp_path, monkeypatch):
 
 @NO_GPU_HERE
 @pytest.mark.parametrize("variable", ["SLURM_GPUS_ON_NODE", "CUDA_VISIBLE_DEVICES"])
-@pytest.mark.slow
 def test_train_stops_with_exit_2_when_given_gpus_torch_cannot_see(tmp_path, variable):
     value = "1" if variable == "SLURM_GPUS_ON_NODE" else "0"
     run_dir = tmp_path / "run"
@@ -145,7 +148,6 @@ def test_train_stops_with_exit_2_when_given_gpus_torch_cannot_see(tmp_path, vari
 
 
 @NO_GPU_HERE
-@pytest.mark.slow
 def test_allow_cpu_trains_on_the_cpu_although_gpus_were_given(tmp_path):
     run_dir = tmp_path / "run"
     run_train([*SMOKE, "--output-dir", run_dir, "--allow-cpu"], env={"SLURM_GPUS_ON_NODE": "1"})

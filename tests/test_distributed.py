@@ -1,39 +1,29 @@
-"""N processes give the answer of one: sharding, reduction, accumulation, precision, seeds."""
+"""cifar/distributed.py and the launchers: N processes give the answer of one (sharding,
+reduction, accumulation, seeds), and the Accelerate configs launch them."""
 
 import glob
+import subprocess
 
 import pytest
 import torch
 from accelerate.commands.config.config_args import load_config_from_file
-from safetensors.torch import load_file
 
-from tests.conftest import ROOT, SMOKE, comparable_metrics, read_json, run_train
+from tests.helpers import (
+    BIN,
+    ROOT,
+    SMOKE,
+    comparable_metrics,
+    final_weights,
+    max_difference,
+    read_json,
+    run_train,
+    tiny_run,
+    train_env,
+)
 
 # BatchNorm normalises with per-process batch statistics, so N x b equals 1 x (N x b) only
 # without it; everything else (crop, flip, order, loss, schedule) is identical.
-EXACT = [
-    "--dataset",
-    "synthetic",
-    "--tracker",
-    "none",
-    "--synthetic-train-size",
-    "1024",
-    "--synthetic-test-size",
-    "257",
-    "--epochs",
-    "1",
-    "--no-batch-norm",
-]
-
-
-def final_weights(run_dir) -> dict:
-    newest = sorted(glob.glob(f"{run_dir}/checkpoints/step-*/model.safetensors"))[-1]
-    return {k: v.clone() for k, v in load_file(newest).items()}  # not backed by the file
-
-
-def max_difference(a: dict, b: dict) -> float:
-    assert a.keys() == b.keys()
-    return max((a[k].double() - b[k].double()).abs().max().item() for k in a)
+EXACT = tiny_run("--no-batch-norm", test=257, batch=None)
 
 
 def test_two_processes_with_batch_b_equal_one_process_with_batch_2b(tmp_path):
@@ -78,22 +68,7 @@ def test_gradient_accumulation_of_two_batches_equals_one_double_batch(tmp_path):
 @pytest.mark.parametrize("processes", [2, 3])
 def test_evaluation_counts_every_test_image_once(tmp_path, processes):
     run_train(
-        [
-            "--dataset",
-            "synthetic",
-            "--tracker",
-            "none",
-            "--synthetic-train-size",
-            "384",
-            "--synthetic-test-size",
-            "10001",
-            "--batch-size",
-            "32",
-            "--epochs",
-            "1",
-            "--output-dir",
-            tmp_path,
-        ],
+        [*tiny_run(train=384, test=10001, batch=32), "--output-dir", tmp_path],
         kind="torchrun",
         processes=processes,
     )
@@ -113,19 +88,6 @@ def test_same_seed_gives_identical_metrics(tmp_path):
     assert a != c
 
 
-def test_bf16_on_cpu_trains(tmp_path):
-    run_train([*SMOKE, "--mixed-precision", "bf16", "--output-dir", tmp_path])
-    summary = read_json(tmp_path / "summary.json")
-    assert summary["mixed_precision"] == "bf16" and summary["test_accuracy"] > 0.3
-
-
-def test_fp16_on_cpu_is_refused_clearly(tmp_path):
-    result = run_train([*SMOKE, "--mixed-precision", "fp16", "--output-dir", tmp_path], check=False)
-    assert result.returncode == 2
-    assert "fp16 mixed precision needs a GPU" in result.stderr and "bf16" in result.stderr
-    assert "Traceback" not in result.stderr
-
-
 @pytest.mark.parametrize(
     "name", ["single_gpu_bf16", "multi_gpu", "multi_node", "cpu", "cpu_multi_process"]
 )
@@ -136,10 +98,6 @@ def test_accelerate_configs_parse(name):
 
 
 def test_cpu_multi_process_config_launches_two_processes(tmp_path):
-    import subprocess
-
-    from tests.conftest import BIN, train_env
-
     command = [
         str(BIN / "accelerate"),
         "launch",

@@ -1,44 +1,13 @@
-"""cifar/engine.py and cifar/evaluation.py: what the loop records about each epoch and the run."""
+"""cifar/engine.py: what the loop records about each epoch and the run, and how it stops when the
+loss is no longer finite."""
 
-import hashlib
+import glob
 import shutil
 
 import pytest
+from safetensors.torch import load_file
 
-from tests.conftest import SMOKE, read_json, read_metrics, run_train
-
-SMALL = [
-    *SMOKE,
-    "--synthetic-train-size",
-    "256",
-    "--synthetic-test-size",
-    "64",
-    "--width",
-    "8",
-    "--head-hidden",
-    "32",
-]  # 4 steps an epoch
-
-
-def hashes(folder) -> dict:
-    return {
-        str(p.relative_to(folder)): hashlib.sha256(p.read_bytes()).hexdigest()
-        for p in sorted(folder.rglob("*"))
-        if p.is_file()
-    }
-
-
-def test_a_class_without_a_test_image_has_no_accuracy_not_zero(tmp_path):
-    run_train([*SMALL, "--test-subset", "6", "--output-dir", tmp_path / "run"])
-    summary = read_json(tmp_path / "run" / "summary.json")
-    tested = {
-        name: sum(row)
-        for name, row in zip(summary["classes"], summary["confusion_matrix"], strict=True)
-    }
-    assert sum(tested.values()) == 6 and 0 in tested.values()  # 10 classes, 6 images
-    for name, count in tested.items():
-        accuracy = summary["per_class_accuracy"][name]
-        assert (accuracy is None) == (count == 0), (name, count, accuracy)
+from tests.helpers import SMALL, SMOKE, folder_hashes, read_json, read_metrics, run_train
 
 
 def test_a_resumed_epoch_reports_the_time_and_rate_of_the_whole_epoch(tmp_path):
@@ -71,20 +40,40 @@ def test_a_finished_run_whose_metrics_jsonl_was_deleted_gets_it_back_on_resume(t
     run_train([*SMALL, "--epochs", "2", "--output-dir", run_dir])
     metrics = (run_dir / "metrics.jsonl").read_bytes()
     (run_dir / "metrics.jsonl").unlink()
-    before = hashes(run_dir)
+    before = folder_hashes(run_dir)
     result = run_train([*SMALL, "--epochs", "2", "--output-dir", run_dir, "--resume", "auto"])
     assert "metrics.jsonl was missing and was written again from the checkpoint" in result.stderr
     assert (run_dir / "metrics.jsonl").read_bytes() == metrics
-    after = hashes(run_dir)
+    after = folder_hashes(run_dir)
     assert after.pop("metrics.jsonl") and after == before  # nothing else changed
     report = run_train([*SMALL, "--epochs", "2", "--output-dir", run_dir, "--resume", "auto"])
     assert "nothing to do, no file changed" in report.stderr
 
 
-def test_config_json_records_the_process_settings_the_run_applied(tmp_path):
-    run_train([*SMALL, "--output-dir", tmp_path / "run", "--deterministic"])
-    applied = read_json(tmp_path / "run" / "config.json")["process_settings"]
-    assert applied["stop_with_launcher"] is False  # plain python: no launcher to outlive
-    assert applied["deterministic_algorithms"] is True
-    assert applied["cublas_workspace_config"] == ":4096:8"
-    assert isinstance(applied["malloc_reuses_freed_memory"], bool)  # True with glibc, on a CPU
+def test_non_finite_loss_stops_naming_the_step_and_keeps_good_checkpoints(tmp_path):
+    result = run_train(
+        [
+            *SMOKE,
+            "--epochs",
+            3,
+            "--lr",
+            "1e6",
+            "--scheduler",
+            "none",
+            "--log-every",
+            "1",
+            "--checkpoint-every",
+            "1",
+            "--output-dir",
+            tmp_path,
+        ],
+        check=False,
+    )
+    assert result.returncode == 1
+    assert "became NaN or infinite at optimizer step" in result.stderr
+    assert "Traceback" not in result.stderr
+    folders = glob.glob(f"{tmp_path}/checkpoints/step-*")
+    assert folders  # the steps before the divergence were saved
+    for folder in folders:
+        weights = load_file(f"{folder}/model.safetensors")
+        assert all(t.isfinite().all() for t in weights.values()), folder

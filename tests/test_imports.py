@@ -6,9 +6,8 @@ import subprocess
 import sys
 from pathlib import Path
 
-import pytest
+from tests.helpers import ROOT
 
-ROOT = Path(__file__).resolve().parent.parent
 PACKAGE = ROOT / "cifar"
 
 
@@ -76,14 +75,12 @@ def cycles(graph: dict[str, set[str]]) -> list[list[str]]:
     return found
 
 
-@pytest.mark.fast
 def test_no_module_of_the_package_imports_itself_around_a_loop():
     graph = import_graph()
     assert len(graph) == len(MODULES) > 20
     assert cycles(graph) == []
 
 
-@pytest.mark.fast
 def test_the_cycle_check_finds_a_loop():
     assert cycles({"a": {"b"}, "b": {"c"}, "c": {"a"}, "d": {"a"}}) == [["a", "b", "c"]]
 

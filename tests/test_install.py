@@ -1,4 +1,5 @@
-"""The environment is the lock, and `make train` is train.py with nothing in between."""
+"""The Makefile and the locks: the environment is the lock, and `make train` is train.py with
+nothing in between."""
 
 import re
 import subprocess
@@ -12,7 +13,7 @@ from packaging.markers import Marker
 from packaging.requirements import Requirement
 from packaging.utils import canonicalize_name
 
-from tests.conftest import ROOT, require, train_env
+from tests.helpers import ROOT, require, tiny_run, train_env
 
 VENV = Path(sys.prefix)
 PIN = re.compile(r"^([A-Za-z0-9._-]+)==([^\s;]+)\s*(?:;\s*([^\\]+?))?\s*\\?$")
@@ -85,10 +86,7 @@ def make(*args: str, timeout: int = 300) -> subprocess.CompletedProcess:
 
 def test_make_train_prints_no_launcher_warning_and_exits_0(tmp_path):
     run_dir = tmp_path / "run"
-    args = (
-        "--dataset synthetic --tracker none --synthetic-train-size 512 --synthetic-test-size 128 "
-        f"--epochs 1 --batch-size 64 --output-dir {run_dir}"
-    )
+    args = " ".join([*tiny_run(train=512, test=128), "--output-dir", str(run_dir)])
     result = make("train", f"ARGS={args}")
     assert result.returncode == 0, result.stdout + result.stderr
     assert (run_dir / "summary.json").is_file()

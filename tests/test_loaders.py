@@ -1,11 +1,10 @@
-"""cifar/data/plan.py, loaders.py, transforms.py: the epoch plan, the batches made from it on the
-device and from files, the crop and flip, the model's input."""
+"""cifar/data/loaders.py: the batches made from the epoch plan (plan.py) on the device and from
+files, on any number of processes."""
 
 from types import SimpleNamespace
 
 import pytest
 import torch
-import torch.nn.functional as F
 from torch.utils.data import DataLoader
 
 from cifar.config import Config
@@ -18,12 +17,9 @@ from cifar.data.loaders import (
     FileLoader,
     build_loaders,
 )
-from cifar.data.plan import EpochPlan, shard_bounds
-from cifar.data.transforms import InputTransform, crop_flip
+from cifar.data.plan import EpochPlan
 from cifar.errors import UserError
-from tests.test_imagefolder import make_image_folders
-
-pytestmark = pytest.mark.fast  # in-process: part of `make test-fast`
+from tests.helpers import make_image_folders
 
 
 def numbered(n: int, size: int = 1) -> tuple[torch.Tensor, torch.Tensor]:
@@ -53,24 +49,6 @@ def test_training_shards_are_disjoint_slices_of_the_same_global_batches(world):
         assert torch.equal(torch.cat([b[step] for b in batches]), global_batch)
 
 
-def test_the_plan_draws_order_then_crops_then_flips_from_seed_and_epoch_alone():
-    plan = EpochPlan(50, batch_size=8, seed=7, augment="crop-flip", padding=4)
-    plan.set_epoch(3)
-    generator = torch.Generator().manual_seed(7 * 1_000_003 + 3)
-    expected = (
-        torch.randperm(50, generator=generator),
-        torch.randint(0, 9, (50, 2), generator=generator),
-        torch.randint(0, 2, (50,), generator=generator).bool(),
-    )
-    for drawn, wanted in zip(plan.draws(), expected, strict=True):
-        assert torch.equal(drawn, wanted)
-    flip_only = EpochPlan(50, batch_size=8, seed=7, augment="flip", padding=4)
-    flip_only.set_epoch(3)
-    order, shifts, flips = flip_only.draws()
-    assert torch.equal(order, expected[0]) and torch.equal(flips, expected[2])
-    assert (shifts == 4).all()  # centred: no shift
-
-
 def test_each_epoch_has_its_own_order_and_a_resume_continues_its_batches():
     each = train_loader(64, 0, 1)
     first = labels_of(each)
@@ -86,16 +64,6 @@ def test_each_epoch_has_its_own_order_and_a_resume_continues_its_batches():
 def test_an_epoch_ends_on_a_whole_accumulation_group():
     loader = train_loader(100, 0, 1, batch=8, accumulation_steps=5)  # 12 batches -> 10
     assert len(loader) == len(labels_of(loader)) == 10 and loader.num_samples == 80
-
-
-@pytest.mark.parametrize("n", [0, 1, 7, 10_001])
-@pytest.mark.parametrize("world", [1, 2, 3, 8])
-def test_evaluation_shards_are_contiguous_even_to_one_image_and_cover_the_set(n, world):
-    bounds = [shard_bounds(n, r, world) for r in range(world)]
-    assert bounds[0][0] == 0 and bounds[-1][1] == n
-    assert all(hi == lo for (_, hi), (lo, _) in zip(bounds, bounds[1:], strict=False))
-    sizes = [hi - lo for lo, hi in bounds]
-    assert max(sizes) - min(sizes) <= 1
 
 
 @pytest.mark.parametrize("world", [1, 2, 3])
@@ -170,31 +138,3 @@ def test_too_small_a_training_set_has_one_message_for_tensors_and_files(tmp_path
         "processes x 1 accumulation steps). Lower --batch-size."
     )
     assert messages == [expected, expected]
-
-
-def reference_crop_flip(image, dy, dx, flip):
-    padded = F.pad(image, (4, 4, 4, 4))
-    crop = padded[:, dy : dy + 32, dx : dx + 32]
-    return crop.flip(-1) if flip else crop
-
-
-def test_batched_crop_flip_equals_per_image_crop_then_flip():
-    generator = torch.Generator().manual_seed(0)
-    images = torch.randint(0, 256, (64, 3, 32, 32), dtype=torch.uint8, generator=generator)
-    shifts = torch.randint(0, 9, (64, 2), generator=generator)
-    flips = torch.randint(0, 2, (64,), generator=generator).bool()
-    out = crop_flip(images, shifts, flips)
-    for i in range(64):
-        expected = reference_crop_flip(images[i], *shifts[i].tolist(), bool(flips[i]))
-        assert torch.equal(out[i], expected)
-
-
-def test_input_transform_normalises_and_resizes():
-    images = torch.randint(0, 256, (4, 3, 32, 32), dtype=torch.uint8)
-    mean, std = (0.1, 0.2, 0.3), (0.5, 0.25, 0.125)
-    out = InputTransform(mean, std, size=None)(images)
-    expected = (images.float() / 255 - torch.tensor(mean).view(1, 3, 1, 1)) / torch.tensor(
-        std
-    ).view(1, 3, 1, 1)
-    torch.testing.assert_close(out, expected, rtol=1e-6, atol=1e-5)
-    assert InputTransform(mean, std, size=64)(images).shape == (4, 3, 64, 64)

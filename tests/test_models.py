@@ -1,4 +1,8 @@
+"""cifar/models.py: the models, their parameters and what is frozen, and their pretrained weights
+read from the torch hub cache (safely)."""
+
 import os
+import pickle
 
 import pytest
 import torch
@@ -8,9 +12,7 @@ from cifar.build import build_optimizer
 from cifar.config import Config
 from cifar.errors import UserError
 from cifar.models import ResNetTransfer, SimpleCNN, build_model, model_spec, pretrained_weights_path
-from tests.conftest import SMOKE, read_json, run_train
-
-pytestmark = pytest.mark.fast  # in-process: part of `make test-fast`
+from tests.helpers import SMOKE, Payload, read_json, run_train
 
 RESNET50_BACKBONE_PARAMS = 23_508_032  # torchvision resnet50 without its fc layer
 
@@ -125,7 +127,6 @@ def test_resnet18_is_a_registered_model_with_its_own_contract():
     assert count(model, trainable_only=True) == head
 
 
-@pytest.mark.slow
 def test_resnet18_trains_end_to_end_from_cached_weights(tmp_path):
     torch_home = tmp_path / "torch"
     path = pretrained_weights_path(model_spec("resnet18").weights)
@@ -138,3 +139,18 @@ def test_resnet18_trains_end_to_end_from_cached_weights(tmp_path):
     summary = read_json(run_dir / "summary.json")
     assert summary["model"] == "resnet18" and summary["num_test_samples"] == 256
     assert read_json(run_dir / "config.json")["model"] == "resnet18"
+
+
+def test_a_pickle_payload_in_the_weights_cache_does_not_run_code(tmp_path):
+    marker = tmp_path / "pwned"
+    cache = tmp_path / "torch" / "hub" / "checkpoints"
+    cache.mkdir(parents=True)
+    with open(cache / "resnet50-11ad3fa6.pth", "wb") as f:
+        pickle.dump({"conv1.weight": Payload(str(marker))}, f)
+    result = run_train(
+        [*SMOKE, "--model", "resnet50", "--output-dir", tmp_path / "run"],
+        env={"TORCH_HOME": str(tmp_path / "torch")},
+        check=False,
+    )
+    assert not marker.exists()
+    assert result.returncode == 2 and "could not be loaded" in result.stderr

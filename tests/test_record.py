@@ -1,9 +1,8 @@
-"""cifar/record: versioned records that older and newer code read alike, one validator per
-file, one atomic writer."""
+"""cifar/record/schema.py and files.py: versioned records that older and newer code read alike,
+one validator per file."""
 
 import contextlib
 import json
-import os
 import shutil
 import subprocess
 import sys
@@ -13,8 +12,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from cifar.checkpoint import read_progress, settings_differences
-from cifar.config import SETTING_DEFAULTS
+from cifar.checkpoint import read_progress
 from cifar.errors import UserError
 from cifar.record import (
     FORMAT_KEY,
@@ -22,11 +20,10 @@ from cifar.record import (
     METRIC_KEYS,
     RecordError,
     Shape,
-    atomic_write,
     read_finished_run,
 )
 from cifar.record.schema import check_epoch_records, check_summary
-from tests.conftest import ROOT, comparable_metrics, read_json, read_metrics, run_train, train_env
+from tests.helpers import ROOT, comparable_metrics, read_json, read_metrics, run_train, train_env
 
 FIXTURES = Path(__file__).parent / "fixtures"
 OLD_RUN = FIXTURES / "run-v0-mid-epoch"
@@ -137,17 +134,6 @@ def test_a_checkpoint_of_a_newer_record_format_is_refused_naming_the_upgrade(tmp
     assert f"formats up to {FORMAT_VERSION}" in str(raised.value)
 
 
-def test_a_setting_a_checkpoint_does_not_record_reads_as_its_default():
-    current = {"width": 8, "dropout": SETTING_DEFAULTS["dropout"]}
-    assert settings_differences({"width": 8}, current) == {}
-    changed = settings_differences({"width": 8}, {**current, "dropout": 0.5})
-    assert changed == {"dropout": (SETTING_DEFAULTS["dropout"], 0.5)}
-    # Settings that are not flags (data sizes) have no default: their absence is a difference.
-    assert settings_differences({}, {"train_images": 256}) == {
-        "train_images": ("(not recorded)", 256)
-    }
-
-
 def valid_summary() -> dict:
     matrix = [[6 if i == j else 0 for j in range(10)] for i in range(10)]
     return {
@@ -217,30 +203,3 @@ def test_any_text_in_a_run_file_reads_back_or_is_one_user_error(tmp_path_factory
         read_finished_run(str(run_dir), "FIX.")
     except UserError as error:
         assert str(error).endswith("FIX.") and "\n" not in str(error)
-
-
-def test_atomic_write_replaces_whole_or_leaves_the_old_file_and_no_temporary(tmp_path):
-    path = tmp_path / "record.json"
-    atomic_write(str(path), "old")
-
-    def fails_half_way(f):
-        f.write(b"new, but only ha")
-        raise OSError(28, "No space left on device")
-
-    with pytest.raises(OSError, match="No space"):
-        atomic_write(str(path), fails_half_way)
-    assert path.read_text() == "old" and os.listdir(tmp_path) == ["record.json"]
-    atomic_write(str(path), b"new")
-    assert path.read_bytes() == b"new" and os.listdir(tmp_path) == ["record.json"]
-
-
-def test_every_record_and_cache_is_written_through_atomic_write():
-    """No module writes a file by rename of its own (the checkpoint folder's rename aside)."""
-    offenders = []
-    for path in (ROOT / "cifar").rglob("*.py"):
-        if path.name == "atomic.py":
-            continue
-        text = path.read_text()
-        if "os.replace(" in text and path.name != "checkpoint.py":
-            offenders.append(str(path.relative_to(ROOT)))
-    assert offenders == []

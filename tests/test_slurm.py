@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import ROOT, read_json, read_metrics, require, train_env
+from tests.helpers import ROOT, read_json, read_metrics, require, tiny_run, train_env
 from tests.slurm_helpers import cluster_available, job_state, restart_count, submit, wait_for_job
 
 SCRIPTS = sorted((ROOT / "slurm").glob("*.sh"))
@@ -24,37 +24,9 @@ SCRIPTS = sorted((ROOT / "slurm").glob("*.sh"))
 VENV = Path(sys.executable).parent.parent
 # sbatch options beat the scripts' #SBATCH lines: no GPUs, 1 CPU, a short limit.
 LOCAL = ["--gres=none", "--cpus-per-task=1", "--time=10"]
-TINY = [
-    "--dataset",
-    "synthetic",
-    "--tracker",
-    "none",
-    "--synthetic-train-size",
-    "256",
-    "--synthetic-test-size",
-    "64",
-    "--batch-size",
-    "32",
-    "--epochs",
-    "1",
-]
+TINY = tiny_run(train=256, test=64, batch=32)
 # Long enough to be stopped mid-epoch: 32 steps per epoch and process, checkpoints every 5.
-LONGER = [
-    "--dataset",
-    "synthetic",
-    "--tracker",
-    "none",
-    "--synthetic-train-size",
-    "2048",
-    "--synthetic-test-size",
-    "256",
-    "--batch-size",
-    "64",
-    "--epochs",
-    "2",
-    "--checkpoint-every",
-    "5",
-]
+LONGER = tiny_run("--checkpoint-every", "5", train=2048, epochs=2)
 TIMING = ("epoch_seconds", "train_images_per_second", "wall_seconds")
 JOB_TIMEOUT = 240
 

@@ -1,14 +1,9 @@
 """cifar/trackers.py: the adapters of W&B (offline, disabled, without credentials), TensorBoard
-and none, each read back from the files it writes.
+and none, each read back from the files it writes (W&B's offline log with tests.helpers'
+read_wandb_records)."""
 
-Offline W&B runs are read back from their run-<id>.wandb file with wandb's own protobuf
-classes: a LevelDB-style log of 32 KiB blocks whose records are wandb_internal_pb2.Record.
-"""
-
-import importlib.util
 import json
 import shutil
-import struct
 import subprocess
 import sys
 from pathlib import Path
@@ -16,94 +11,27 @@ from pathlib import Path
 import pytest
 
 from cifar.record import METRIC_KEYS, metric_values
-from tests.conftest import (
+
+# tests/test_study.py imports the W&B readers from here until it imports them from tests.helpers.
+from tests.helpers import (
     ROOT,
     SMOKE,
+    isolated_home,
+    offline_logs,
     read_json,
     read_metrics,
-    require,
+    read_wandb_records,
+    require_package,
     run_train,
     train_env,
+    wandb_history,
+    wandb_run_record,
+    wandb_summary,
 )
-
-BLOCK = 32 * 1024
-HEADER = 7  # file header: b":W&B", 2 magic bytes, a version byte; each record header: 7 bytes
-
-
-def require_package(name: str) -> None:
-    require(importlib.util.find_spec(name) is not None, f"the {name} package is not installed")
-
-
-def read_wandb_records(path: Path) -> list:
-    """Every Record of a .wandb file, in order."""
-    from wandb.proto.wandb_internal_pb2 import Record
-
-    data = path.read_bytes()
-    assert data[:4] == b":W&B", f"{path} is not a W&B log"
-    records, payload, position = [], b"", HEADER
-    while position + HEADER <= len(data):
-        left_in_block = BLOCK - position % BLOCK
-        if left_in_block < HEADER:  # block trailer: zero padding
-            position += left_in_block
-            continue
-        _crc, length, kind = struct.unpack("<IHB", data[position : position + HEADER])
-        if kind == 0:  # zero padding to the end of the block
-            position += left_in_block
-            continue
-        payload += data[position + HEADER : position + HEADER + length]
-        position += HEADER + length
-        if kind in (1, 4):  # a full record, or the last chunk of one
-            record = Record()
-            record.ParseFromString(payload)
-            records.append(record)
-            payload = b""
-    return records
-
-
-def item_key(item) -> str:
-    return item.key or "/".join(item.nested_key)
-
-
-def wandb_history(records) -> list[dict]:
-    return [
-        {item_key(i): json.loads(i.value_json) for i in r.history.item}
-        for r in records
-        if r.WhichOneof("record_type") == "history"
-    ]
-
-
-def wandb_summary(records) -> dict:
-    """The run summary as W&B holds it at the end: every summary update applied in order."""
-    summary = {}
-    for record in records:
-        if record.WhichOneof("record_type") == "summary":
-            summary.update({item_key(i): json.loads(i.value_json) for i in record.summary.update})
-    return summary
-
-
-def wandb_run_record(records):
-    return next(r.run for r in records if r.WhichOneof("record_type") == "run")
-
-
-def offline_logs(run_dir: Path) -> list[Path]:
-    return sorted(run_dir.glob("wandb/offline-run-*/run-*.wandb"))
 
 
 def tracked(run_dir: Path, tracker: str, *extra) -> list:
     return [*SMOKE, "--tracker", tracker, "--log-every", "4", "--output-dir", run_dir, *extra]
-
-
-def isolated_home(tmp_path) -> dict:
-    """A user's default W&B environment, added to train_env's (which drops every WANDB_*): no
-    key, no WANDB_MODE, and no netrc or wandb settings file to find one in."""
-    home = tmp_path / "home"
-    home.mkdir()
-    return {
-        "HOME": str(home),
-        "XDG_CONFIG_HOME": str(home / ".config"),
-        "WANDB_CONFIG_DIR": str(home / ".config" / "wandb"),
-        "NETRC": "",
-    }
 
 
 def test_offline_wandb_log_holds_every_metric_and_the_summary(tmp_path):
@@ -368,7 +296,6 @@ def summary_of_three_classes() -> dict:
     }
 
 
-@pytest.mark.fast
 @pytest.mark.parametrize("name", ["wandb", "tensorboard"])
 def test_a_tracker_without_its_package_is_refused_in_one_paragraph(name, monkeypatch):
     from cifar.errors import UserError
@@ -383,7 +310,6 @@ def test_a_tracker_without_its_package_is_refused_in_one_paragraph(name, monkeyp
     )
 
 
-@pytest.mark.fast
 def test_the_trackers_join_the_accelerator_as_their_adapter_says(monkeypatch):
     from cifar.build import make_accelerator
     from cifar.config import TRACKERS, Config
@@ -398,7 +324,6 @@ def test_the_trackers_join_the_accelerator_as_their_adapter_says(monkeypatch):
     assert joined == {"wandb": ["wandb"], "tensorboard": [], "none": []}
 
 
-@pytest.mark.fast
 def test_none_needs_no_package_and_starts_and_logs_nothing(tmp_path, monkeypatch):
     from accelerate import Accelerator
 
@@ -418,7 +343,6 @@ def test_none_needs_no_package_and_starts_and_logs_nothing(tmp_path, monkeypatch
     assert list(tmp_path.iterdir()) == []
 
 
-@pytest.mark.fast
 def test_tensorboard_adapter_logs_config_and_end_of_run_figures_read_back(tmp_path):
     require_package("tensorboard")
     import numpy as np

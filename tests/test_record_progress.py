@@ -1,4 +1,5 @@
-"""progress.json is trusted only when it describes a state the run can continue from."""
+"""cifar/record/progress.py: progress.json is trusted only when it describes a state the run can
+continue from."""
 
 import copy
 import dataclasses
@@ -9,8 +10,6 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from cifar.record import FORMAT_VERSION, METRIC_KEYS, InvalidProgress, Progress, Shape
-
-pytestmark = pytest.mark.fast  # in-process: part of `make test-fast`
 
 # 2 epochs of 10 batches, accumulation 2 (5 optimizer steps an epoch), 3 classes.
 SHAPE = Shape(epochs=2, batches_per_epoch=10, accumulation_steps=2, num_classes=3)

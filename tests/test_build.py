@@ -1,0 +1,17 @@
+"""cifar/build.py: the Accelerator a run trains with: bf16 on the CPU trains, fp16 there is
+refused in one paragraph."""
+
+from tests.helpers import SMOKE, read_json, run_train
+
+
+def test_bf16_on_cpu_trains(tmp_path):
+    run_train([*SMOKE, "--mixed-precision", "bf16", "--output-dir", tmp_path])
+    summary = read_json(tmp_path / "summary.json")
+    assert summary["mixed_precision"] == "bf16" and summary["test_accuracy"] > 0.3
+
+
+def test_fp16_on_cpu_is_refused_clearly(tmp_path):
+    result = run_train([*SMOKE, "--mixed-precision", "fp16", "--output-dir", tmp_path], check=False)
+    assert result.returncode == 2
+    assert "fp16 mixed precision needs a GPU" in result.stderr and "bf16" in result.stderr
+    assert "Traceback" not in result.stderr

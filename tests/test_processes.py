@@ -1,0 +1,180 @@
+"""cifar/processes.py: the process-wide settings a run applies, and stop signals (SIGTERM, Ctrl-C,
+a launcher's death, a signal to every process of a job) turned into a checkpoint and exit 75,
+from which the resume is exact; SIGKILL loses only the steps since the last checkpoint."""
+
+import glob
+import os
+import signal
+import subprocess
+import time
+
+import pytest
+
+from tests.helpers import (
+    SMALL,
+    SMOKE,
+    comparable_metrics,
+    final_weights,
+    make_jpegs,
+    max_difference,
+    read_json,
+    read_metrics,
+    run_train,
+    start_train,
+    tiny_run,
+    wait_for_checkpoint,
+)
+
+
+def test_config_json_records_the_process_settings_the_run_applied(tmp_path):
+    run_train([*SMALL, "--output-dir", tmp_path / "run", "--deterministic"])
+    applied = read_json(tmp_path / "run" / "config.json")["process_settings"]
+    assert applied["stop_with_launcher"] is False  # plain python: no launcher to outlive
+    assert applied["deterministic_algorithms"] is True
+    assert applied["cublas_workspace_config"] == ":4096:8"
+    assert isinstance(applied["malloc_reuses_freed_memory"], bool)  # True with glibc, on a CPU
+
+
+def test_a_second_ctrl_c_stops_at_once_without_a_traceback():
+    from cifar.processes import StopRequest
+
+    class OneProcess:
+        num_processes = 1
+
+    stop = StopRequest(OneProcess())
+    stop.handle(signal.SIGINT, None)
+    assert stop.should_stop(1) and stop.signal_name == "SIGINT"
+    with pytest.raises(KeyboardInterrupt):
+        stop.handle(signal.SIGINT, None)
+
+
+def resumable(batch: int) -> list[str]:
+    """16 steps per epoch (1 process, batch 64, or 2 processes, batch 32), checkpoints every 5."""
+    return tiny_run(
+        "--checkpoint-every", "5", "--dropout", "0.1", "--deterministic", batch=batch, epochs=3
+    )
+
+
+def test_sigterm_saves_a_checkpoint_and_exits_for_requeue(tmp_path):
+    args = [*resumable(batch=64), "--output-dir", tmp_path]
+    process = start_train(args)
+    wait_for_checkpoint(tmp_path, after_step=5, process=process)
+    process.send_signal(signal.SIGTERM)
+    output = process.communicate(timeout=120)[0]
+    assert process.returncode == 75, output
+    assert "SIGTERM: checkpoint saved" in output
+    progress = read_json(sorted(glob.glob(f"{tmp_path}/checkpoints/step-*/progress.json"))[-1])
+    assert progress["global_step"] > 5
+    run_train([*args, "--resume", "auto"])
+    assert [r["epoch"] for r in read_metrics(tmp_path)] == [1, 2, 3]
+
+
+def test_ctrl_c_checkpoints_and_exits_for_resume(tmp_path):
+    run_dir = tmp_path / "run"
+    args = tiny_run("--checkpoint-every", "5", train=4096, epochs=2)
+    process = start_train([*args, "--output-dir", run_dir])
+    wait_for_checkpoint(run_dir, after_step=5, process=process)
+    process.send_signal(signal.SIGINT)
+    output = process.communicate(timeout=120)[0]
+    assert process.returncode == 75, output
+    assert "SIGINT: checkpoint saved at step" in output and "Traceback" not in output
+    run_train([*args, "--output-dir", run_dir, "--resume", "auto"])
+    assert [r["epoch"] for r in read_metrics(run_dir)] == [1, 2]
+
+
+def test_ctrl_c_while_setting_up_exits_130_without_a_traceback(tmp_path):
+    process = start_train([*SMOKE, "--output-dir", tmp_path / "run"])
+    time.sleep(1.0)  # inside the imports or the set-up, before the loop's handler
+    process.send_signal(signal.SIGINT)
+    output = process.communicate(timeout=120)[0]
+    assert process.returncode in (130, 75), output
+    assert "Traceback" not in output, output
+
+
+def kill_run(process: subprocess.Popen, run_dir) -> None:
+    """SIGKILL the launcher and every process training into run_dir (torchrun's workers run in
+    sessions of their own, outside the launcher's process group)."""
+    os.killpg(process.pid, signal.SIGKILL)
+    for cmdline in glob.glob("/proc/[0-9]*/cmdline"):
+        try:
+            with open(cmdline, "rb") as f:
+                if str(run_dir).encode() in f.read():
+                    os.kill(int(cmdline.split("/")[2]), signal.SIGKILL)
+        except (OSError, ValueError):
+            pass
+    process.wait()
+
+
+@pytest.mark.parametrize("processes", [1, 2])
+def test_sigkill_in_epoch_two_then_resume_equals_an_uninterrupted_run(tmp_path, processes):
+    kind = "python" if processes == 1 else "torchrun"
+    args = resumable(batch=64 // processes)
+    whole, killed = tmp_path / "whole", tmp_path / "killed"
+    run_train([*args, "--output-dir", whole], kind=kind, processes=processes)
+
+    process = start_train([*args, "--output-dir", killed], kind, processes)
+    wait_for_checkpoint(killed, after_step=16, process=process)  # inside epoch 2 (steps 17-32)
+    kill_run(process, killed)
+    assert len(read_metrics(killed)) == 1
+    run_train([*args, "--output-dir", killed, "--resume", "auto"], kind=kind, processes=processes)
+
+    assert max_difference(final_weights(whole), final_weights(killed)) == 0.0
+    expected, resumed = comparable_metrics(whole), comparable_metrics(killed)
+    assert [r["epoch"] for r in resumed] == [1, 2, 3]
+    for a, b in zip(expected, resumed, strict=True):
+        assert a == pytest.approx(b, rel=1e-12, abs=0)
+
+
+def wait_gone(pid: int, timeout: float) -> bool:
+    """True once the process has exited (gone, or a zombie nobody reaps)."""
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        try:
+            with open(f"/proc/{pid}/stat") as f:
+                if f.read().rsplit(")", 1)[1].split()[0] == "Z":
+                    return True
+        except FileNotFoundError:
+            return True
+        time.sleep(0.1)
+    return False
+
+
+def children(pid: int) -> list[int]:
+    with open(f"/proc/{pid}/task/{pid}/children") as f:
+        return [int(p) for p in f.read().split()]
+
+
+def test_sigterm_to_accelerate_launch_checkpoints_and_stops_the_training(tmp_path):
+    run_dir = tmp_path / "run"
+    args = tiny_run("--checkpoint-every", "5", train=4096, epochs=2)
+    process = start_train([*args, "--output-dir", run_dir], kind="accelerate")
+    wait_for_checkpoint(run_dir, after_step=5, process=process)
+    (training,) = children(process.pid)
+    process.send_signal(signal.SIGTERM)  # to the launcher alone
+    process.wait(timeout=60)
+    assert wait_gone(training, timeout=120), "the training process went on without its launcher"
+    output = process.stdout.read()
+    assert "SIGTERM: checkpoint saved at step" in output, output
+    run_train([*args, "--output-dir", run_dir, "--resume", "auto"])
+    assert [r["epoch"] for r in read_metrics(run_dir)] == [1, 2]
+
+
+@pytest.mark.parametrize("stop", [signal.SIGTERM, signal.SIGINT], ids=["SIGTERM", "SIGINT"])
+def test_a_signal_to_the_whole_job_checkpoints_and_the_resume_is_exact(tmp_path, stop):
+    """scancel and Ctrl-C signal every process of the job, DataLoader workers included."""
+    root = make_jpegs(tmp_path / "images", per_class=64, size=(64, 48))
+    args = [
+        "--dataset", "imagefolder", "--data-dir", root, "--cache-images", "never",
+        "--num-workers", "2", "--tracker", "none", "--epochs", "2", "--batch-size", "8",
+        "--checkpoint-every", "4", "--no-batch-norm",
+    ]  # fmt: skip
+    whole, stopped = tmp_path / "whole", tmp_path / "stopped"
+    run_train([*args, "--output-dir", whole])
+    process = start_train([*args, "--output-dir", stopped])
+    wait_for_checkpoint(stopped, after_step=4, process=process)
+    os.killpg(process.pid, stop)
+    output = process.communicate(timeout=120)[0]
+    assert process.returncode == 75, output
+    assert f"{stop.name}: checkpoint saved at step" in output and "Traceback" not in output
+    run_train([*args, "--output-dir", stopped, "--resume", "auto"])
+    assert max_difference(final_weights(whole), final_weights(stopped)) == 0.0
