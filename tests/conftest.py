@@ -13,19 +13,7 @@ import sys
 
 import pytest
 
-# ROOT, read_json, read_metrics, require and train_env only for tests/test_study.py and
-# tests/test_report.py, which import them (and SMOKE, run_train) from here until they import them
-# from tests.helpers.
-from tests.helpers import (  # noqa: F401
-    ROOT,
-    SMOKE,
-    item_starts_a_process,
-    read_json,
-    read_metrics,
-    require,
-    run_train,
-    train_env,
-)
+from tests.helpers import SMOKE, item_starts_a_process, run_train
 
 # The fast tier's guard names subprocess to refuse it: it starts no process.
 IN_PROCESS_FIXTURES = ("refuse_processes_in_the_fast_tier",)

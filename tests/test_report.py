@@ -28,8 +28,7 @@ from cifar.report import (
 )
 from cifar.report.cli import name_data_in_legends
 from cifar.report.runs import dataset_groups
-from tests.conftest import ROOT, SMOKE, read_json, read_metrics, run_train, train_env
-from tests.run_folders import write_run
+from tests.helpers import ROOT, SMOKE, read_json, read_metrics, run_train, train_env, write_run
 
 FIGURES = ("accuracy.png", "loss.png", "train_vs_test.png", "per_class_accuracy.png")
 

@@ -29,16 +29,20 @@ from cifar.study.figures import curves_figure
 from cifar.study.grid import STUDY_FILES, parse_arms
 from cifar.study.results import pooling_refusal
 from cifar.study.statistics import compare_paired, describe
-from tests.conftest import ROOT, read_json, read_metrics, require, train_env
-from tests.slurm_helpers import cluster_available, submit, wait_for_job
-from tests.test_trackers import (
+from tests.helpers import (
+    ROOT,
     isolated_home,
     offline_logs,
+    read_json,
+    read_metrics,
     read_wandb_records,
+    require,
     require_package,
+    train_env,
     wandb_history,
     wandb_summary,
 )
+from tests.slurm_helpers import cluster_available, submit, wait_for_job
 
 TINY = [
     "--dataset",

@@ -19,7 +19,7 @@ from cifar.record import read_finished_run
 from cifar.study.figures import accuracy_figure, curves_figure, difference_figure, per_class_figure
 from cifar.study.results import aggregate, write_study
 from cifar.study.statistics import compare_paired, describe
-from tests.run_folders import write_run
+from tests.helpers import write_run
 
 pytestmark = pytest.mark.fast  # in-process: part of `make test-fast`
 EXAMPLES = int(os.environ.get("CIFAR_HYPOTHESIS_EXAMPLES", "30"))
