@@ -11,8 +11,6 @@ from pathlib import Path
 import pytest
 
 from cifar.record import METRIC_KEYS, metric_values
-
-# tests/test_study.py imports the W&B readers from here until it imports them from tests.helpers.
 from tests.helpers import (
     ROOT,
     SMOKE,
