@@ -180,7 +180,8 @@ def assemble_run(config, accelerator, run_dir: str, folder, process_settings: di
     shape = Shape(config.epochs, len(train_loader), accumulation, len(classes))
     scheduler = build_scheduler(config, optimizer, config.epochs * shape.steps_per_epoch)
     model, optimizer, scheduler = accelerator.prepare(model, optimizer, scheduler)
-    set_seed(config.seed, device_specific=True)
+    # Per process, as device_specific would seed, but wrapped into the range every rank accepts.
+    set_seed((config.seed + accelerator.process_index) % 2**32)
 
     settings = run_settings(config, accelerator, train, test)
     resumed_from, progress = load_checkpoint(accelerator, candidates, settings, shape)
