@@ -105,7 +105,8 @@ class TensorBoard(Tracker):
         accelerator.init_trackers(self.name, flat_config)
 
     def log_end(self, writer, summary: dict, samples: dict | None, step: int) -> None:
-        from cifar.report import confusion_figure, per_class_figure, samples_figure
+        from cifar.report.classes import confusion_figure, per_class_figure
+        from cifar.report.figures import samples_figure
 
         for key, value in summary_scalars(summary).items():
             writer.add_scalar(key, value, step)
@@ -204,17 +205,17 @@ class WandB(Tracker):
         import wandb
 
         classes = summary["classes"]
-        per_class = wandb.Table(
-            columns=["class", "accuracy"],
-            data=[[c, summary["per_class_accuracy"][c]] for c in classes],
+        rows = per_class_rows(summary)
+        per_class = wandb.Table(columns=["class", "accuracy"], data=rows)
+        untested = len(classes) - len(rows)
+        title = "Per-class test accuracy" + (
+            f" ({untested} class(es) left out: no test image)" if untested else ""
         )
         matrix = summary["confusion_matrix"]
         cells = [[a, p, matrix[i][j]] for i, a in enumerate(classes) for j, p in enumerate(classes)]
         entries = {
             **summary_scalars(summary),
-            "test/per_class_accuracy": wandb.plot.bar(
-                per_class, "class", "accuracy", title="Per-class test accuracy"
-            ),
+            "test/per_class_accuracy": wandb.plot.bar(per_class, "class", "accuracy", title=title),
             # The chart wandb.plot.confusion_matrix makes, built from the counts in summary.json.
             "test/confusion_matrix": wandb.plot_table(
                 "wandb/confusion_matrix/v1",
@@ -331,9 +332,16 @@ def summary_scalars(summary: dict) -> dict:
         for k, v in summary.items()
         if isinstance(v, (int, float)) and not isinstance(v, bool)
     }
-    for name, accuracy in summary["per_class_accuracy"].items():
+    for name, accuracy in per_class_rows(summary):
         scalars[f"summary/per_class_accuracy/{name}"] = accuracy
     return scalars
+
+
+def per_class_rows(summary: dict) -> list[list]:
+    """[class, accuracy] of each class the run had a test image of: a class with none has no
+    accuracy (null in summary.json), and a tracker logs nothing for it rather than a 0."""
+    accuracy = summary["per_class_accuracy"]
+    return [[c, accuracy[c]] for c in summary["classes"] if accuracy.get(c) is not None]
 
 
 @torch.no_grad()

@@ -6,6 +6,7 @@ numpy and scipy; the runs are tiny synthetic ones.
 
 import hashlib
 import json
+import math
 import os
 import re
 import shutil
@@ -83,12 +84,15 @@ def t_interval(values) -> list[float]:
     return list(stats.t.interval(0.95, len(x) - 1, loc=x.mean(), scale=stats.sem(x)))
 
 
-def assert_stat(stat: dict, values) -> None:
+def assert_stat(stat: dict, values, high: float = 1.0) -> None:
+    """stat is values' n, mean, std and t-interval, the interval cut to [0, high]."""
     x = np.asarray(values, dtype=float)
     assert stat["n"] == len(x)
     assert stat["mean"] == pytest.approx(x.mean(), rel=1e-12)
     assert stat["std"] == pytest.approx(x.std(ddof=1), rel=1e-12)
-    assert stat["ci95"] == pytest.approx(t_interval(x), rel=1e-12)
+    low, up = t_interval(x)
+    assert stat["ci95"] == pytest.approx([max(low, 0.0), min(up, high)], rel=1e-12)
+    assert stat["clipped"] == (low < 0 or up > high)
 
 
 @pytest.fixture(scope="module")
@@ -111,7 +115,8 @@ def test_study_json_equals_the_statistics_of_the_runs_summaries(grid):
         runs = summaries(out, arm)
         assert result["arms"][arm]["runs"] == [str(out / arm / f"seed{s}") for s in (0, 1, 2)]
         for metric in METRICS:
-            assert_stat(result["arms"][arm][metric], [s[metric] for s in runs])
+            high = 1.0 if metric.endswith("accuracy") else math.inf
+            assert_stat(result["arms"][arm][metric], [s[metric] for s in runs], high)
         for name in runs[0]["classes"]:
             per_class = [s["per_class_accuracy"][name] for s in runs]
             assert_stat(result["arms"][arm]["per_class_accuracy"][name], per_class)
@@ -171,11 +176,12 @@ def test_learning_curves_plot_the_mean_with_the_interval_as_band(grid):
     result = read_json(out / "study.json")
     figure = curves_figure(result)
     accuracy_axes = figure.axes[0]
+    (legend,) = figure.legends
+    assert [text.get_text() for text in legend.get_texts()] == ["w8", "w16"]
     for line, band, arm in zip(
         accuracy_axes.get_lines(), accuracy_axes.collections, ("w8", "w16"), strict=True
     ):
         points = result["arms"][arm]["curves"]["test_accuracy"]
-        assert line.get_label() == arm
         assert list(line.get_ydata()) == [p["mean"] for p in points]
         corners = band.get_paths()[0].vertices
         assert corners[:, 1].min() == pytest.approx(min(p["ci95"][0] for p in points))
@@ -319,7 +325,13 @@ def test_one_seed_gives_means_without_intervals_and_a_wandb_summary_run(tmp_path
     for arm in ("w8", "w16"):
         (summary,) = summaries(out, arm, (3,))
         stat = result["arms"][arm]["test_accuracy"]
-        assert stat == {"n": 1, "mean": summary["test_accuracy"], "std": None, "ci95": None}
+        assert stat == {
+            "n": 1,
+            "mean": summary["test_accuracy"],
+            "std": None,
+            "ci95": None,
+            "clipped": False,
+        }
         assert read_json(out / arm / "seed3" / "config.json")["wandb_group"] == "single"
     # The summary run: in the study's group, its numbers those of study.json.
     (log,) = (out / "wandb").glob("offline-run-*/run-*.wandb")
@@ -525,8 +537,9 @@ def test_paired_difference_is_the_difference_of_means_with_scipys_interval(pairs
 
 
 def test_what_does_not_exist_is_none_never_nan():
-    assert describe([]) == {"n": 0, "mean": None, "std": None, "ci95": None}
-    assert describe([0.25]) == {"n": 1, "mean": 0.25, "std": None, "ci95": None}
+    nothing = {"std": None, "ci95": None, "clipped": False}
+    assert describe([]) == {"n": 0, "mean": None, **nothing}
+    assert describe([0.25]) == {"n": 1, "mean": 0.25, **nothing}
     assert describe([0.5, 0.5])["ci95"] == [0.5, 0.5]
     same = compare_paired({0: 0.5, 1: 0.7}, {0: 0.5, 1: 0.7})
     assert (same["mean_difference"], same["ci95"], same["p_value"]) == (0.0, [0.0, 0.0], None)

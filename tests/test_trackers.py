@@ -456,3 +456,35 @@ def test_tensorboard_adapter_logs_config_and_end_of_run_figures_read_back(tmp_pa
     assert set(images) == {"test/per_class_accuracy", "test/confusion_matrix", "test/samples"}
     assert all(e.step == 7 and e.encoded_image_string[:4] == b"\x89PNG" for (e,) in images.values())
     assert tensorboard.sync_hint(accelerator) == ""
+
+
+@pytest.mark.fast
+def test_a_class_without_test_image_is_logged_by_no_tracker(tmp_path):
+    require_package("tensorboard")
+    from accelerate import Accelerator
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    from cifar.config import Config
+    from cifar.trackers import per_class_rows, summary_scalars, tracker_named
+
+    summary = summary_of_three_classes()
+    summary["confusion_matrix"][1] = [0, 0, 0]  # no dog among the test images
+    summary["per_class_accuracy"]["dog"] = None
+    # W&B's per-class table and every tracker's scalars: cat and emu only, no 0 for dog.
+    assert per_class_rows(summary) == [["cat", 0.8], ["emu", 0.6]]
+    per_class = {k: v for k, v in summary_scalars(summary).items() if "per_class" in k}
+    assert per_class == {
+        "summary/per_class_accuracy/cat": 0.8,
+        "summary/per_class_accuracy/emu": 0.6,
+    }
+    tensorboard = tracker_named("tensorboard")
+    config = Config(tracker="tensorboard")
+    accelerator = Accelerator(cpu=True)
+    tensorboard.start(accelerator, config, str(tmp_path), {}, config.to_dict())
+    tensorboard.log_end(accelerator.get_tracker("tensorboard", unwrap=True), summary, None, 3)
+    accelerator.end_training()
+    accumulator = EventAccumulator(str(tmp_path / "tensorboard"), size_guidance={"images": 0})
+    accumulator.Reload()
+    logged = sorted(t for t in accumulator.Tags()["scalars"] if "per_class" in t)
+    assert logged == ["summary/per_class_accuracy/cat", "summary/per_class_accuracy/emu"]
+    assert "test/per_class_accuracy" in accumulator.Tags()["images"]

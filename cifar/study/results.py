@@ -10,8 +10,9 @@ import os
 from cifar.config import RESUME_MAY_CHANGE
 from cifar.errors import UserError
 from cifar.record import SUMMARY_FILE, atomic_write, read_finished_run
+from cifar.report.runs import class_accuracies
 from cifar.study.grid import cells, run_folder
-from cifar.study.statistics import compare_paired, describe
+from cifar.study.statistics import RANGES, compare_paired, describe, difference_range
 from cifar.trackers import summarizes_studies
 
 METRICS = (
@@ -66,13 +67,29 @@ def collect_runs(grid: dict, out: str, configs: dict) -> dict:
 def curve(runs: list[dict], key: str) -> list[dict]:
     """Mean and interval of one metrics.jsonl key per epoch, over the runs that reached it."""
     epochs = sorted({r["epoch"] for run in runs for r in run["metrics"]})
-    return [
-        {
-            "epoch": epoch,
-            **describe(r[key] for run in runs for r in run["metrics"] if r["epoch"] == epoch),
-        }
-        for epoch in epochs
-    ]
+    values = {
+        e: [r[key] for run in runs for r in run["metrics"] if r["epoch"] == e] for e in epochs
+    }
+    return [{"epoch": e, **describe(values[e], RANGES[key])} for e in epochs]
+
+
+def per_class(runs: list[dict], seeds: list[int]) -> tuple[dict, dict]:
+    """Each class's accuracy over the runs that had a test image of it, and the seeds whose run
+    had none of a class ({class: [seeds]}, only such classes): those runs have no accuracy for
+    it, which is left out, not counted as 0."""
+    accuracies = [class_accuracies(run["summary"]) for run in runs]
+    classes = list(dict.fromkeys(c for accuracy in accuracies for c in accuracy))
+    stats = {
+        c: describe(
+            [a[c] for a in accuracies if a.get(c) is not None], RANGES["per_class_accuracy"]
+        )
+        for c in classes
+    }
+    untested = {
+        c: [seed for seed, a in zip(seeds, accuracies, strict=True) if c in a and a[c] is None]
+        for c in classes
+    }
+    return stats, {c: found for c, found in untested.items() if found}
 
 
 def aggregate(grid: dict, collected: dict) -> dict:
@@ -83,28 +100,27 @@ def aggregate(grid: dict, collected: dict) -> dict:
         seeds = [s for s in grid["seeds"] if (arm, s) in finished]
         runs = [finished[arm, s] for s in seeds]
         by_seed[arm] = {m: {s: finished[arm, s]["summary"][m] for s in seeds} for m in METRICS}
-        classes = list(
-            dict.fromkeys(c for run in runs for c in run["summary"]["per_class_accuracy"])
-        )
+        classes, untested = per_class(runs, seeds)
         arms[arm] = {
             "flags": flags,
             "runs": [run["dir"] for run in runs],
             "seeds": seeds,
             "per_seed": {m: list(by_seed[arm][m].values()) for m in METRICS},
-            **{m: describe(by_seed[arm][m].values()) for m in METRICS},
-            "per_class_accuracy": {
-                c: describe(
-                    run["summary"]["per_class_accuracy"][c]
-                    for run in runs
-                    if c in run["summary"]["per_class_accuracy"]
-                )
-                for c in classes
-            },
+            **{m: describe(by_seed[arm][m].values(), RANGES[m]) for m in METRICS},
+            "per_class_accuracy": classes,
+            "no_test_image": untested,
             "curves": {key: curve(runs, key) for key in CURVE_KEYS},
         }
     names = list(grid["arms"])
     pairs = [
-        {"a": a, "b": b, "metric": metric, **compare_paired(by_seed[a][metric], by_seed[b][metric])}
+        {
+            "a": a,
+            "b": b,
+            "metric": metric,
+            **compare_paired(
+                by_seed[a][metric], by_seed[b][metric], difference_range(RANGES[metric])
+            ),
+        }
         for j, a in enumerate(names)
         for b in names[:j]
         for metric in PAIR_METRICS

@@ -1,0 +1,5 @@
+import sys
+
+from cifar.report.cli import main
+
+sys.exit(main())
