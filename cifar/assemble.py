@@ -188,12 +188,13 @@ def assemble_run(config, accelerator, run_dir: str, folder, process_settings: di
     if folder is not None:
         folder.announce()
     files = RunFiles(run_dir, accelerator.is_main_process)
+    record = describe_run(config, accelerator, run_dir, process_settings, settings)
     if progress is None:
         progress = Progress(settings)
-        files.write_config(describe_run(config, accelerator, run_dir, process_settings))
+        files.write_config(record)
     else:
         if not os.path.exists(files.path(CONFIG_FILE)):
-            files.write_config(describe_run(config, accelerator, run_dir, process_settings))
+            files.write_config(record)
         run_on_main(accelerator, lambda: log_resume(run_dir, resumed_from, progress, settings))
     files.write_metrics(progress.history)
     tracker.start(accelerator, config, run_dir, tracker_kwargs, config.to_dict())
@@ -225,7 +226,7 @@ def assemble_run(config, accelerator, run_dir: str, folder, process_settings: di
     )
 
 
-def describe_run(config, accelerator, run_dir: str, process_settings: dict) -> dict:
+def describe_run(config, accelerator, run_dir: str, process_settings: dict, settings: dict) -> dict:
     """config.json: the resolved Config plus where and with what it ran."""
     device = accelerator.device
     name = torch.cuda.get_device_name(device) if device.type == "cuda" else cpu_name()
@@ -238,6 +239,8 @@ def describe_run(config, accelerator, run_dir: str, process_settings: dict) -> d
         "device": device.type,
         "device_name": name,
         "process_settings": process_settings,
+        "train_images": settings["train_images"],  # the data as trained on, subsets applied
+        "test_images": settings["test_images"],
         "versions": {
             "python": platform.python_version(),
             "torch": torch.__version__,

@@ -54,6 +54,8 @@ CONFIG_RECORD_KEYS = (
     "device",
     "device_name",
     "process_settings",
+    "train_images",
+    "test_images",
     "versions",
 )
 
