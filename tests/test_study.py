@@ -23,8 +23,11 @@ from hypothesis import strategies as st
 from matplotlib.image import imread
 from scipy import stats
 
+from cifar.errors import UserError
 from cifar.study.cli import main
 from cifar.study.figures import curves_figure
+from cifar.study.grid import STUDY_FILES, parse_arms
+from cifar.study.results import pooling_refusal
 from cifar.study.statistics import compare_paired, describe
 from tests.conftest import ROOT, read_json, read_metrics, require, train_env
 from tests.slurm_helpers import cluster_available, submit, wait_for_job
@@ -50,6 +53,7 @@ TINY = [
     "2",
 ]
 ARMS = ["--arm", "w8=--width 8", "--arm", "w16=--width 16"]
+EXAMPLES = int(os.environ.get("CIFAR_HYPOTHESIS_EXAMPLES", "30"))
 METRICS = ("test_accuracy", "best_test_accuracy", "test_loss", "wall_seconds")
 
 
@@ -66,6 +70,18 @@ def study(*args, env=None, check=True, timeout=600) -> subprocess.CompletedProce
     if check and result.returncode != 0:
         pytest.fail(f"study exited {result.returncode}\n{result.stdout}\n{result.stderr}")
     return result
+
+
+def start_study(*args) -> subprocess.Popen:
+    """python -m cifar.study ARGS in the background, its output captured as text."""
+    return subprocess.Popen(
+        [sys.executable, "-m", "cifar.study", *map(str, args)],
+        cwd=ROOT,
+        env=train_env(),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
 
 
 def folder_hashes(folder: Path) -> dict:
@@ -111,7 +127,13 @@ def test_study_json_equals_the_statistics_of_the_runs_summaries(grid):
     out, _ = grid
     result = read_json(out / "study.json")
     assert list(result["arms"]) == ["w8", "w16"] and result["missing"] == []
-    for arm in ("w8", "w16"):
+    for arm, width in (("w8", 8), ("w16", 16)):
+        resolved = result["arms"][arm]["settings"]  # what the runs resolved to, all alike
+        assert (resolved["width"], resolved["world_size"], resolved["global_batch_size"]) == (
+            width,
+            1,
+            64,
+        )
         runs = summaries(out, arm)
         assert result["arms"][arm]["runs"] == [str(out / arm / f"seed{s}") for s in (0, 1, 2)]
         for metric in METRICS:
@@ -294,8 +316,8 @@ def test_a_stop_signal_to_the_study_checkpoints_the_run_and_exits_75(tmp_path):
     assert not (run_dir / "summary.json").exists() and not run_processes(run_dir)
 
 
-def run_processes(run_dir: Path) -> list[str]:
-    """Processes whose command line names run_dir."""
+def run_processes(run_dir: Path) -> list[int]:
+    """The ids of the processes whose command line names run_dir."""
     found = []
     for proc in Path("/proc").iterdir():
         try:
@@ -303,7 +325,7 @@ def run_processes(run_dir: Path) -> list[str]:
         except OSError:
             continue
         if proc.name.isdigit() and str(run_dir) in line:
-            found.append(line)
+            found.append(int(proc.name))
     return found
 
 
@@ -645,3 +667,307 @@ def test_the_launcher_runs_each_run_for_example_on_two_processes(tmp_path):
     )
     assert read_json(out / "cnn" / "seed0" / "summary.json")["world_size"] == 2
     assert read_json(out / "study.json")["arms"]["cnn"]["test_accuracy"]["n"] == 1
+
+
+ONE_EPOCH = [*TINY[:-1], "1", "--tracker", "none"]
+TORCHRUN = f"{Path(sys.executable).parent / 'torchrun'} --standalone --nproc_per_node 2"
+
+
+def assert_one_paragraph(result: subprocess.CompletedProcess, says: str) -> None:
+    """A refused command: exit 2, nothing on stdout, one paragraph on stderr saying `says`."""
+    assert result.returncode == 2 and result.stdout == "", result.stderr
+    assert result.stderr.startswith("error: ") and result.stderr.count("\n") == 1, result.stderr
+    assert says in result.stderr
+
+
+def test_runs_of_one_arm_pool_only_when_they_resolved_to_the_same_settings(tmp_path):
+    out = tmp_path / "pool"
+    study("--out", out, "--arm", "a=--width 8", "--seeds", 0, "--", *ONE_EPOCH)
+    report = (out / "study.json").read_bytes()
+    # The same arm on 2 processes: world size 2, a global batch twice as large.
+    mixed = study("--out", out, "--seeds", 1, 2, "--launcher", TORCHRUN, check=False)
+    assert mixed.returncode == 2 and "Traceback" not in mixed.stderr, mixed.stderr
+    assert read_json(out / "a" / "seed1" / "summary.json")["world_size"] == 2
+    refusal = (
+        "error: arm a holds runs that resolved to different settings, so the study does not "
+        "average them: world_size 1 (seed 0) vs 2 (seed 1); global_batch_size 64 (seed 0) vs "
+        f"128 (seed 1). Runs pool only when every setting that train.py keeps on resume agrees "
+        f"(world size, global batch, precision and accumulation from the launcher included). "
+        f"Move {out / 'a' / 'seed1'} out of the study and run it again with the launcher that "
+        f"trained {out / 'a' / 'seed0'}, or train them in a study of their own (another --out)."
+    )
+    assert mixed.stderr.count(refusal) == 1, mixed.stderr
+    assert "Arm a's other 1 seed(s) were not started." in mixed.stderr
+    assert not (out / "a" / "seed2").exists() and "study written" not in mixed.stdout
+    assert (out / "study.json").read_bytes() == report  # never averaged
+    assert read_json(out / "grid.json")["seeds"] == [0, 1, 2]
+
+    before = folder_hashes(out)
+    alone = study("--out", out, "--report-only", check=False)
+    assert_one_paragraph(alone, refusal)
+    assert folder_hashes(out) == before
+
+    # Moved out of the study, the rest pools; study.json records what its runs resolved to.
+    shutil.move(out / "a" / "seed1", tmp_path / "two-processes")
+    study("--out", out, "--report-only")
+    arm = read_json(out / "study.json")["arms"]["a"]
+    config = read_json(out / "a" / "seed0" / "config.json")
+    assert arm["seeds"] == [0] and arm["runs"] == [str(out / "a" / "seed0")]
+    resolved = arm["settings"]
+    assert resolved["world_size"] == 1 and resolved["global_batch_size"] == 64
+    assert resolved["mixed_precision"] == config["mixed_precision_used"] == "no"
+    assert resolved["gradient_accumulation_steps"] == config["gradient_accumulation_steps_used"]
+    assert (resolved["train_images"], resolved["test_images"], resolved["width"]) == (256, 64, 8)
+    assert not {"seed", "output_dir", "resume", "wandb_group", "device_name"} & set(resolved)
+
+
+def fake_run(folder: str, **settings) -> dict:
+    """A finished run as collect_runs reads it, with config.json holding settings."""
+    return {"dir": folder, "config": {"width": 8, "batch_size": 64, "seed": 0, **settings}}
+
+
+@settings(max_examples=EXAMPLES, deadline=None)
+@given(
+    st.lists(st.sampled_from([1, 2, 4]), min_size=1, max_size=5),
+    st.sampled_from(["no", "bf16"]),
+)
+def test_an_arm_pools_exactly_when_its_runs_agree_and_says_every_difference(worlds, precision):
+    runs = {
+        seed: fake_run(
+            f"/s/a/seed{seed}",
+            world_size=world,
+            mixed_precision_used=precision if seed == 0 else "no",
+            output_dir=f"/s/a/seed{seed}",
+            seed=seed,
+            device_name=f"machine {seed}",  # may change on resume: never a difference
+        )
+        for seed, world in enumerate(worlds)
+    }
+    refusal = pooling_refusal("a", runs)
+    agree = len(set(worlds)) == 1 and (len(worlds) == 1 or precision == "no")
+    assert (refusal == "") == agree
+    if len(set(worlds)) > 1:
+        assert "world_size " in refusal and "global_batch_size " in refusal
+        for world in set(worlds):
+            seeds = [s for s, w in enumerate(worlds) if w == world]
+            assert (
+                f"{world} (seed{'s' if len(seeds) > 1 else ''} {', '.join(map(str, seeds))})"
+                in (refusal)
+            )
+    assert ("mixed_precision" in refusal) == (len(worlds) > 1 and precision != "no")
+    assert "device_name" not in refusal and "output_dir" not in refusal
+
+
+def test_two_studies_started_at_once_on_one_folder_one_runs_the_other_exits_2(tmp_path):
+    out = tmp_path / "race"
+    longer = [*TINY, "--tracker", "none", "--synthetic-train-size", "2048"]
+
+    started = time.monotonic()
+    processes = {
+        arm: start_study("--out", out, "--arm", f"{arm}=--width 8", "--seeds", 0, 1, "--", *longer)
+        for arm in ("a", "b")
+    }
+    while all(p.poll() is None for p in processes.values()):
+        assert time.monotonic() - started < 300, "neither study ended"
+        time.sleep(0.05)
+    seconds = time.monotonic() - started
+    ((loser, refused_study),) = [(a, p) for a, p in processes.items() if p.poll() is not None]
+    ((winner, running),) = [(a, p) for a, p in processes.items() if a != loser]
+    assert running.poll() is None  # the loser ended while the other study still ran
+    output, error = refused_study.communicate()
+    assert refused_study.returncode == 2 and output == "", error
+    holder = (
+        rf"error: another study is using the study folder {re.escape(str(out))} \(process "
+        rf"{running.pid} on \S+ since [\d: -]+\)\. Wait for it to finish \(or stop it\), or "
+        rf"choose another --out\.\n"
+    )
+    assert re.fullmatch(holder, error), error
+    assert seconds < 60
+    output, error = running.communicate(timeout=300)
+    assert running.returncode == 0, error
+    report = read_json(out / "study.json")
+    assert list(read_json(out / "grid.json")["arms"]) == list(report["arms"]) == [winner]
+    assert report["arms"][winner]["seeds"] == [0, 1]
+    text = (out / "study.md").read_text()
+    assert f"- {winner}: `--width 8`" in text and f"- {loser}:" not in text
+    assert not (out / loser).exists()
+
+
+HOLD_LOCK = """
+import sys, time
+from cifar.record import FolderLock
+lock = FolderLock(sys.argv[1], "study", "--out")
+lock.acquire()
+lock.announce()
+print("locked", flush=True)
+time.sleep(float(sys.argv[2]))
+"""
+
+
+def hold_study_lock(out: Path, seconds: float) -> subprocess.Popen:
+    """Another process holding out's study lock for seconds, once it has printed "locked"."""
+    out.mkdir(parents=True, exist_ok=True)
+    holder = subprocess.Popen(
+        [sys.executable, "-c", HOLD_LOCK, str(out / "study.lock"), str(seconds)],
+        cwd=ROOT,
+        env=train_env(),
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    assert holder.stdout.readline() == "locked\n"
+    return holder
+
+
+def test_a_held_study_folder_is_refused_at_once_and_sweep_elements_wait_for_it(grid, tmp_path):
+    source, _ = grid
+    out = tmp_path / "widths"
+    shutil.copytree(source, out)
+    holder = hold_study_lock(out, 120)
+    try:
+        before = folder_hashes(out)
+        result = study("--out", out, "--report-only", check=False)
+        assert_one_paragraph(result, f"another study is using the study folder {out} (process ")
+        assert f"(process {holder.pid} on " in result.stderr
+        assert folder_hashes(out) == before
+    finally:
+        holder.kill()
+        holder.wait()
+    # slurm/sweep.sh's elements start together: --print-run waits for the lock's holder.
+    swept = tmp_path / "swept"
+    holder = hold_study_lock(swept, 3)
+    element = sweep_dry_run(swept, 0, "--epochs", "2")
+    assert element.returncode == 0, element.stderr
+    assert holder.poll() is not None  # it went ahead only once the holder let go
+    assert read_json(swept / "grid.json")["seeds"] == [0, 1]
+
+
+@pytest.mark.parametrize(
+    "name",
+    [
+        "study.json",
+        "study.md",
+        "grid.json",
+        "curves.png",
+        "test_accuracy.png",
+        "wandb",
+        "tracker.json",
+        "study.lock",
+        "Study.MD",
+        "later-figure.svg",
+    ],
+)
+def test_an_arm_named_like_a_file_of_the_study_is_refused_before_anything_trains(
+    tmp_path, capsys, name
+):
+    out = tmp_path / "study"
+    before = folder_hashes(tmp_path)
+    error = refused(["--out", out, "--arm", f"{name}=--width 8", "--", *ONE_EPOCH], capsys)
+    assert f"the arm name {name!r} is, or ends like, a file the study writes" in error
+    assert "Give the arm another name" in error
+    assert folder_hashes(tmp_path) == before
+
+
+def test_every_file_a_study_writes_is_refused_as_an_arm_name(grid, tmp_path, capsys):
+    out, _ = grid
+    own = [p.name for p in out.iterdir() if p.name not in ("w8", "w16")]
+    assert {"study.json", "study.md", "grid.json", "study.lock", "curves.png"} <= set(own)
+    for name in own:
+        assert "a file the study writes" in refused(
+            ["--out", tmp_path / "s", "--arm", f"{name}=--width 8"], capsys
+        )
+
+
+@settings(max_examples=4 * EXAMPLES, deadline=None)
+@given(
+    st.one_of(
+        st.text(max_size=12),
+        st.sampled_from(["study.json", "wandb", "a.png", "..", ".", "a/b", " x ", "x.MD"]),
+        st.from_regex(r"[A-Za-z0-9][A-Za-z0-9._-]{0,10}", fullmatch=True),
+    )
+)
+def test_an_arm_name_is_a_folder_of_its_own_beside_the_studys_files_or_refused(name):
+    spec = f"{name}=--width 8"
+    try:
+        arms = parse_arms([spec])
+    except UserError as error:
+        assert str(error).startswith("--arm ") and "\n" not in str(error)
+        return
+    (accepted,) = arms
+    head, _, flags = spec.partition("=")  # a name holding "=" ends at the first one
+    assert accepted == head.strip() and arms[accepted] == flags.strip()
+    assert os.path.dirname(os.path.normpath(os.path.join("/s", accepted))) == "/s"
+    assert accepted not in (".", "..") and accepted.lower() not in STUDY_FILES
+    assert not accepted.lower().endswith((".json", ".md", ".png", ".lock"))
+
+
+def test_a_failed_arm_is_reported_the_others_run_and_it_may_change_or_be_dropped(tmp_path):
+    out = tmp_path / "failing"
+    command = ["--out", out, "--arm", "big=--batch-size 1000", "--arm", "ok=--width 8"]
+    first = study(*command, "--seeds", 0, 1, "--", *ONE_EPOCH, check=False)
+    assert first.returncode == 2 and "Traceback" not in first.stderr, first.stderr
+    big = out / "big" / "seed0"
+    assert (
+        f"error: the run {big} failed (train.py exited 2; its message is above). Arm big holds "
+        f'no run, so its flags may change: run the study again with --arm "big=NEW FLAGS", or '
+        f"remove the arm with --drop-arm big. Arm big's other 1 seed(s) were not started.\n"
+    ) in first.stderr
+    assert "fewer than one optimizer step needs" in first.stderr  # train.py's own message
+    assert not (out / "big" / "seed1").exists()
+    report = read_json(out / "study.json")
+    assert report["arms"]["ok"]["seeds"] == [0, 1] and report["arms"]["big"]["seeds"] == []
+    assert report["missing"] == [str(big), str(out / "big" / "seed1")]
+    assert "- big: `--batch-size 1000`" in (out / "study.md").read_text()
+
+    dropped = study("--out", out, "--drop-arm", "big", "--report-only")
+    assert "Traceback" not in dropped.stderr
+    assert read_json(out / "grid.json")["arms"] == {"ok": "--width 8"}
+    assert list(read_json(out / "study.json")["arms"]) == ["ok"]
+
+    fixed = study("--out", out, "--arm", "big=--batch-size 128")
+    assert fixed.stdout.count("finished, skipped") == 2
+    assert read_json(out / "grid.json")["arms"] == {"ok": "--width 8", "big": "--batch-size 128"}
+    assert read_json(big / "config.json")["batch_size"] == 128
+    assert read_json(out / "study.json")["arms"]["big"]["seeds"] == [0, 1]
+
+
+def test_an_arm_with_runs_keeps_its_flags_and_is_never_dropped(grid, tmp_path, capsys):
+    source, _ = grid
+    out = tmp_path / "widths"
+    shutil.copytree(source, out)
+    before = folder_hashes(out)
+    refusals = [
+        (["--drop-arm", "w8"], f"--drop-arm w8: the arm holds runs ({out / 'w8' / 'seed0'}, "),
+        (["--drop-arm", "w32"], "the study in " + str(out) + " has no arm 'w32' (its arms: w8"),
+        (["--drop-arm", "w8", "--arm", "w8=--width 8"], "arm w8 is given with --arm and with"),
+        (["--arm", "w8=--width 12"], f"its runs were made with those ({out / 'w8' / 'seed0'}"),
+    ]
+    for argv, says in refusals:
+        assert says in refused(["--out", out, *argv], capsys)
+        assert folder_hashes(out) == before
+    fresh = tmp_path / "fresh"
+    assert "there is no study in" in refused(["--out", fresh, "--drop-arm", "a"], capsys)
+    assert not fresh.exists()
+
+
+def test_a_run_killed_by_a_signal_is_named_so_and_the_other_arms_still_run(tmp_path):
+    out = tmp_path / "oom"
+    longer = [*TINY, "--tracker", "none", "--synthetic-train-size", "2048", "--epochs", "3"]
+    command = ["--out", out, "--arm", "first=--width 8", "--arm", "second=--width 8"]
+    process = start_study(*command, "--seeds", 0, "--", *longer)
+    killed = out / "first" / "seed0"
+    deadline = time.monotonic() + 300
+    while not (killed / "config.json").exists() or not run_processes(killed):
+        assert process.poll() is None and time.monotonic() < deadline, "the run did not start"
+        time.sleep(0.1)
+    for pid in run_processes(killed):  # what the out-of-memory killer does
+        os.kill(pid, signal.SIGKILL)
+    output, error = process.communicate(timeout=300)
+    assert process.returncode == 1, error
+    assert "Traceback" not in error and "its message is above" not in error
+    assert (
+        f"error: the run {killed} failed (train.py was killed by SIGKILL (-9), e.g. by the "
+        f"out-of-memory killer; a killed process prints no message of its own)."
+    ) in error
+    report = read_json(out / "study.json")
+    assert report["arms"]["second"]["seeds"] == [0] and report["arms"]["first"]["seeds"] == []
+    assert report["missing"] == [str(killed)]

@@ -14,7 +14,13 @@ from cifar.record.files import (
     read_run_file,
     write_json,
 )
-from cifar.record.folder import RunFolder, default_run_dir, holds_a_run, log_resume
+from cifar.record.folder import (
+    FolderLock,
+    RunFolder,
+    default_run_dir,
+    holds_a_run,
+    log_resume,
+)
 from cifar.record.names import (
     CHECKPOINT_NAME,
     CHECKPOINTS,
@@ -48,6 +54,7 @@ __all__ = [
     "CHECKPOINT_NAME",
     "CONFIG_FILE",
     "FORMAT_KEY",
+    "FolderLock",
     "FORMAT_VERSION",
     "LOCK_FILE",
     "METRICS_FILE",

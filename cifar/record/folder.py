@@ -1,4 +1,4 @@
-"""Who owns a run folder, and whether it holds a run.
+"""Who owns a run folder (and, with the same lock, a study folder), and whether it holds a run.
 
 A run folder is ours only if it holds ``run.lock``, the file train.py creates in it. The run that
 owns the folder holds an exclusive POSIX record lock (fcntl) on that file for its whole life; the
@@ -57,12 +57,73 @@ def holder_of(path: str, fd: int) -> str:
     return f"process {pid} on this machine" if pid > 0 else "a process on another machine"
 
 
+class FolderLock:
+    """The lock file of a folder (a run's, a study's), held for the life of this process or
+    until released: one owner per folder."""
+
+    def __init__(self, path: str, what: str, option: str):
+        """path: the lock file; what: who owns such a folder ("run", "study"); option: the flag
+        that picks another folder, for the refusal."""
+        self.path, self.what, self.option = path, what, option
+        self.fd: int | None = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+
+    def acquire(self, wait_s: float = 0) -> None:
+        """Lock the file, waiting up to wait_s seconds for a holder to let go; a UserError
+        naming the holder when it does not. Where the file system refuses locks, warn and go
+        on unlocked."""
+        deadline = time.monotonic() + wait_s
+        while True:
+            try:
+                fcntl.lockf(self.fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                return
+            except OSError as error:
+                if error.errno not in (errno.EACCES, errno.EAGAIN):
+                    warnings.warn(
+                        f"the file system of {os.path.dirname(self.path)} refuses file locks "
+                        f"({error.strerror}): a second {self.what} started on this folder "
+                        f"would not be stopped",
+                        stacklevel=2,
+                    )
+                    return
+            if time.monotonic() >= deadline:
+                break
+            time.sleep(0.05)
+        holder = holder_of(self.path, self.fd)
+        self.release()
+        raise UserError(
+            f"another {self.what} is using the {self.what} folder {os.path.dirname(self.path)} "
+            f"({holder}). Wait for it to finish (or stop it), or choose another {self.option}."
+        )
+
+    def announce(self) -> None:
+        """Write who holds the lock, for the message a second owner prints; called once the
+        owner goes ahead, so a refused start leaves the file as it was. Written through the
+        locked descriptor: closing any other descriptor of the file would drop the lock."""
+        if self.fd is None:
+            return
+        holder = {
+            "pid": os.getpid(),
+            "host": socket.gethostname(),
+            "since": time.strftime("%Y-%m-%d %H:%M:%S"),
+            "slurm_job": os.environ.get("SLURM_JOB_ID", ""),
+        }
+        data = (json.dumps(holder) + "\n").encode()
+        os.ftruncate(self.fd, 0)
+        os.pwrite(self.fd, data, 0)
+
+    def release(self) -> None:
+        """Give the folder up (the lock goes with the descriptor)."""
+        if self.fd is not None:
+            os.close(self.fd)
+            self.fd = None
+
+
 class RunFolder:
     """The folder of one run, claimed by the main process: created or adopted, and locked."""
 
-    def __init__(self, path: str, created: bool, lock_created: bool, lock_fd: int | None):
+    def __init__(self, path: str, created: bool, lock_created: bool, lock: FolderLock):
         self.path, self.created, self.lock_created = path, created, lock_created
-        self.lock_fd = lock_fd
+        self.lock = lock
 
     @classmethod
     def claim(cls, path: str, resume: bool) -> "RunFolder":
@@ -89,14 +150,14 @@ class RunFolder:
         lock_existed = os.path.exists(lock_path)
         try:
             os.makedirs(path, exist_ok=True)
-            lock_fd = os.open(lock_path, os.O_RDWR | os.O_CREAT, 0o644)
+            lock = FolderLock(lock_path, "run", "--output-dir")
         except OSError as error:
             raise UserError(
                 f"cannot write to the run folder {path} ({error.strerror}). Choose a writable "
                 f"--output-dir."
             ) from None
-        folder = cls(path, not existed, not lock_existed, lock_fd)
-        folder.lock()
+        folder = cls(path, not existed, not lock_existed, lock)
+        lock.acquire()
         if holds_a_run(path) and not resume:
             folder.release()
             raise UserError(
@@ -107,47 +168,11 @@ class RunFolder:
             folder.announce()
         return folder
 
-    def lock(self) -> None:
-        lock_path = os.path.join(self.path, LOCK_FILE)
-        try:
-            fcntl.lockf(self.lock_fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except OSError as error:
-            if error.errno in (errno.EACCES, errno.EAGAIN):
-                holder = holder_of(lock_path, self.lock_fd)
-                os.close(self.lock_fd)
-                self.lock_fd = None
-                raise UserError(
-                    f"another run is using the run folder {self.path} ({holder}). Wait for it "
-                    f"to finish (or stop it), or choose another --output-dir."
-                ) from None
-            warnings.warn(
-                f"the file system of {self.path} refuses file locks ({error.strerror}): a "
-                f"second run started on this folder would not be stopped",
-                stacklevel=2,
-            )
-            return
-
     def announce(self) -> None:
-        """Write who holds the lock, for the message a second run prints; called once the run
-        goes ahead, so a refused or finished start leaves run.lock as it was. Written through
-        the locked descriptor: closing any other descriptor of the file would drop the lock."""
-        if self.lock_fd is None:
-            return
-        holder = {
-            "pid": os.getpid(),
-            "host": socket.gethostname(),
-            "since": time.strftime("%Y-%m-%d %H:%M:%S"),
-            "slurm_job": os.environ.get("SLURM_JOB_ID", ""),
-        }
-        data = (json.dumps(holder) + "\n").encode()
-        os.ftruncate(self.lock_fd, 0)
-        os.pwrite(self.lock_fd, data, 0)
+        self.lock.announce()
 
     def release(self) -> None:
-        """Give the folder up (the lock goes with the descriptor)."""
-        if self.lock_fd is not None:
-            os.close(self.lock_fd)
-            self.lock_fd = None
+        self.lock.release()
 
     def abandon(self) -> None:
         """After a failed start: remove what this start created, so the same command works

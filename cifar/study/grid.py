@@ -9,7 +9,8 @@ import shlex
 
 from cifar.config import build_parser, parse_config
 from cifar.errors import UserError
-from cifar.record import write_json
+from cifar.record import holds_a_run, write_json
+from cifar.trackers import TRACKER_FILE
 
 DEFAULT_ARMS = {"cnn": "--model cnn", "resnet50": "--model resnet50"}
 
@@ -18,6 +19,12 @@ DEFAULT_SEEDS = [0, 1, 2]
 
 
 GRID_FILE = "grid.json"
+STUDY_JSON, STUDY_MD = "study.json", "study.md"
+STUDY_LOCK = "study.lock"  # held by the study that owns the folder
+# What the study keeps beside its arm folders; an arm may not be named like one of them, nor end
+# like one of its records or figures (a file a later version adds must not meet an arm's folder).
+STUDY_FILES = (GRID_FILE, STUDY_JSON, STUDY_MD, STUDY_LOCK, TRACKER_FILE, "wandb", "tensorboard")
+STUDY_FILE_ENDINGS = (".json", ".jsonl", ".md", ".png", ".svg", ".pdf", ".lock", ".tmp", ".csv")
 
 
 # The study sets these for every run; an arm or the common flags may not.
@@ -27,17 +34,29 @@ STUDY_SETTINGS = ("seed", "output_dir", "resume", "wandb_group")
 ARM_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*")
 
 
+def check_arm_name(name: str, where: str) -> None:
+    """A UserError unless name can be an arm's folder beside the study's own files."""
+    if not ARM_NAME.fullmatch(name):
+        raise UserError(
+            f"{where} is not NAME=FLAGS with a folder-safe NAME (letters, digits, . _ -). Write "
+            f'e.g. --arm "wide=--model cnn --width 64".'
+        )
+    lower = name.lower()
+    if lower in STUDY_FILES or lower.endswith(STUDY_FILE_ENDINGS):
+        raise UserError(
+            f"{where}: the arm name {name!r} is, or ends like, a file the study writes beside its "
+            f"arm folders ({', '.join(STUDY_FILES)}, *{', *'.join(STUDY_FILE_ENDINGS)}). Give "
+            f"the arm another name, e.g. {name.replace('.', '-')}-arm."
+        )
+
+
 def parse_arms(specs: list[str]) -> dict[str, str]:
     """--arm NAME=FLAGS values -> {name: flags}, in the order given."""
     arms = {}
     for spec in specs:
         name, equals, flags = spec.partition("=")
         name = name.strip()
-        if not equals or not ARM_NAME.fullmatch(name):
-            raise UserError(
-                f"--arm {spec!r} is not NAME=FLAGS with a folder-safe NAME (letters, digits, . _ "
-                f'-). Write e.g. --arm "wide=--model cnn --width 64".'
-            )
+        check_arm_name(name if equals else "", f"--arm {spec!r}")
         if name in arms:
             raise UserError(f"--arm {name} is given twice. Give each arm its own name.")
         try:
@@ -83,14 +102,51 @@ def read_grid(out: str) -> dict | None:
         ok = isinstance(grid["name"], str) and isinstance(grid["arms"], dict)
         ok = ok and all(isinstance(s, int) for s in grid["seeds"])
         ok = ok and all(isinstance(c, str) for c in grid["common"])
-    except (ValueError, KeyError, TypeError):
+        ok = ok and all(isinstance(f, str) for f in grid["arms"].values())
+    except (ValueError, KeyError, TypeError, AttributeError):
         ok = False
     if not ok:
         raise UserError(
             f"{path} is not a study grid (name, arms, seeds, common). Restore it, or start the "
             f"study in a new --out folder."
         )
+    for name in grid["arms"]:
+        check_arm_name(name, f"arm {name!r} of {path}")
     return grid
+
+
+def arm_runs(out: str, arm: str) -> list[str]:
+    """The folders under DIR/<arm> that hold a run (a checkpoint or results)."""
+    folder = os.path.join(out, arm)
+    if not os.path.isdir(folder):
+        return []
+    found = sorted(e.path for e in os.scandir(folder) if e.is_dir(follow_symlinks=False))
+    return [path for path in found if holds_a_run(path)]
+
+
+def drop_arms(arms: dict, drops: list[str], out: str) -> dict:
+    """arms without those --drop-arm names; a UserError for an arm that is not there or still
+    holds a run."""
+    for name in drops:
+        if name not in arms:
+            raise UserError(
+                f"--drop-arm {name}: the study in {out} has no arm {name!r} (its arms: "
+                f"{', '.join(arms) or 'none'}). Name one of those."
+            )
+        runs = arm_runs(out, name)
+        if runs:
+            raise UserError(
+                f"--drop-arm {name}: the arm holds runs ({', '.join(runs[:3])}), and the study "
+                f"never drops results. Move {os.path.join(out, name)} out of the study first, "
+                f"then drop the arm."
+            )
+    kept = {name: flags for name, flags in arms.items() if name not in drops}
+    if not kept:
+        raise UserError(
+            f"--drop-arm would leave the study in {out} without arms. Keep one, or add one with "
+            f'--arm "NAME=FLAGS".'
+        )
+    return kept
 
 
 def resolve_grid(args, common: list[str] | None) -> dict:
@@ -100,7 +156,15 @@ def resolve_grid(args, common: list[str] | None) -> dict:
         raise UserError(f"--out {args.out} is a file. Pass a folder for the study.")
     saved = read_grid(args.out)
     arms = parse_arms(args.arm)
+    both = [name for name in args.drop_arm if name in arms]
+    if both:
+        raise UserError(f"arm {both[0]} is given with --arm and with --drop-arm. Give one of them.")
     name = args.name or os.path.basename(os.path.abspath(args.out))
+    if saved is None and args.drop_arm:
+        raise UserError(
+            f"--drop-arm {args.drop_arm[0]}: there is no study in {args.out} yet (no "
+            f"{GRID_FILE}). Drop nothing, or point --out at the study."
+        )
     if saved is None:
         return {
             "name": name,
@@ -110,11 +174,13 @@ def resolve_grid(args, common: list[str] | None) -> dict:
         }
     fix = f"Start a new study with another --out, or leave {args.out}/{GRID_FILE}'s setting as is."
     for arm, flags in arms.items():
-        if arm in saved["arms"] and saved["arms"][arm] != flags:
+        runs = arm_runs(args.out, arm) if saved["arms"].get(arm, flags) != flags else []
+        if runs:  # an arm without a run (one whose runs failed to start) may change its flags
             raise UserError(
                 f"arm {arm} of the study in {args.out} has the flags {saved['arms'][arm]!r}, "
-                f"not {flags!r}: its runs were made with those. Give the new arm another name. "
-                f"{fix}"
+                f"not {flags!r}: its runs were made with those ({', '.join(runs[:3])}). Give "
+                f"the new arm another name, or move {os.path.join(args.out, arm)} out of the "
+                f"study to start the arm again with the new flags. {fix}"
             )
     if common is not None and common != saved["common"]:
         raise UserError(
@@ -125,7 +191,7 @@ def resolve_grid(args, common: list[str] | None) -> dict:
         raise UserError(f"the study in {args.out} is named {saved['name']!r}. {fix}")
     return {
         "name": saved["name"],
-        "arms": {**saved["arms"], **arms},
+        "arms": {**drop_arms(saved["arms"], args.drop_arm, args.out), **arms},
         "seeds": list(dict.fromkeys([*saved["seeds"], *(args.seeds or [])])),
         "common": saved["common"],
     }
