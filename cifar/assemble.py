@@ -180,19 +180,21 @@ def assemble_run(config, accelerator, run_dir: str, folder, process_settings: di
     shape = Shape(config.epochs, len(train_loader), accumulation, len(classes))
     scheduler = build_scheduler(config, optimizer, config.epochs * shape.steps_per_epoch)
     model, optimizer, scheduler = accelerator.prepare(model, optimizer, scheduler)
-    set_seed(config.seed, device_specific=True)
+    # Per process, as device_specific would seed, but wrapped into the range every rank accepts.
+    set_seed((config.seed + accelerator.process_index) % 2**32)
 
     settings = run_settings(config, accelerator, train, test)
     resumed_from, progress = load_checkpoint(accelerator, candidates, settings, shape)
     if folder is not None:
         folder.announce()
     files = RunFiles(run_dir, accelerator.is_main_process)
+    record = describe_run(config, accelerator, run_dir, process_settings, settings)
     if progress is None:
         progress = Progress(settings)
-        files.write_config(describe_run(config, accelerator, run_dir, process_settings))
+        files.write_config(record)
     else:
         if not os.path.exists(files.path(CONFIG_FILE)):
-            files.write_config(describe_run(config, accelerator, run_dir, process_settings))
+            files.write_config(record)
         run_on_main(accelerator, lambda: log_resume(run_dir, resumed_from, progress, settings))
     files.write_metrics(progress.history)
     tracker.start(accelerator, config, run_dir, tracker_kwargs, config.to_dict())
@@ -224,7 +226,7 @@ def assemble_run(config, accelerator, run_dir: str, folder, process_settings: di
     )
 
 
-def describe_run(config, accelerator, run_dir: str, process_settings: dict) -> dict:
+def describe_run(config, accelerator, run_dir: str, process_settings: dict, settings: dict) -> dict:
     """config.json: the resolved Config plus where and with what it ran."""
     device = accelerator.device
     name = torch.cuda.get_device_name(device) if device.type == "cuda" else cpu_name()
@@ -237,6 +239,8 @@ def describe_run(config, accelerator, run_dir: str, process_settings: dict) -> d
         "device": device.type,
         "device_name": name,
         "process_settings": process_settings,
+        "train_images": settings["train_images"],  # the data as trained on, subsets applied
+        "test_images": settings["test_images"],
         "versions": {
             "python": platform.python_version(),
             "torch": torch.__version__,

@@ -7,19 +7,22 @@ import argparse
 import json
 import math
 import os
+import re
+import sys
 from dataclasses import MISSING, asdict, dataclass, field, fields
 
 import yaml
 
 from cifar.data import DATASETS, auto_augment, dataset_spec
 from cifar.errors import UserError
-from cifar.models import REGISTRY
+from cifar.models import REGISTRY, model_spec
+from cifar.record.schema import CONFIG_RECORD_KEYS
 from cifar.trackers import REGISTRY as TRACKER_REGISTRY
 
 MODELS = tuple(REGISTRY)
 OPTIMIZERS = ("sgd", "adamw")
 SCHEDULERS = ("none", "cosine", "onecycle")
-FREEZE_MODES = ("backbone", "layer4", "none")
+FREEZE_MODES = ("auto", "backbone", "layer4", "none")
 AUGMENTATIONS = ("auto", "crop-flip", "flip", "none")
 TRACKERS = tuple(TRACKER_REGISTRY)  # the default first
 PRECISIONS = ("no", "fp16", "bf16")
@@ -53,7 +56,12 @@ class Config:
     synthetic_test_size: int = knob(2000, "test images of --dataset synthetic")
     # Model.
     image_size: int = knob(224, "ResNet input size; images are resized on the device")
-    freeze: str = knob("backbone", "ResNet parameters kept frozen", FREEZE_MODES)
+    freeze: str = knob(
+        "auto",
+        "ResNet parameters kept frozen. auto: backbone with pretrained weights, none without "
+        "(--no-pretrained trains from scratch)",
+        FREEZE_MODES,
+    )
     pretrained: bool = knob(True, "ResNets start from torchvision's ImageNet weights")
     width: int = knob(32, "SimpleCNN channels of the first conv (doubled per layer)")
     batch_norm: bool = knob(True, "SimpleCNN: BatchNorm after each conv")
@@ -184,6 +192,17 @@ LIMITS = {
 EXCLUSIVE = {"lr": "low", "dropout": "high", "label_smoothing": "high"}
 
 
+W_AND_B_FORBIDDEN = re.compile(r"[/\\#?%:]")  # what W&B refuses in project and entity names
+EXIT_CODES = """exit codes:
+  0    done, or the run in --output-dir was already finished
+  1    anything else (e.g. the loss became NaN; the message says which)
+  2    a mistake in the input: the message says what and how to fix it
+  74   a checkpoint or result file could not be written (disk full, I/O error)
+  75   stopped by SIGTERM, SIGUSR1 or Ctrl-C after saving a checkpoint: --resume auto
+  130  stopped by a second Ctrl-C, without a checkpoint
+under `accelerate launch` the launcher reports 1 for any of these but 0 (see docs/training.md)"""
+
+
 def flag_name(name: str) -> str:
     return "--" + name.replace("_", "-")
 
@@ -200,11 +219,15 @@ def build_parser() -> argparse.ArgumentParser:
     parser = ArgumentParser(
         prog="train.py",
         description="Train SimpleCNN or ResNet-50 on CIFAR-10 and friends with Accelerate.",
+        epilog=EXIT_CODES,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
         argument_default=argparse.SUPPRESS,
     )
     for f in fields(Config):
         default = f.default if f.default is not MISSING else f.default_factory()
-        help_text = f"{f.metadata['help']} (default: {default!r})"
+        help_text = f.metadata["help"]
+        if "default:" not in help_text:  # a help that explains its default keeps it
+            help_text += f" (default: {default!r})"
         kwargs = {"help": help_text, "dest": f.name}
         if f.metadata["choices"]:
             kwargs["choices"] = f.metadata["choices"]
@@ -250,6 +273,14 @@ def read_config_file(path: str) -> dict:
     if not isinstance(data, dict):
         raise UserError(f"config file {path!r} must hold a mapping of setting: value.")
     known = {f.name: f for f in fields(Config)}
+    if any(key in data for key in CONFIG_RECORD_KEYS):
+        # A run's own config.json: its settings, without what it recorded about that run
+        # (where it ran, with what, in which folder): re-running it starts a new run.
+        data = {
+            k: v
+            for k, v in data.items()
+            if k not in (*CONFIG_RECORD_KEYS, "output_dir", "resume", "config", "prepare_only")
+        }
     settings = {}
     for key, value in data.items():
         name = str(key).replace("-", "_")
@@ -281,6 +312,12 @@ def coerce(name: str, value, kind, source: str):
             ) from None
     if kind is list and isinstance(value, str):
         return [value]
+    scalars = isinstance(value, list) and all(isinstance(v, (str, int, float)) for v in value)
+    if kind is list and scalars:  # YAML reads `tags: [2024, baseline]` as an int and a str
+        return [str(v) for v in value]
+    if kind is str and isinstance(value, bool):
+        # YAML 1.1 reads `mixed_precision: no` as false: the word the setting takes.
+        return "yes" if value else "no"
     expected = {bool: (bool,), int: (int,), float: (float,), str: (str,), list: (list,)}[kind]
     if not isinstance(value, expected) or (kind is int and isinstance(value, bool)):
         raise UserError(
@@ -306,6 +343,14 @@ def parse_config(argv: list[str] | None = None) -> Config:
     config = Config(**settings)
     if config.augment == "auto" and config.dataset in DATASETS:
         config.augment = dataset_spec(config.dataset).augment
+    if config.freeze == "auto":
+        config.freeze = "backbone" if config.pretrained else "none"
+    elif config.freeze != "none" and not config.pretrained and model_spec(config.model).weights:
+        print(
+            f"warning: --freeze {config.freeze} with --no-pretrained keeps random weights "
+            f"frozen; train from scratch with --freeze none (the default without weights).",
+            file=sys.stderr,
+        )
     validate(config)
     return config
 
@@ -325,6 +370,13 @@ def validate(config: Config) -> None:
         )
     for name, (low, high) in LIMITS.items():
         check_range(name, getattr(config, name), low, high, EXCLUSIVE.get(name, ""))
+    for name in ("wandb_project", "wandb_entity"):
+        value = getattr(config, name)
+        if len(value) > 128 or W_AND_B_FORBIDDEN.search(value):
+            raise UserError(
+                f"{flag_name(name)} {value!r} is not a W&B name: at most 128 characters, none of "
+                f"/ \\ # ? % : (e.g. {flag_name(name)} cifar-accelerate)."
+            )
     for f in fields(Config):
         texts = getattr(config, f.name) if f.type is list else [getattr(config, f.name)]
         for text in texts:

@@ -18,11 +18,13 @@ import contextlib
 import glob
 import hashlib
 import os
+import stat
 
 import torch
 import torchvision
 from torch.utils.data import DataLoader, Dataset
 
+from cifar.data.cache import cache_dir
 from cifar.data.decode import (
     IMAGE_SUFFIXES,
     JPEG_SUFFIXES,
@@ -119,14 +121,72 @@ def list_folder(folder: str) -> ImageFiles:
             f"(or val/); set --data-dir to that DATA_DIR."
         )
     try:
-        listing = torchvision.datasets.ImageFolder(folder)
+        classes, _ = torchvision.datasets.folder.find_classes(folder)
     except (FileNotFoundError, OSError) as error:
         raise UserError(
             f"image folder {os.path.abspath(folder)} holds no images in class sub-folders "
             f"({error}). Put images ({', '.join(IMAGE_SUFFIXES[:3])}, ...) in "
             f"{folder}/<class name>/."
         ) from None
-    return ImageFiles(listing.samples, listing.classes)
+    samples, skipped = [], []
+    for label, name in enumerate(classes):
+        files, links = class_files(folder, name)
+        samples += [(path, label) for path in files]
+        skipped += links
+    if skipped and os.environ.get("RANK", "0") == "0":
+        listed = "\n".join(f"  {path} ({why})" for path, why in skipped)
+        print(f"note: {len(skipped)} entries of {folder} left out:\n{listed}", flush=True)
+    empty = sorted(set(classes) - {classes[label] for _, label in samples})
+    if empty:
+        raise UserError(
+            f"image folder {os.path.abspath(folder)} holds no images in the class folder(s) "
+            f"{', '.join(empty)}. Put images ({', '.join(IMAGE_SUFFIXES[:3])}, ...) in "
+            f"{folder}/<class name>/, or remove the empty folders."
+        )
+    if len(classes) < 2:
+        raise UserError(
+            f"image folder {os.path.abspath(folder)} has {len(classes)} class folder(s) "
+            f"({', '.join(classes) or 'none'}): a classifier needs at least two. Put each "
+            f"class's images in a folder of its own under {folder}/."
+        )
+    return ImageFiles(samples, classes)
+
+
+def class_files(folder: str, name: str) -> tuple[list, list]:
+    """(image paths, skipped (path, why)) of folder/name in torchvision ImageFolder's order.
+    Linked folders are followed once and only inside the class: a link back up (a loop), to
+    another class or to a folder already listed is skipped. Files that are not regular files
+    (FIFOs, sockets, devices) are skipped: reading one could block forever."""
+    top = os.path.realpath(folder)
+    start = os.path.realpath(os.path.join(folder, name))
+    visited, listed, skipped = {start}, [], []
+    for root, dirs, files in os.walk(os.path.join(folder, name), followlinks=True):
+        for d in sorted(dirs):
+            path = os.path.join(root, d)
+            real = os.path.realpath(path)
+            inside = real.startswith(start + os.sep)
+            above = top == real or top.startswith(real + os.sep) or start.startswith(real + os.sep)
+            if real in visited or above or (real.startswith(top + os.sep) and not inside):
+                dirs.remove(d)
+                skipped.append((path, "a link to a folder listed elsewhere or above it"))
+            else:
+                visited.add(real)
+        listed.append((root, files))
+    found = []
+    for root, files in sorted(listed):  # torchvision's order: folders, then files, sorted
+        for file in sorted(files):
+            path = os.path.join(root, file)
+            if not path.lower().endswith(IMAGE_SUFFIXES):
+                continue
+            try:
+                regular = stat.S_ISREG(os.stat(path).st_mode)
+            except OSError:  # a dangling link: named when the image is read
+                regular = True
+            if regular:
+                found.append(path)
+            else:
+                skipped.append((path, "not a regular file"))
+    return found, skipped
 
 
 def pick_subset(samples: list, n: int) -> list:
@@ -267,10 +327,9 @@ def cache_path(folder: str, samples: list, size: int) -> str:
                 f"cannot read image {path} ({error.strerror}). Remove or replace the file."
             ) from None
         digest.update(f"{path}\0{label}\0{stat.st_size}\0{stat.st_mtime_ns}\n".encode())
-    home = os.environ.get("XDG_CACHE_HOME") or os.path.expanduser("~/.cache")
     folder_id = hashlib.sha256(os.path.abspath(folder).encode()).hexdigest()[:12]
     name = f"{folder_id}-{len(samples)}x{size}px-{digest.hexdigest()[:24]}.pt"
-    return os.path.join(home, "cifar-accelerate", "imagefolder", name)
+    return os.path.join(cache_dir("imagefolder", os.path.dirname(folder)), name)
 
 
 def cached_images(split: ImageFiles, folder: str, size: int, workers: int):

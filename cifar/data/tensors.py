@@ -7,6 +7,7 @@ files in place.
 
 import functools
 import gzip
+import hashlib
 import os
 import shutil
 import socket
@@ -17,6 +18,7 @@ import torch
 import torch.nn.functional as F
 import torchvision
 
+from cifar.data.cache import cache_dir
 from cifar.errors import UserError
 from cifar.models import offline
 from cifar.record import atomic_write
@@ -124,9 +126,13 @@ def fashion_raw_folder(data_dir: str) -> str:
     found = {name: find(name) for name in FASHION_FILES}
     if not all(found.values()):
         return ""
-    cache_home = os.environ.get("XDG_CACHE_HOME", os.path.expanduser("~/.cache"))
-    key = os.path.abspath(data_dir).strip("/").replace("/", "_")
-    root = os.path.join(cache_home, "cifar-accelerate", "fashion-mnist", key)
+    # Keyed by the sources themselves (path, size, mtime), so other or replaced files never
+    # reuse what an earlier set left in the cache.
+    digest = hashlib.sha256()
+    for source in sorted(found.values()):
+        stat = os.stat(source)
+        digest.update(f"{os.path.abspath(source)}\0{stat.st_size}\0{stat.st_mtime_ns}\n".encode())
+    root = os.path.join(cache_dir("fashion-mnist", data_dir), digest.hexdigest()[:24])
     raw = os.path.join(root, "FashionMNIST", "raw")
     os.makedirs(raw, exist_ok=True)
     for name, source in found.items():

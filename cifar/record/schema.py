@@ -45,6 +45,21 @@ SUMMARY_FIELDS = {
 SUMMARY_KEYS = tuple(SUMMARY_FIELDS)
 
 
+# What config.json records beside the Config's own settings (assemble.describe_run writes them).
+CONFIG_RECORD_KEYS = (
+    FORMAT_KEY,
+    "world_size",
+    "mixed_precision_used",
+    "gradient_accumulation_steps_used",
+    "device",
+    "device_name",
+    "process_settings",
+    "train_images",
+    "test_images",
+    "versions",
+)
+
+
 class RecordError(ValueError):
     """A record is not what this version of cifar-accelerate writes or can read."""
 
