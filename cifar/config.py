@@ -313,8 +313,12 @@ def coerce(name: str, value, kind, source: str):
     if kind is list and isinstance(value, str):
         return [value]
     scalars = isinstance(value, list) and all(isinstance(v, (str, int, float)) for v in value)
-    if kind is list and scalars:  # YAML reads `tags: [2024, baseline]` as an int and a str
-        return [str(v) for v in value]
+    if kind is list and isinstance(value, list):
+        if not scalars:
+            raise UserError(
+                f"setting {name!r} in {source!r} should be a list of text, got {value!r}."
+            )
+        return [str(v) for v in value]  # YAML reads `tags: [2024, baseline]` as an int and a str
     if kind is str and isinstance(value, bool):
         # YAML 1.1 reads `mixed_precision: no` as false: the word the setting takes.
         return "yes" if value else "no"

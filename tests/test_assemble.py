@@ -27,3 +27,10 @@ def test_resume_path_never_continues_another_run_over_a_folder_holding_one(tmp_p
     )
     assert_refused(result, f"the run folder {kept} already holds a run", "another run's checkpoint")
     assert folder_hashes(kept) == before
+
+
+def test_the_largest_seed_holds_for_every_rank_of_two_processes(tmp_path):
+    """Each process seeds with seed + rank, wrapped into the range set_seed accepts."""
+    run_train([*SMOKE, "--seed", "4294967295", "--output-dir", tmp_path / "run"],
+              kind="torchrun", processes=2)  # fmt: skip
+    assert (tmp_path / "run" / "summary.json").is_file()

@@ -5,13 +5,13 @@ import json
 
 import pytest
 
-from cifar.config import Config, flag_name, parse_config
+from cifar.config import Config, build_parser, flag_name, parse_config
 from cifar.errors import UserError
 from tests.helpers import SMOKE, read_json, run_train, train_in_process
 
 
 def test_defaults_without_flags():
-    assert parse_config([]) == Config(augment="crop-flip")
+    assert parse_config([]) == Config(augment="crop-flip", freeze="backbone")
 
 
 def test_auto_augmentation_follows_the_dataset():
@@ -42,7 +42,9 @@ def test_help_lists_every_flag_with_its_default():
         flag = flag_name(f.name)
         default = f.default if f.default is not dataclasses.MISSING else f.default_factory()
         assert flag in entries, flag
-        assert f"(default: {default!r})" in entries[flag], (flag, entries[flag])
+        own = "default:" in f.metadata["help"]  # a help that explains its default, once
+        shown = f"(default: {default!r})" in entries[flag]
+        assert (entries[flag].count("default:") == 1) if own else shown, (flag, entries[flag])
     assert len(entries) == len(dataclasses.fields(Config)) + 1  # and -h
     assert "(default: 5)" in entries["--epochs"] and "(default: 'cifar10')" in entries["--dataset"]
 
@@ -120,3 +122,58 @@ def test_a_yaml_learning_rate_of_1e_3_trains_with_0_001(tmp_path):
     run_train([*SMOKE, "--config", path, "--output-dir", run_dir])
     settings = read_json(run_dir / "config.json")
     assert (settings["lr"], settings["weight_decay"]) == (0.001, 0.0005)
+
+
+def test_no_pretrained_trains_from_scratch_and_a_frozen_random_backbone_warns(capsys):
+    assert parse_config(["--model", "resnet50", "--no-pretrained"]).freeze == "none"
+    assert parse_config(["--model", "resnet50"]).freeze == "backbone"
+    assert "warning" not in capsys.readouterr().err
+    config = parse_config(["--model", "resnet50", "--no-pretrained", "--freeze", "backbone"])
+    assert config.freeze == "backbone"
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "--freeze none" in err
+
+
+def test_tags_in_a_config_file_are_text_and_yaml_no_is_the_word_no(tmp_path):
+    path = tmp_path / "run.yaml"
+    path.write_text("tags: [2024, baseline, 1.5]\nmixed_precision: no\n")
+    config = parse_config(["--config", str(path)])
+    assert config.tags == ["2024", "baseline", "1.5"] and config.mixed_precision == "no"
+    path.write_text("tags: [[1, 2]]\n")
+    with pytest.raises(UserError, match="'tags'.*should be a list of text"):
+        parse_config(["--config", str(path)])
+
+
+@pytest.mark.parametrize("name", ["bad/name?", "a:b", "x#y", "p%q", "b\\c", "n" * 129])
+def test_a_name_w_and_b_refuses_is_one_paragraph(name):
+    for flag in ("--wandb-project", "--wandb-entity"):
+        with pytest.raises(UserError, match="is not a W&B name"):
+            parse_config([flag, name])
+
+
+def test_help_shows_each_default_once_and_the_exit_codes():
+    text = " ".join(build_parser().format_help().split())
+    assert "(default: '')" not in text.split("--output-dir", 1)[1].split("--resume")[0]
+    for code in ("0 ", "1 ", "2 ", "74 ", "75 ", "130 "):
+        assert f" {code}" in text.split("exit codes:", 1)[1]
+
+
+def test_a_runs_own_config_json_is_a_config_file_for_a_new_run(tmp_path):
+    record = {
+        **Config(width=16, epochs=3, augment="flip", freeze="backbone").to_dict(),
+        "format_version": 1,
+        "output_dir": "/somewhere/runs/old",
+        "resume": "auto",
+        "world_size": 2,
+        "mixed_precision_used": "no",
+        "gradient_accumulation_steps_used": 1,
+        "device": "cpu",
+        "device_name": "a CPU",
+        "process_settings": {"malloc_reuses_freed_memory": True},
+        "versions": {"torch": "2.14.1"},
+    }
+    path = tmp_path / "config.json"
+    path.write_text(json.dumps(record))
+    config = parse_config(["--config", str(path)])
+    assert (config.width, config.epochs, config.augment) == (16, 3, "flip")
+    assert config.output_dir == "" and config.resume == ""  # a new run, in a new folder

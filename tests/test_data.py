@@ -290,3 +290,47 @@ def test_cifar10_absent_and_offline_names_folder_file_and_synthetic(tmp_path, mo
     message = str(error.value)
     assert str(tmp_path / "cifar") in message and "cifar-10-python.tar.gz" in message
     assert "--dataset synthetic" in message
+
+
+def write_idx_set(folder, train: int, test: int) -> None:
+    """A Fashion-MNIST-format set of blank 28x28 images, gzipped as Debian ships it."""
+    folder.mkdir(parents=True)
+    for prefix, n in (("train", train), ("t10k", test)):
+        images = bytes([0, 0, 8, 3]) + b"".join(x.to_bytes(4, "big") for x in (n, 28, 28))
+        labels = bytes([0, 0, 8, 1]) + n.to_bytes(4, "big")
+        with gzip.open(folder / f"{prefix}-images-idx3-ubyte.gz", "wb") as f:
+            f.write(images + bytes(n * 28 * 28))
+        with gzip.open(folder / f"{prefix}-labels-idx1-ubyte.gz", "wb") as f:
+            f.write(labels + bytes(i % 10 for i in range(n)))
+
+
+def test_the_fashion_mnist_unpack_cache_is_keyed_by_its_files_not_their_mangled_path(
+    tmp_path, monkeypatch
+):
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
+    write_idx_set(tmp_path / "x" / "a" / "b_c", train=30, test=10)
+    write_idx_set(tmp_path / "x" / "a_b" / "c", train=20, test=5)  # the same path with / -> _
+
+    def sizes(folder):
+        train, test = build_datasets(Config(dataset="fashion-mnist", data_dir=str(folder)))
+        return len(train), len(test)
+
+    assert sizes(tmp_path / "x" / "a" / "b_c") == (30, 10)
+    assert sizes(tmp_path / "x" / "a_b" / "c") == (20, 5)
+    write_idx_set(tmp_path / "y", train=12, test=4)
+    for name in os.listdir(tmp_path / "y"):  # new files in place of the old ones
+        os.replace(tmp_path / "y" / name, tmp_path / "x" / "a_b" / "c" / name)
+    assert sizes(tmp_path / "x" / "a_b" / "c") == (12, 4)
+
+
+def test_a_home_that_cannot_be_written_unpacks_fashion_mnist_beside_the_data(
+    tmp_path, monkeypatch, capsys
+):
+    monkeypatch.setenv("XDG_CACHE_HOME", "/proc/no-cache-here")
+    write_idx_set(tmp_path / "data" / "fashion", train=20, test=5)
+    train, _ = build_datasets(
+        Config(dataset="fashion-mnist", data_dir=str(tmp_path / "data" / "fashion"))
+    )
+    assert len(train) == 20
+    assert (tmp_path / "data" / ".cifar-accelerate-cache" / "fashion-mnist").is_dir()
+    assert "caching in" in capsys.readouterr().out

@@ -302,3 +302,42 @@ def test_a_truncated_jpeg_is_named_with_exit_2(tmp_path, workers):
     )
     assert_refused(result, f"cannot decode image {broken} (OSError", "--resume auto")
     assert folder_hashes(images) == before
+
+
+def test_a_symlink_loop_or_a_link_to_another_class_is_not_followed(tmp_path, capsys):
+    make_image_folders(tmp_path)
+    (tmp_path / "train" / "red" / "up").symlink_to("..")
+    (tmp_path / "train" / "red" / "blues").symlink_to(tmp_path / "train" / "blue")
+    config = Config(dataset="imagefolder", data_dir=str(tmp_path), cache_images="never")
+    train, _ = build_datasets(config)
+    assert len(train) == 6 and sorted(label for _, label in train.samples) == [0] * 3 + [1] * 3
+    out = capsys.readouterr().out
+    assert "2 entries" in out and "up (a link" in out and "blues (a link" in out
+
+
+def test_a_fifo_among_the_images_is_skipped_and_named_not_read(tmp_path, capsys):
+    make_image_folders(tmp_path)
+    os.mkfifo(tmp_path / "train" / "red" / "pipe.jpg")
+    train, _ = build_datasets(
+        Config(dataset="imagefolder", data_dir=str(tmp_path), cache_images="never")
+    )
+    assert len(train) == 6
+    assert "pipe.jpg (not a regular file)" in capsys.readouterr().out
+
+
+def test_a_one_class_folder_is_refused_before_training(tmp_path):
+    make_image_folders(tmp_path)
+    for split in ("train", "test"):
+        shutil.rmtree(tmp_path / split / "blue")
+    with pytest.raises(UserError, match="needs at least two"):
+        build_datasets(Config(dataset="imagefolder", data_dir=str(tmp_path)))
+
+
+def test_an_unwritable_home_caches_beside_the_data(tmp_path, monkeypatch, capsys):
+    make_image_folders(tmp_path / "images")
+    monkeypatch.setenv("XDG_CACHE_HOME", "/proc/no-such-cache")
+    monkeypatch.setenv("HOME", "/nonexistent")
+    train, _ = build_datasets(Config(dataset="imagefolder", data_dir=str(tmp_path / "images")))
+    assert len(train) == 6
+    assert list((tmp_path / ".cifar-accelerate-cache" / "imagefolder").glob("*.pt"))
+    assert "caching in" in capsys.readouterr().out
