@@ -37,7 +37,7 @@ CURVE_KEYS = ("test_accuracy", "test_loss")
 # Config fields that differ between the runs of one study by design.
 RUN_SETTINGS = ("output_dir", "resume", "seed")
 # config.json's record of where and with what a run ran: resume lets these change.
-RUN_DESCRIPTION = ("format_version", "device", "device_name", "versions")
+RUN_DESCRIPTION = ("format_version", "device", "device_name", "versions", "process_settings")
 # config.json's names for what the launcher resolved a setting to.
 RESOLVED_AS = {
     "mixed_precision_used": "mixed_precision",
