@@ -145,7 +145,7 @@ def tiny_run(
 ) -> list[str]:
     """The flags of a small run: the synthetic set's sizes (for --dataset synthetic), the batch
     size and the epochs; a setting given as None is left to its default. extra comes last."""
-    flags = ["--dataset", dataset, "--tracker", tracker]
+    flags = ["--dataset", dataset] + (["--tracker", tracker] if tracker is not None else [])
     if dataset == "synthetic":
         sizes = (("--synthetic-train-size", train), ("--synthetic-test-size", test))
         flags += [str(x) for flag, value in sizes if value is not None for x in (flag, value)]

@@ -4,7 +4,6 @@ Every number of study.json is checked against one computed here from the runs' o
 numpy and scipy; the runs are tiny synthetic ones.
 """
 
-import hashlib
 import json
 import math
 import os
@@ -31,6 +30,7 @@ from cifar.study.results import pooling_refusal
 from cifar.study.statistics import compare_paired, describe
 from tests.helpers import (
     ROOT,
+    folder_hashes,
     isolated_home,
     offline_logs,
     read_json,
@@ -38,24 +38,14 @@ from tests.helpers import (
     read_wandb_records,
     require,
     require_package,
+    tiny_run,
     train_env,
     wandb_history,
     wandb_summary,
 )
 from tests.slurm_helpers import cluster_available, submit, wait_for_job
 
-TINY = [
-    "--dataset",
-    "synthetic",
-    "--synthetic-train-size",
-    "256",
-    "--synthetic-test-size",
-    "64",
-    "--batch-size",
-    "64",
-    "--epochs",
-    "2",
-]
+TINY = tiny_run(train=256, test=64, epochs=2, tracker=None)  # W&B left to each test
 ARMS = ["--arm", "w8=--width 8", "--arm", "w16=--width 16"]
 EXAMPLES = int(os.environ.get("CIFAR_HYPOTHESIS_EXAMPLES", "30"))
 METRICS = ("test_accuracy", "best_test_accuracy", "test_loss", "wall_seconds")
@@ -86,17 +76,6 @@ def start_study(*args) -> subprocess.Popen:
         stderr=subprocess.PIPE,
         text=True,
     )
-
-
-def folder_hashes(folder: Path) -> dict:
-    """Every file below folder with its SHA-256, every folder as "dir": equal dicts mean an
-    untouched folder."""
-    return {
-        str(p.relative_to(folder)): hashlib.sha256(p.read_bytes()).hexdigest()
-        if p.is_file()
-        else "dir"
-        for p in sorted(folder.rglob("*"))
-    }
 
 
 def t_interval(values) -> list[float]:
@@ -216,10 +195,10 @@ def test_learning_curves_plot_the_mean_with_the_interval_as_band(grid):
 
 def test_the_same_command_again_trains_nothing(grid):
     out, _ = grid
-    runs_before = {arm: folder_hashes(out / arm) for arm in ("w8", "w16")}
+    runs_before = {arm: folder_hashes(out / arm, folders=True) for arm in ("w8", "w16")}
     again = study("--out", out, *ARMS, "--seeds", 0, 1, 2, "--", *TINY, "--tracker", "none")
     assert again.stdout.count("finished, skipped") == 6 and "--resume auto" not in again.stdout
-    assert {arm: folder_hashes(out / arm) for arm in ("w8", "w16")} == runs_before
+    assert {arm: folder_hashes(out / arm, folders=True) for arm in ("w8", "w16")} == runs_before
     # Without --arm, --seeds and --, the saved grid is the study.
     plain = study("--out", out)
     assert plain.stdout.count("finished, skipped") == 6
@@ -232,9 +211,12 @@ def test_absent_and_unfinished_runs_are_listed_never_averaged(grid, tmp_path):
     shutil.copytree(source, out)
     shutil.rmtree(out / "w8" / "seed2")  # absent
     (out / "w16" / "seed1" / "summary.json").unlink()  # unfinished
-    runs_before = folder_hashes(out / "w8") | folder_hashes(out / "w16")
+    runs_before = folder_hashes(out / "w8", folders=True) | folder_hashes(out / "w16", folders=True)
     study("--out", out, "--report-only")
-    assert folder_hashes(out / "w8") | folder_hashes(out / "w16") == runs_before  # trained nothing
+    assert (
+        folder_hashes(out / "w8", folders=True) | folder_hashes(out / "w16", folders=True)
+        == runs_before
+    )  # trained nothing
 
     result = read_json(out / "study.json")
     assert result["missing"] == [str(out / "w8" / "seed2"), str(out / "w16" / "seed1")]
@@ -285,12 +267,12 @@ def test_a_study_killed_mid_run_finishes_later_without_training_a_finished_run(t
         assert time.monotonic() < deadline, f"train.py still running in {second}"
         time.sleep(0.2)
     assert not (second / "summary.json").exists()
-    first = folder_hashes(out / "cnn" / "seed0")
+    first = folder_hashes(out / "cnn" / "seed0", folders=True)
 
     again = study(*command)
     assert f"{out / 'cnn' / 'seed0'}: finished, skipped" in again.stdout
     assert "resuming" in again.stdout
-    assert folder_hashes(out / "cnn" / "seed0") == first
+    assert folder_hashes(out / "cnn" / "seed0", folders=True) == first
     assert len(read_metrics(second)) == 3
     assert read_json(out / "study.json")["arms"]["cnn"]["test_accuracy"]["n"] == 2
 
@@ -415,13 +397,13 @@ def test_a_study_without_wandb_credentials_logs_offline_and_online_is_refused(tm
     assert [p.name for p in offline_logs(out)] == [log.name] * 2
 
     # WANDB_MODE=online asks for credentials there are not: one paragraph, nothing changed.
-    before = folder_hashes(out)
+    before = folder_hashes(out, folders=True)
     online = {**env, "WANDB_MODE": "online"}
     refusal = study("--out", out, "--report-only", env=online, check=False)
     assert refusal.returncode == 2 and refusal.stdout == "", refusal.stderr
     assert refusal.stderr.startswith("error: WANDB_MODE=online, but wandb finds no credentials")
     assert refusal.stderr.count("\n") == 1 and "wandb login" in refusal.stderr
-    assert folder_hashes(out) == before
+    assert folder_hashes(out, folders=True) == before
 
 
 def test_wandb_online_without_credentials_stops_the_study_before_any_run(tmp_path):
@@ -465,9 +447,9 @@ def refused(argv: list, capsys) -> str:
 )
 def test_a_bad_grid_is_refused_before_anything_is_written(tmp_path, capsys, arms, says):
     out = tmp_path / "study"
-    before = folder_hashes(tmp_path)
+    before = folder_hashes(tmp_path, folders=True)
     assert says in refused(["--out", out, *arms, "--", *TINY], capsys)
-    assert folder_hashes(tmp_path) == before
+    assert folder_hashes(tmp_path, folders=True) == before
 
 
 def test_bad_folders_and_files_are_refused_without_changing_them(grid, tmp_path, capsys):
@@ -496,10 +478,10 @@ def test_bad_folders_and_files_are_refused_without_changing_them(grid, tmp_path,
     for path, text, says in damages:
         original = path.read_text()
         path.write_text(text)
-        before = folder_hashes(out)
+        before = folder_hashes(out, folders=True)
         for command in (["--out", out, "--report-only"], ["--out", out]):
             assert says in refused(command, capsys)
-            assert folder_hashes(out) == before
+            assert folder_hashes(out, folders=True) == before
         path.write_text(original)
     changed = ["--out", out, "--arm", "w8=--width 12"]
     assert "arm w8 of the study" in refused(changed, capsys)
@@ -706,10 +688,10 @@ def test_runs_of_one_arm_pool_only_when_they_resolved_to_the_same_settings(tmp_p
     assert (out / "study.json").read_bytes() == report  # never averaged
     assert read_json(out / "grid.json")["seeds"] == [0, 1, 2]
 
-    before = folder_hashes(out)
+    before = folder_hashes(out, folders=True)
     alone = study("--out", out, "--report-only", check=False)
     assert_one_paragraph(alone, refusal)
-    assert folder_hashes(out) == before
+    assert folder_hashes(out, folders=True) == before
 
     # Moved out of the study, the rest pools; study.json records what its runs resolved to.
     shutil.move(out / "a" / "seed1", tmp_path / "two-processes")
@@ -828,11 +810,11 @@ def test_a_held_study_folder_is_refused_at_once_and_sweep_elements_wait_for_it(g
     shutil.copytree(source, out)
     holder = hold_study_lock(out, 120)
     try:
-        before = folder_hashes(out)
+        before = folder_hashes(out, folders=True)
         result = study("--out", out, "--report-only", check=False)
         assert_one_paragraph(result, f"another study is using the study folder {out} (process ")
         assert f"(process {holder.pid} on " in result.stderr
-        assert folder_hashes(out) == before
+        assert folder_hashes(out, folders=True) == before
     finally:
         holder.kill()
         holder.wait()
@@ -864,11 +846,11 @@ def test_an_arm_named_like_a_file_of_the_study_is_refused_before_anything_trains
     tmp_path, capsys, name
 ):
     out = tmp_path / "study"
-    before = folder_hashes(tmp_path)
+    before = folder_hashes(tmp_path, folders=True)
     error = refused(["--out", out, "--arm", f"{name}=--width 8", "--", *ONE_EPOCH], capsys)
     assert f"the arm name {name!r} is, or ends like, a file the study writes" in error
     assert "Give the arm another name" in error
-    assert folder_hashes(tmp_path) == before
+    assert folder_hashes(tmp_path, folders=True) == before
 
 
 def test_every_file_a_study_writes_is_refused_as_an_arm_name(grid, tmp_path, capsys):
@@ -938,7 +920,7 @@ def test_an_arm_with_runs_keeps_its_flags_and_is_never_dropped(grid, tmp_path, c
     source, _ = grid
     out = tmp_path / "widths"
     shutil.copytree(source, out)
-    before = folder_hashes(out)
+    before = folder_hashes(out, folders=True)
     refusals = [
         (["--drop-arm", "w8"], f"--drop-arm w8: the arm holds runs ({out / 'w8' / 'seed0'}, "),
         (["--drop-arm", "w32"], "the study in " + str(out) + " has no arm 'w32' (its arms: w8"),
@@ -947,7 +929,7 @@ def test_an_arm_with_runs_keeps_its_flags_and_is_never_dropped(grid, tmp_path, c
     ]
     for argv, says in refusals:
         assert says in refused(["--out", out, *argv], capsys)
-        assert folder_hashes(out) == before
+        assert folder_hashes(out, folders=True) == before
     fresh = tmp_path / "fresh"
     assert "there is no study in" in refused(["--out", fresh, "--drop-arm", "a"], capsys)
     assert not fresh.exists()
