@@ -121,7 +121,8 @@ def predict(args) -> list[dict]:
     return rows
 
 
-def write_rows(rows: list[dict], form: str, out=sys.stdout) -> None:
+def write_rows(rows: list[dict], form: str, out=None) -> None:
+    out = out or sys.stdout
     if form == "json":
         json.dump(rows, out, indent=1)
         out.write("\n")
