@@ -14,6 +14,7 @@ a ResNet's resize) is inside. Each file is loaded back and must give PyTorch's l
 
 import contextlib
 import os
+import shutil
 import sys
 import tempfile
 import warnings
@@ -32,11 +33,11 @@ from cifar.record import (
     PROGRESS_FILE,
     RunFiles,
     RunFolder,
+    atomic_write,
     checkpoints_dir,
     list_checkpoints,
     read_json,
 )
-from cifar.record.atomic import fsync_folder
 from cifar.trained import (
     ArgumentParser,
     image_side,
@@ -200,13 +201,12 @@ def export_file(run, fmt: str, out: str) -> None:
         for n in (EXAMPLE_BATCH, CHECK_BATCH)
     )
     write, runner = writer_and_runner(fmt, trained, example)
-    # Named like out: torch.export.load reads a .pt2 archive only from a name ending in .pt2.
-    extension = os.path.splitext(out)[1]
-    handle, temporary = tempfile.mkstemp(dir=os.path.dirname(out), suffix=f".tmp{extension}")
-    os.close(handle)
-    try:
-        write(temporary)
-        logits = runner(temporary, check)
+    # A scratch file named like out (torch.export.load reads a .pt2 archive only from a name
+    # ending in .pt2), checked, then copied to out through atomic_write.
+    with tempfile.TemporaryDirectory(dir=os.path.dirname(out)) as scratch:
+        candidate = os.path.join(scratch, os.path.basename(out))
+        write(candidate)
+        logits = runner(candidate, check)
         if logits is not None:
             difference = (logits - trained(check)).abs().max().item()
             if not difference <= TOLERANCE:
@@ -214,11 +214,8 @@ def export_file(run, fmt: str, out: str) -> None:
                     f"the {fmt} file gives logits up to {difference:.2g} away from PyTorch's "
                     f"(more than {TOLERANCE:g}); it was not written"
                 )
-        os.replace(temporary, out)
-    finally:
-        with contextlib.suppress(OSError):
-            os.unlink(temporary)
-    fsync_folder(os.path.dirname(out))
+        with open(candidate, "rb") as source:
+            atomic_write(out, lambda f: shutil.copyfileobj(source, f))
     checked = (
         f"loaded back, its logits are within {difference:.1e} of PyTorch's on {CHECK_BATCH} images"
         if logits is not None
