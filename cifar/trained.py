@@ -13,6 +13,7 @@ import sys
 from dataclasses import dataclass, fields, replace
 
 import torch
+from accelerate.utils import set_seed
 from safetensors.torch import save as save_weights
 
 from cifar.build import place_model
@@ -80,7 +81,7 @@ def open_finished_run(path: str) -> FinishedRun:
     # As it ran: its own folder, its resolved precision, no tracker and nothing to resume.
     precision = recorded.get("mixed_precision_used") or summary["mixed_precision"]
     config = replace(config, output_dir=run_dir, mixed_precision=precision, tracker="none")
-    return FinishedRun(run_dir, replace(config, resume="", cache_features=False), recorded, summary)
+    return FinishedRun(run_dir, replace(config, resume=""), recorded, summary)
 
 
 def load_portable(run: FinishedRun) -> TrainedClassifier:
@@ -101,6 +102,9 @@ def trained_network(config, num_classes: int, state: dict) -> torch.nn.Module:
     for prefix in WRAPPER_PREFIXES * 2:  # DDP around a compiled model: module._orig_mod.
         state = {k.removeprefix(prefix): v for k, v in state.items()}
     if config.cache_features:
+        # The backbone is not in the state: its pretrained weights again, or without them the
+        # random ones the run drew, drawn again as setup_run drew them (set_seed, then build).
+        set_seed(config.seed)
         network = build_model(config, num_classes)
         network.head.load_state_dict(state)
     else:

@@ -250,3 +250,30 @@ def test_the_model_card_validator_names_what_is_wrong(edit, problem):
     edit(card)
     with pytest.raises(RecordError, match=problem):
         check_model_card(card)
+
+
+@pytest.mark.slow
+def test_a_cache_features_run_gets_its_whole_network_backbone_and_head(tmp_path):
+    """--cache-features trains the head alone on a frozen backbone's features; its portable
+    model is the whole network (here a random backbone drawn again from the seed), scoring the
+    test images as the run scored their features, and its checkpoint gives the same bytes."""
+    from cifar.evaluate import main as evaluate
+    from cifar.export import main as export
+
+    run_dir = tmp_path / "run"
+    run_train(
+        [*SMOKE, "--model", "resnet18", "--no-pretrained", "--cache-features", "--augment",
+         "none", "--image-size", "32", "--output-dir", run_dir]
+    )  # fmt: skip
+    code, _, err = call_main(evaluate, [run_dir, "--out", tmp_path / "eval.json"])
+    assert code == 0, err
+    scored, summary = read_json(tmp_path / "eval.json"), read_json(run_dir / "summary.json")
+    assert (scored["test_accuracy"], scored["test_loss"]) == (
+        summary["test_accuracy"],
+        summary["test_loss"],
+    )
+    names = ("model.safetensors", "model.json")
+    older = copy_of(run_dir, tmp_path, lambda d: [(d / n).unlink() for n in names])
+    assert call_main(export, [older])[0] == 0
+    for name in names:
+        assert (older / name).read_bytes() == (run_dir / name).read_bytes(), name
