@@ -16,6 +16,7 @@ from cifar.evaluation import eval_model, sum_dtype, summarize
 from cifar.processes import StopRequest
 from cifar.record import metric_values, versioned
 from cifar.trackers import tracker_named
+from cifar.trained import write_portable_model
 
 
 @dataclass
@@ -207,9 +208,11 @@ class RunLoop:
                 )
                 return Outcome(finished=False)
         summary = summarize(config, run, time.perf_counter() - self.started)
+        write_portable_model(config, run, summary)  # first: a finished run always has its model
         run.files.write_summary(summary)
         tracker = tracker_named(config.tracker)
         tracker.log_run_end(run.accelerator, run, summary)
+        tracker.log_model(run.accelerator, run.files.run_dir)
         hint = tracker.sync_hint(run.accelerator)
         if hint:
             self.say(hint)

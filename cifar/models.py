@@ -5,10 +5,12 @@ Each registered model carries its input contract (ModelSpec): the input size, th
 features, and its pretrained weights. Code that feeds a model asks its spec, never its name.
 """
 
+import hashlib
 import os
 import socket
 from collections.abc import Callable
 from dataclasses import dataclass
+from types import SimpleNamespace
 
 import torch
 from torch import nn
@@ -125,6 +127,7 @@ class ModelSpec:
     std: tuple | None
     num_features: int | None = None  # pooled feature width of .features(), for --cache-features
     weights: WeightsEnum | None = None  # torchvision's pretrained weights
+    settings: tuple = ()  # the Config fields build reads: model.json's builder settings
 
     def image_size(self, config) -> int:
         return self.input_size or config.image_size
@@ -145,11 +148,18 @@ def imagenet_resnet(architecture, num_features: int, weights: WeightsEnum) -> Mo
             architecture, num_classes, config.freeze, config.head_hidden, config.dropout, state
         )
 
-    return ModelSpec(build, None, IMAGENET_MEAN, IMAGENET_STD, num_features, weights)
+    settings = ("freeze", "head_hidden", "dropout")
+    return ModelSpec(build, None, IMAGENET_MEAN, IMAGENET_STD, num_features, weights, settings)
 
 
 REGISTRY = {
-    "cnn": ModelSpec(build_simple_cnn, input_size=32, mean=None, std=None),
+    "cnn": ModelSpec(
+        build_simple_cnn,
+        input_size=32,
+        mean=None,
+        std=None,
+        settings=("width", "batch_norm", "head_hidden", "dropout"),
+    ),
     "resnet50": imagenet_resnet(resnet50, 2048, ResNet50_Weights.IMAGENET1K_V2),
     "resnet18": imagenet_resnet(resnet18, 512, ResNet18_Weights.IMAGENET1K_V1),
 }
@@ -214,3 +224,66 @@ def build_model(config, num_classes: int) -> nn.Module:
     return spec.build(
         config, num_classes, load_pretrained_state(config.model) if pretrained else None
     )
+
+
+class TrainedClassifier(nn.Module):
+    """A trained network behind the input contract of its model.json: uint8 RGB images
+    N x 3 x S x S (S: image_size) in, logits N x classes out, by the card's own formula
+    ((x / 255 - mean) / std, then bilinear to input_size). What every exported file computes."""
+
+    def __init__(self, network: nn.Module, card: dict):
+        super().__init__()
+        self.network, self.card = network, card
+        self.register_buffer("mean", torch.tensor(card["mean"]).view(1, 3, 1, 1), persistent=False)
+        self.register_buffer("std", torch.tensor(card["std"]).view(1, 3, 1, 1), persistent=False)
+
+    @property
+    def classes(self) -> list:
+        return self.card["classes"]
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        x = (images.float() / 255 - self.mean) / self.std
+        size = self.card["input_size"]
+        if size != self.card["image_size"]:
+            x = nn.functional.interpolate(x, size=(size, size), mode="bilinear", antialias=False)
+        return self.network(x)
+
+
+def load_trained(run_dir: str) -> TrainedClassifier:
+    """The classifier a finished run trained, from its model.json and model.safetensors alone
+    (torch, torchvision and safetensors; Accelerate is not imported), on the CPU in float32 and
+    in eval mode. A UserError names a missing, damaged or mismatched file and the fix."""
+    from safetensors.torch import load as load_weights
+
+    from cifar.record import MODEL_CARD, MODEL_WEIGHTS, read_record
+
+    card_path, weights_path = (os.path.join(run_dir, n) for n in (MODEL_CARD, MODEL_WEIGHTS))
+    export = f"python -m cifar.export {run_dir}"
+    if not os.path.isfile(card_path):
+        raise UserError(
+            f"{run_dir} has no portable model ({MODEL_CARD} and {MODEL_WEIGHTS}): the run was "
+            f"trained before runs wrote one, or they were removed. Write them from its last "
+            f"checkpoint with `{export}`."
+        )
+    fix = f"Delete {card_path} and {weights_path}, then write them again with `{export}`."
+    card = read_record(run_dir, MODEL_CARD, fix)
+    if card["model"] not in REGISTRY:
+        raise UserError(
+            f"{card_path} names model {card['model']!r}, which this version does not know "
+            f"({', '.join(REGISTRY)}). Load it with the version that trained it."
+        )
+    try:
+        with open(weights_path, "rb") as f:
+            weights = f.read()
+        if hashlib.sha256(weights).hexdigest() != card["weights_sha256"]:
+            raise ValueError(f"{MODEL_WEIGHTS} is not the file {MODEL_CARD} names (its sha256)")
+        builder = SimpleNamespace(**card["builder"])
+        network = REGISTRY[card["model"]].build(builder, len(card["classes"]), None)
+        network.load_state_dict(load_weights(weights))
+    except Exception as error:  # OSError, SafetensorError, a missing setting, a shape mismatch
+        reason = " ".join(str(error).split())[:300]
+        raise UserError(
+            f"the portable model of {run_dir} cannot be loaded ({type(error).__name__}: "
+            f"{reason}). {fix}"
+        ) from None
+    return TrainedClassifier(network, card).eval()

@@ -67,6 +67,10 @@ class Tracker:
         """What to run to upload a run logged offline; empty when there is nothing to do."""
         return ""
 
+    def log_model(self, accelerator, run_dir: str) -> None:
+        """Log the run's portable model (model.safetensors + model.json) where the tracker keeps
+        files; nothing for a tracker without them."""
+
 
 class NoTracker(Tracker):
     """--tracker none: the run folder only; nothing to install, start or log."""
@@ -192,6 +196,22 @@ class WandB(Tracker):
         if not accelerator.is_main_process:
             return ""
         return self.offline_note(accelerator.get_tracker(self.name, unwrap=True), "W&B run")
+
+    def log_model(self, accelerator, run_dir: str) -> None:
+        """The portable model as a W&B model artifact of this run, model.json as its metadata
+        (offline too: `wandb sync` uploads it with the run)."""
+        if not accelerator.is_main_process:
+            return
+        import wandb
+
+        from cifar.record import MODEL_CARD, MODEL_WEIGHTS, read_json
+
+        wandb_run = accelerator.get_tracker(self.name, unwrap=True)
+        card = read_json(os.path.join(run_dir, MODEL_CARD))
+        artifact = wandb.Artifact(f"model-{wandb_run.id}", type="model", metadata=card)
+        for name in (MODEL_WEIGHTS, MODEL_CARD):
+            artifact.add_file(os.path.join(run_dir, name), name=name)
+        wandb_run.log_artifact(artifact, aliases=["latest", "final"])
 
     def offline_note(self, wandb_run, what: str) -> str:
         """'<what> saved offline; upload it with: wandb sync DIR' for an offline run, else ''."""

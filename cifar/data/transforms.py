@@ -74,17 +74,19 @@ def uses_channels_last(config, device) -> bool:
     return config.channels_last and device.type in ("cuda", "cpu")
 
 
-def input_transform(config, train_images, device) -> InputTransform:
-    """Normalisation as the model asks (its pretrained weights' mean and std), else as the
-    dataset's spec says (its fixed mean and std, or its training set's statistics), and a resize
-    to the model's input size."""
-    channels_last = uses_channels_last(config, device)
+def fixed_normalisation(config) -> tuple[tuple, tuple] | None:
+    """(mean, std) as the model asks (its pretrained weights'), else as the dataset's spec fixes
+    them; None when the training set's statistics are used (dataset_statistics)."""
     spec = model_spec(config.model)
-    size = spec.image_size(config)
     if spec.mean is not None:
-        return InputTransform(spec.mean, spec.std, size, channels_last)
+        return spec.mean, spec.std
     data = dataset_spec(config.dataset)
-    if data.mean is not None:
-        return InputTransform(data.mean, data.std, size, channels_last)
-    mean, std = dataset_statistics(train_images)
-    return InputTransform(mean, std, size, channels_last)
+    return (data.mean, data.std) if data.mean is not None else None
+
+
+def input_transform(config, train_images, device) -> InputTransform:
+    """Normalisation by fixed_normalisation, else by the training set's statistics, and a resize
+    to the model's input size."""
+    mean, std = fixed_normalisation(config) or dataset_statistics(train_images)
+    size = model_spec(config.model).image_size(config)
+    return InputTransform(mean, std, size, uses_channels_last(config, device))

@@ -1,4 +1,5 @@
-"""Writing and reading a run folder's records: config.json, metrics.jsonl, summary.json.
+"""Writing and reading a run folder's records: config.json, metrics.jsonl, summary.json and the
+portable model (model.safetensors + model.json).
 
 Writers run on the main process only and replace each file atomically (atomic_write); every
 record they write carries the format version. Readers check each record with its validator in
@@ -10,11 +11,12 @@ import os
 
 from cifar.errors import UserError
 from cifar.record.atomic import atomic_write
-from cifar.record.names import CONFIG_FILE, METRICS_FILE, SUMMARY_FILE
+from cifar.record.names import CONFIG_FILE, METRICS_FILE, MODEL_CARD, MODEL_WEIGHTS, SUMMARY_FILE
 from cifar.record.schema import (
     RecordError,
     check_config,
     check_epoch_records,
+    check_model_card,
     check_summary,
     versioned,
 )
@@ -48,6 +50,7 @@ def read_run_file(path: str, fix: str):
 
 VALIDATORS = {CONFIG_FILE: check_config, METRICS_FILE: check_epoch_records}
 VALIDATORS[SUMMARY_FILE] = check_summary
+VALIDATORS[MODEL_CARD] = check_model_card
 
 
 def read_record(run_dir: str, name: str, fix: str):
@@ -80,8 +83,8 @@ def read_finished_run(run_dir: str, fix: str, *, need_config: bool = True) -> di
 
 
 class RunFiles:
-    """The writers of config.json, metrics.jsonl and summary.json; they write on the main
-    process only, and replace each file atomically."""
+    """The writers of config.json, metrics.jsonl, summary.json and the portable model; they
+    write on the main process only, and replace each file atomically."""
 
     def __init__(self, run_dir: str, is_main: bool):
         self.run_dir, self.is_main = run_dir, is_main
@@ -102,3 +105,10 @@ class RunFiles:
     def write_summary(self, summary: dict) -> None:
         if self.is_main:
             write_json(self.path(SUMMARY_FILE), versioned(summary))
+
+    def write_model(self, weights: bytes, card: dict) -> None:
+        """model.safetensors, then model.json (which names the weights' sha256): a card is
+        written only once its weights are whole."""
+        if self.is_main:
+            atomic_write(self.path(MODEL_WEIGHTS), weights)
+            write_json(self.path(MODEL_CARD), versioned(card))

@@ -44,6 +44,22 @@ SUMMARY_FIELDS = {
 }
 SUMMARY_KEYS = tuple(SUMMARY_FIELDS)
 
+# model.json: field -> (kind, version that added it). Model cards began at version 1.
+MODEL_FIELDS = {
+    "model": ("text", 1),
+    "builder": ("mapping", 1),
+    "classes": ("texts", 1),
+    "image_size": ("count", 1),
+    "input_size": ("count", 1),
+    "mean": ("channels", 1),
+    "std": ("channels", 1),
+    "weights": ("text", 1),
+    "weights_sha256": ("text", 1),
+    "input": ("mapping", 1),
+    "network_input": ("mapping", 1),
+    "output": ("mapping", 1),
+}
+
 
 # What config.json records beside the Config's own settings (assemble.describe_run writes them).
 CONFIG_RECORD_KEYS = (
@@ -80,6 +96,8 @@ KIND_NAMES = {
     "texts": "a list of names",
     "per_class": "a mapping of class to accuracy (or null)",
     "matrix": "a matrix of counts",
+    "mapping": "an object",
+    "channels": "three numbers, one per RGB channel",
 }
 KIND_CHECKS = {
     "number": is_number,
@@ -93,6 +111,8 @@ KIND_CHECKS = {
     "matrix": lambda v: (
         isinstance(v, list) and all(isinstance(row, list) and all(map(is_count, row)) for row in v)
     ),
+    "mapping": lambda v: isinstance(v, dict),
+    "channels": lambda v: isinstance(v, list) and len(v) == 3 and all(map(is_number, v)),
 }
 
 
@@ -147,20 +167,37 @@ def check_epoch_records(records) -> None:
         check_epoch_record(record, number)
 
 
-def check_summary(summary) -> None:
-    """A RecordError unless summary is a finished run's summary.json of a version we read."""
-    version = record_version(summary)
-    for key, (kind, since) in SUMMARY_FIELDS.items():
+def check_fields(record, fields: dict) -> int:
+    """A RecordError unless record holds every field its version had, each of its kind; returns
+    the version."""
+    version = record_version(record)
+    for key, (kind, since) in fields.items():
         if since > version:
             continue
-        if key not in summary:
+        if key not in record:
             raise RecordError(f"it lacks {key}")
-        if not KIND_CHECKS[kind](summary[key]):
+        if not KIND_CHECKS[kind](record[key]):
             raise RecordError(f"its {key} is not {KIND_NAMES[kind]}")
+    return version
+
+
+def check_summary(summary) -> None:
+    """A RecordError unless summary is a finished run's summary.json of a version we read."""
+    check_fields(summary, SUMMARY_FIELDS)
     classes, matrix = summary["classes"], summary["confusion_matrix"]
     square = len(matrix) == len(classes) and all(len(row) == len(classes) for row in matrix)
     if not square or set(summary["per_class_accuracy"]) != set(classes):
         raise RecordError("its classes, per_class_accuracy and confusion_matrix do not agree")
+
+
+def check_model_card(card) -> None:
+    """A RecordError unless card is a model.json of a version we read."""
+    if check_fields(card, MODEL_FIELDS) < 1:
+        raise RecordError(f"it has no {FORMAT_KEY} (model cards begin at version 1)")
+    if not all(s > 0 for s in card["std"]) or not card["image_size"] or not card["input_size"]:
+        raise RecordError("its std, image_size or input_size is not positive")
+    if not card["classes"]:
+        raise RecordError("it names no class")
 
 
 def check_config(config) -> None:

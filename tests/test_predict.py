@@ -1,0 +1,141 @@
+"""cifar/predict.py: PNG files written from a finished run's test images are labelled image by
+image as the evaluation scores them; files that are not images stop it before any output."""
+
+import csv
+import io
+import json
+from pathlib import Path
+
+import pytest
+import torch
+import torchvision
+
+from tests.conftest import FASHION_DIR, read_json
+from tests.test_evaluate import (
+    BATCH,
+    TEST_IMAGES,
+    assert_one_paragraph,
+    call_main,
+    fashion_run,
+    file_hashes,
+    run_module,
+)
+
+
+@pytest.fixture(scope="module")
+def run_dir(tmp_path_factory) -> Path:
+    return fashion_run(tmp_path_factory)
+
+
+def fashion_test_set():
+    """The run's test set as training read it."""
+    from cifar.config import Config
+    from cifar.data import build_datasets
+
+    config = Config(dataset="fashion-mnist", data_dir=FASHION_DIR, test_subset=TEST_IMAGES)
+    return build_datasets(config)[1]
+
+
+@torch.no_grad()
+def eval_path_scores(run_dir: Path, images: torch.Tensor) -> torch.Tensor:
+    """Softmax of the logits the evaluation computes for images, in its batches."""
+    from accelerate import Accelerator
+    from accelerate.state import AcceleratorState
+
+    from cifar.trained import evaluation_model, load_portable, open_finished_run
+
+    run = open_finished_run(str(run_dir))
+    try:
+        model, to_input = evaluation_model(load_portable(run), run.config, Accelerator(cpu=True))
+        logits = [model(to_input(batch)) for batch in images.split(BATCH)]
+    finally:
+        AcceleratorState._reset_state(True)
+    return torch.cat(logits).softmax(dim=1)
+
+
+@pytest.mark.slow
+def test_pngs_of_the_test_images_get_the_labels_of_the_evaluation(run_dir, tmp_path):
+    test = fashion_test_set()
+    folder = tmp_path / "pngs"
+    folder.mkdir()
+    for i, image in enumerate(test.images):
+        torchvision.io.write_png(image, str(folder / f"{i:05d}.png"))
+    before = file_hashes(run_dir)
+    result = run_module("cifar.predict", [run_dir, folder, "--format", "json", "--top-k", "3"])
+
+    rows = json.loads(result.stdout)
+    assert [row["path"] for row in rows] == [str(folder / f"{i:05d}.png") for i in range(512)]
+    summary = read_json(run_dir / "summary.json")
+    classes = summary["classes"]
+    predicted = [classes.index(row["predictions"][0]["label"]) for row in rows]
+    # The confusion matrix of these labels is the evaluation's, count for count...
+    matrix = [[0] * len(classes) for _ in classes]
+    for truth, label in zip(test.labels.tolist(), predicted, strict=True):
+        matrix[truth][label] += 1
+    assert matrix == summary["confusion_matrix"]
+    # ...and image by image they are the evaluation's labels, with its probabilities.
+    scores = eval_path_scores(run_dir, test.images)
+    assert predicted == scores.argmax(dim=1).tolist()
+    top = scores.topk(3, dim=1)
+    for row, values, indices in zip(rows, top.values, top.indices, strict=True):
+        assert [p["label"] for p in row["predictions"]] == [classes[i] for i in indices]
+        assert [p["probability"] for p in row["predictions"]] == values.tolist()
+    assert file_hashes(run_dir) == before
+
+
+@pytest.mark.slow
+def test_csv_lists_each_file_named_with_its_top_k(run_dir, tmp_path):
+    from cifar.predict import main
+
+    test = fashion_test_set()
+    paths = []
+    for i in (0, 1, 2):
+        paths.append(tmp_path / f"image {i}.png")  # a space in a name survives CSV quoting
+        torchvision.io.write_png(test.images[i], str(paths[-1]))
+    code, out, err = call_main(main, [run_dir, *paths, "--top-k", "2", "--batch-size", "2"])
+    assert code == 0, err
+    rows = list(csv.reader(io.StringIO(out)))
+    assert rows[0] == ["path", "label", "probability", "label_2", "probability_2"]
+    assert [row[0] for row in rows[1:]] == [str(p) for p in paths]
+    classes = read_json(run_dir / "summary.json")["classes"]
+    for row in rows[1:]:
+        assert row[1] in classes and row[3] in classes and row[1] != row[3]
+        assert 1 >= float(row[2]) >= float(row[4]) >= 0
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(
+    "content", [b"this is not a PNG", "truncated"], ids=["not-an-image", "truncated"]
+)
+def test_an_image_that_does_not_decode_is_one_paragraph_and_no_output(run_dir, tmp_path, content):
+    from cifar.predict import main
+
+    good, bad = tmp_path / "good.png", tmp_path / "bad.png"
+    torchvision.io.write_png(fashion_test_set().images[0], str(good))
+    png = good.read_bytes()
+    bad.write_bytes(png[: len(png) // 2] if content == "truncated" else content)
+    before = file_hashes(tmp_path)
+    code, out, err = call_main(main, [run_dir, good, bad])
+    assert_one_paragraph(code, err, f"cannot decode image {bad}", "nothing was printed")
+    assert out == "" and file_hashes(tmp_path) == before
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("case", ["missing", "empty-folder", "top-k"])
+def test_inputs_that_name_no_image_are_refused(run_dir, tmp_path, case):
+    from cifar.predict import main
+
+    (tmp_path / "empty").mkdir()
+    args = {
+        "missing": [tmp_path / "nowhere.png"],
+        "empty-folder": [tmp_path / "empty"],
+        "top-k": [tmp_path / "empty", "--top-k", "11"],
+    }[case]
+    phrase = {
+        "missing": "is neither a file nor a folder",
+        "empty-folder": "holds no image files",
+        "top-k": "--top-k must be in [1, 10]",
+    }[case]
+    code, out, err = call_main(main, [run_dir, *args])
+    assert_one_paragraph(code, err, phrase)
+    assert out == ""
