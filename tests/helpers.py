@@ -13,6 +13,7 @@ import io
 import json
 import os
 import random
+import shutil
 import struct
 import subprocess
 import sys
@@ -526,3 +527,110 @@ def write_run(
     (folder / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in metrics))
     (folder / "summary.json").write_text(json.dumps(record))
     return folder
+
+
+# A finished Fashion-MNIST run (real data: 2,000 training and 512 test images, one epoch),
+# trained once per session and shared by the tests of evaluate, predict and export.
+TEST_IMAGES, BATCH = 512, 128  # 2 processes: shards of 256, two whole batches each
+
+
+FASHION_RUN = [
+    "--dataset", "fashion-mnist", "--data-dir", FASHION_DIR, "--train-subset", "2000",
+    "--test-subset", str(TEST_IMAGES), "--batch-size", str(BATCH), "--epochs", "1",
+    "--tracker", "none",
+]  # fmt: skip
+
+
+_RUNS = {}
+
+
+def fashion_run(tmp_path_factory) -> Path:
+    """The finished Fashion-MNIST run of this session (trained on first use)."""
+    if "fashion" not in _RUNS:
+        require(os.path.isdir(FASHION_DIR), f"Fashion-MNIST is not in {FASHION_DIR}")
+        run_dir = tmp_path_factory.mktemp("use") / "fashion-run"
+        run_train([*FASHION_RUN, "--output-dir", run_dir])
+        _RUNS["fashion"] = run_dir
+    return _RUNS["fashion"]
+
+
+def run_module(module: str, args, *, kind="python", processes=1, check=True, env=None):
+    """python -m module args, through a launcher as users start it."""
+    result = subprocess.run(
+        [*launcher(kind, processes), "-m", module, *map(str, args)],
+        cwd=ROOT,
+        env=train_env(PYTHONPATH=str(ROOT), **(env or {})),
+        text=True,
+        capture_output=True,
+        timeout=600,
+    )
+    if check and result.returncode != 0:
+        pytest.fail(f"{module} {args} exited {result.returncode}\n{result.stdout}\n{result.stderr}")
+    return result
+
+
+def call_main(main, argv) -> tuple[int, str, str]:
+    """(exit code, stdout, stderr) of a tool's main(argv), in this process."""
+    from accelerate.state import AcceleratorState, GradientState
+
+    out, err = io.StringIO(), io.StringIO()
+    try:
+        with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+            code = main([str(a) for a in argv])
+    except SystemExit as stop:  # argparse's own usage errors
+        code = stop.code
+    finally:
+        AcceleratorState._reset_state(True)
+        GradientState._reset_state()
+    return code, out.getvalue(), err.getvalue()
+
+
+def assert_one_paragraph(code: int, err: str, *phrases: str) -> None:
+    """Exit 2, one 'error:' paragraph on one line, no traceback, and the phrases in it."""
+    assert code == 2, err
+    assert "Traceback" not in err, err
+    lines = err.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: "), err
+    for phrase in phrases:
+        assert phrase in lines[0], (phrase, lines[0])
+
+
+def copy_of(run_dir: Path, tmp_path: Path, edit=None) -> Path:
+    copy = tmp_path / "copy"
+    shutil.copytree(run_dir, copy)
+    if edit is not None:
+        edit(copy)
+    return copy
+
+
+def damage(path: Path) -> None:
+    data = bytearray(path.read_bytes())
+    data[len(data) // 2] ^= 0xFF
+    path.write_bytes(bytes(data))
+
+
+def fashion_test_set():
+    """The run's test set as training read it."""
+    from cifar.config import Config
+    from cifar.data import build_datasets
+
+    config = Config(dataset="fashion-mnist", data_dir=FASHION_DIR, test_subset=TEST_IMAGES)
+    return build_datasets(config)[1]
+
+
+def eval_path_scores(run_dir: Path, images):
+    """Softmax of the logits the evaluation computes for images, in its batches."""
+    import torch
+    from accelerate import Accelerator
+    from accelerate.state import AcceleratorState
+
+    from cifar.trained import evaluation_model, load_portable, open_finished_run
+
+    run = open_finished_run(str(run_dir))
+    try:
+        model, to_input = evaluation_model(load_portable(run), run.config, Accelerator(cpu=True))
+        with torch.no_grad():
+            logits = [model(to_input(batch)) for batch in images.split(BATCH)]
+    finally:
+        AcceleratorState._reset_state(True)
+    return torch.cat(logits).softmax(dim=1)

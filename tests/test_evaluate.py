@@ -6,35 +6,22 @@ The run (real data: 2,000 training and 512 test images, one epoch) is trained on
 and shared by tests/test_predict.py and tests/test_export.py.
 """
 
-import contextlib
-import hashlib
-import io
-import os
-import shutil
-import subprocess
 from pathlib import Path
 
 import pytest
 
-from tests.conftest import FASHION_DIR, ROOT, launcher, read_json, require, run_train, train_env
-
-TEST_IMAGES, BATCH = 512, 128  # 2 processes: shards of 256, two whole batches each
-FASHION_RUN = [
-    "--dataset", "fashion-mnist", "--data-dir", FASHION_DIR, "--train-subset", "2000",
-    "--test-subset", str(TEST_IMAGES), "--batch-size", str(BATCH), "--epochs", "1",
-    "--tracker", "none",
-]  # fmt: skip
-_RUNS = {}
-
-
-def fashion_run(tmp_path_factory) -> Path:
-    """The finished Fashion-MNIST run of this session (trained on first use)."""
-    if "fashion" not in _RUNS:
-        require(os.path.isdir(FASHION_DIR), f"Fashion-MNIST is not in {FASHION_DIR}")
-        run_dir = tmp_path_factory.mktemp("use") / "fashion-run"
-        run_train([*FASHION_RUN, "--output-dir", run_dir])
-        _RUNS["fashion"] = run_dir
-    return _RUNS["fashion"]
+from tests.helpers import (
+    FASHION_DIR,
+    TEST_IMAGES,
+    assert_one_paragraph,
+    call_main,
+    copy_of,
+    damage,
+    fashion_run,
+    folder_hashes,
+    read_json,
+    run_module,
+)
 
 
 @pytest.fixture(scope="module")
@@ -42,62 +29,12 @@ def run_dir(tmp_path_factory) -> Path:
     return fashion_run(tmp_path_factory)
 
 
-def file_hashes(folder: Path) -> dict:
-    """sha256 of every file under folder, by relative path."""
-    return {
-        str(p.relative_to(folder)): hashlib.sha256(p.read_bytes()).hexdigest()
-        for p in sorted(folder.rglob("*"))
-        if p.is_file()
-    }
-
-
-def run_module(module: str, args, *, kind="python", processes=1, check=True, env=None):
-    """python -m module args, through a launcher as users start it."""
-    result = subprocess.run(
-        [*launcher(kind, processes), "-m", module, *map(str, args)],
-        cwd=ROOT,
-        env=train_env(PYTHONPATH=str(ROOT), **(env or {})),
-        text=True,
-        capture_output=True,
-        timeout=600,
-    )
-    if check and result.returncode != 0:
-        pytest.fail(f"{module} {args} exited {result.returncode}\n{result.stdout}\n{result.stderr}")
-    return result
-
-
-def call_main(main, argv) -> tuple[int, str, str]:
-    """(exit code, stdout, stderr) of a tool's main(argv), in this process."""
-    from accelerate.state import AcceleratorState, GradientState
-
-    out, err = io.StringIO(), io.StringIO()
-    try:
-        with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
-            code = main([str(a) for a in argv])
-    except SystemExit as stop:  # argparse's own usage errors
-        code = stop.code
-    finally:
-        AcceleratorState._reset_state(True)
-        GradientState._reset_state()
-    return code, out.getvalue(), err.getvalue()
-
-
-def assert_one_paragraph(code: int, err: str, *phrases: str) -> None:
-    """Exit 2, one 'error:' paragraph on one line, no traceback, and the phrases in it."""
-    assert code == 2, err
-    assert "Traceback" not in err, err
-    lines = err.strip().splitlines()
-    assert len(lines) == 1 and lines[0].startswith("error: "), err
-    for phrase in phrases:
-        assert phrase in lines[0], (phrase, lines[0])
-
-
 @pytest.mark.slow
 @pytest.mark.parametrize(
     "kind, processes", [("python", 1), ("torchrun", 2), ("accelerate", 1)], ids=str
 )
 def test_evaluate_reproduces_the_summary_to_the_last_bit(run_dir, tmp_path, kind, processes):
-    before = file_hashes(run_dir)
+    before = folder_hashes(run_dir)
     out = tmp_path / "eval.json"
     result = run_module("cifar.evaluate", [run_dir, "--out", out], kind=kind, processes=processes)
 
@@ -110,7 +47,7 @@ def test_evaluate_reproduces_the_summary_to_the_last_bit(run_dir, tmp_path, kind
         result.stdout
     )
     assert "per-class accuracy: T-shirt/top " in result.stdout
-    assert file_hashes(run_dir) == before
+    assert folder_hashes(run_dir) == before
 
 
 @pytest.mark.slow
@@ -131,20 +68,6 @@ def test_shards_that_split_a_batch_count_every_image_once_and_agree_to_rounding(
     assert two["test_loss"] == pytest.approx(one["test_loss"], rel=1e-6)
 
 
-def copy_of(run_dir: Path, tmp_path: Path, edit=None) -> Path:
-    copy = tmp_path / "copy"
-    shutil.copytree(run_dir, copy)
-    if edit is not None:
-        edit(copy)
-    return copy
-
-
-def damage(path: Path) -> None:
-    data = bytearray(path.read_bytes())
-    data[len(data) // 2] ^= 0xFF
-    path.write_bytes(bytes(data))
-
-
 BAD_RUNS = {
     "not-finished": (lambda d: (d / "summary.json").unlink(), "is not finished"),
     "not-ours": (lambda d: (d / "run.lock").unlink(), "is not a run folder made by train.py"),
@@ -160,20 +83,20 @@ def test_a_bad_run_folder_is_one_paragraph_and_changes_nothing(run_dir, tmp_path
 
     edit, phrase = BAD_RUNS[case]
     bad = copy_of(run_dir, tmp_path, edit)
-    before = file_hashes(bad)
+    before = folder_hashes(bad)
     code, out, err = call_main(main, [bad, "--out", tmp_path / "eval.json"])
     assert_one_paragraph(code, err, phrase, str(bad))
-    assert file_hashes(bad) == before and not (tmp_path / "eval.json").exists()
+    assert folder_hashes(bad) == before and not (tmp_path / "eval.json").exists()
 
 
 @pytest.mark.slow
 def test_a_test_set_with_other_classes_is_refused_naming_the_difference(run_dir, tmp_path):
     from cifar.evaluate import main
 
-    before = file_hashes(run_dir)
+    before = folder_hashes(run_dir)
     code, _, err = call_main(main, [run_dir, "--dataset", "synthetic", "--out", tmp_path / "e"])
     assert_one_paragraph(code, err, "has other classes", "'T-shirt/top' vs 'pattern0'")
-    assert file_hashes(run_dir) == before and not (tmp_path / "e").exists()
+    assert folder_hashes(run_dir) == before and not (tmp_path / "e").exists()
 
 
 @pytest.mark.slow
@@ -181,17 +104,17 @@ def test_a_test_set_with_other_classes_is_refused_naming_the_difference(run_dir,
 def test_out_never_replaces_the_runs_own_records(run_dir, target):
     from cifar.evaluate import main
 
-    before = file_hashes(run_dir)
+    before = folder_hashes(run_dir)
     code, _, err = call_main(main, [run_dir, "--out", run_dir / target])
     assert_one_paragraph(code, err, "of the run's own records")
-    assert file_hashes(run_dir) == before
+    assert folder_hashes(run_dir) == before
 
 
 @pytest.mark.slow
 def test_out_may_be_a_new_file_in_the_run_folder_and_nothing_else_changes(run_dir):
     from cifar.evaluate import main
 
-    before = file_hashes(run_dir)
+    before = folder_hashes(run_dir)
     out = run_dir / "eval-again.json"
     try:
         code, _, err = call_main(main, [run_dir, "--out", out])
@@ -201,7 +124,7 @@ def test_out_may_be_a_new_file_in_the_run_folder_and_nothing_else_changes(run_di
         )
     finally:
         out.unlink(missing_ok=True)
-    assert file_hashes(run_dir) == before
+    assert folder_hashes(run_dir) == before
 
 
 @pytest.mark.fast

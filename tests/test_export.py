@@ -10,18 +10,25 @@ from pathlib import Path
 import pytest
 import torch
 
-from tests.conftest import ROOT, SMOKE, read_json, run_train, train_env
-from tests.test_evaluate import (
+from tests.helpers import (
+    ROOT,
+    SMOKE,
     assert_one_paragraph,
     call_main,
     copy_of,
     damage,
+    eval_path_scores,
     fashion_run,
-    file_hashes,
+    fashion_test_set,
+    folder_hashes,
+    offline_logs,
+    read_json,
+    read_wandb_records,
+    require_package,
     run_module,
+    run_train,
+    train_env,
 )
-from tests.test_predict import eval_path_scores, fashion_test_set
-from tests.test_trackers import offline_logs, read_wandb_records, require_package
 
 ODD_BATCH = 37  # neither the batch the files were traced with nor one they were checked on
 
@@ -57,13 +64,13 @@ def test_an_exported_file_gives_pytorchs_logits_on_any_batch_size(
     from cifar.models import load_trained
 
     out = tmp_path / f"model.{suffix}"
-    before = file_hashes(run_dir)
+    before = folder_hashes(run_dir)
     result = run_module("cifar.export", [run_dir, "--format", fmt, "--out", out])
     assert f"wrote {out} ({fmt}): input uint8 RGB N x 3 x 32 x 32 (any N), output N x 10" in (
         result.stdout
     )
     assert "loaded back, its logits are within" in result.stdout
-    assert file_hashes(run_dir) == before
+    assert folder_hashes(run_dir) == before
 
     trained = load_trained(str(run_dir))
     images = fashion_test_set().images
@@ -118,10 +125,10 @@ def test_an_older_run_gets_the_same_portable_model_from_its_last_checkpoint(run_
     # Byte for byte what the run wrote when it finished: the same weights, statistics, card.
     for name in names:
         assert (older / name).read_bytes() == (run_dir / name).read_bytes(), name
-    before = file_hashes(older)
+    before = folder_hashes(older)
     code, out, err = call_main(main, [older])
     assert (code, out) == (0, f"{older} already has its portable model ({', '.join(names)}).\n")
-    assert file_hashes(older) == before
+    assert folder_hashes(older) == before
 
 
 def rewind_last_checkpoint(run: Path) -> None:
@@ -162,10 +169,10 @@ def test_a_bad_input_is_one_paragraph_and_changes_nothing(run_dir, tmp_path, cas
     edit, flags, phrase = BAD[case]
     bad = copy_of(run_dir, tmp_path, edit)
     monkeypatch.chdir(tmp_path)
-    before = file_hashes(tmp_path)
+    before = folder_hashes(tmp_path)
     code, out, err = call_main(main, [bad, *flags])
     assert_one_paragraph(code, err, phrase)
-    assert out == "" and file_hashes(tmp_path) == before
+    assert out == "" and folder_hashes(tmp_path) == before
 
 
 @pytest.mark.slow

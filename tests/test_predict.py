@@ -7,17 +7,16 @@ import json
 from pathlib import Path
 
 import pytest
-import torch
 import torchvision
 
-from tests.conftest import FASHION_DIR, read_json
-from tests.test_evaluate import (
-    BATCH,
-    TEST_IMAGES,
+from tests.helpers import (
     assert_one_paragraph,
     call_main,
+    eval_path_scores,
     fashion_run,
-    file_hashes,
+    fashion_test_set,
+    folder_hashes,
+    read_json,
     run_module,
 )
 
@@ -27,32 +26,6 @@ def run_dir(tmp_path_factory) -> Path:
     return fashion_run(tmp_path_factory)
 
 
-def fashion_test_set():
-    """The run's test set as training read it."""
-    from cifar.config import Config
-    from cifar.data import build_datasets
-
-    config = Config(dataset="fashion-mnist", data_dir=FASHION_DIR, test_subset=TEST_IMAGES)
-    return build_datasets(config)[1]
-
-
-@torch.no_grad()
-def eval_path_scores(run_dir: Path, images: torch.Tensor) -> torch.Tensor:
-    """Softmax of the logits the evaluation computes for images, in its batches."""
-    from accelerate import Accelerator
-    from accelerate.state import AcceleratorState
-
-    from cifar.trained import evaluation_model, load_portable, open_finished_run
-
-    run = open_finished_run(str(run_dir))
-    try:
-        model, to_input = evaluation_model(load_portable(run), run.config, Accelerator(cpu=True))
-        logits = [model(to_input(batch)) for batch in images.split(BATCH)]
-    finally:
-        AcceleratorState._reset_state(True)
-    return torch.cat(logits).softmax(dim=1)
-
-
 @pytest.mark.slow
 def test_pngs_of_the_test_images_get_the_labels_of_the_evaluation(run_dir, tmp_path):
     test = fashion_test_set()
@@ -60,7 +33,7 @@ def test_pngs_of_the_test_images_get_the_labels_of_the_evaluation(run_dir, tmp_p
     folder.mkdir()
     for i, image in enumerate(test.images):
         torchvision.io.write_png(image, str(folder / f"{i:05d}.png"))
-    before = file_hashes(run_dir)
+    before = folder_hashes(run_dir)
     result = run_module("cifar.predict", [run_dir, folder, "--format", "json", "--top-k", "3"])
 
     rows = json.loads(result.stdout)
@@ -80,7 +53,7 @@ def test_pngs_of_the_test_images_get_the_labels_of_the_evaluation(run_dir, tmp_p
     for row, values, indices in zip(rows, top.values, top.indices, strict=True):
         assert [p["label"] for p in row["predictions"]] == [classes[i] for i in indices]
         assert [p["probability"] for p in row["predictions"]] == values.tolist()
-    assert file_hashes(run_dir) == before
+    assert folder_hashes(run_dir) == before
 
 
 @pytest.mark.slow
@@ -114,10 +87,10 @@ def test_an_image_that_does_not_decode_is_one_paragraph_and_no_output(run_dir, t
     torchvision.io.write_png(fashion_test_set().images[0], str(good))
     png = good.read_bytes()
     bad.write_bytes(png[: len(png) // 2] if content == "truncated" else content)
-    before = file_hashes(tmp_path)
+    before = folder_hashes(tmp_path)
     code, out, err = call_main(main, [run_dir, good, bad])
     assert_one_paragraph(code, err, f"cannot decode image {bad}", "nothing was printed")
-    assert out == "" and file_hashes(tmp_path) == before
+    assert out == "" and folder_hashes(tmp_path) == before
 
 
 @pytest.mark.slow
