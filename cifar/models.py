@@ -139,13 +139,25 @@ def build_simple_cnn(config, num_classes: int, state=None) -> nn.Module:
     )
 
 
+def resolved_freeze(freeze: str, state) -> str:
+    """--freeze auto: the backbone frozen with pretrained weights, nothing frozen without."""
+    if freeze != "auto":
+        return freeze
+    return "backbone" if state is not None else "none"
+
+
 def imagenet_resnet(architecture, num_features: int, weights: WeightsEnum) -> ModelSpec:
     """A torchvision ResNet for transfer: any input size (--image-size), ImageNet's
     normalisation, a new head."""
 
     def build(config, num_classes: int, state=None) -> nn.Module:
         return ResNetTransfer(
-            architecture, num_classes, config.freeze, config.head_hidden, config.dropout, state
+            architecture,
+            num_classes,
+            resolved_freeze(config.freeze, state),
+            config.head_hidden,
+            config.dropout,
+            state,
         )
 
     settings = ("freeze", "head_hidden", "dropout")

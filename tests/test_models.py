@@ -119,12 +119,16 @@ RESNET18_BACKBONE_PARAMS = 11_176_512  # torchvision resnet18 without its fc lay
 def test_resnet18_is_a_registered_model_with_its_own_contract():
     spec = model_spec("resnet18")
     assert (spec.num_features, spec.weights.name) == (512, "IMAGENET1K_V1")
-    model = build_model(Config(model="resnet18", pretrained=False, head_hidden=64), num_classes=7)
+    config = Config(model="resnet18", pretrained=False, head_hidden=64, freeze="backbone")
+    model = build_model(config, num_classes=7)
     assert model(torch.randn(2, 3, 32, 32)).shape == (2, 7)
     assert model.features(torch.randn(2, 3, 32, 32)).shape == (2, 512)
     head = 512 * 64 + 64 + 64 * 7 + 7
     assert count(model) == RESNET18_BACKBONE_PARAMS + head
     assert count(model, trainable_only=True) == head
+    # --freeze auto without pretrained weights: from scratch, every parameter trains.
+    scratch = build_model(Config(model="resnet18", pretrained=False, head_hidden=64), num_classes=7)
+    assert count(scratch, trainable_only=True) == count(scratch) == count(model)
 
 
 def test_resnet18_trains_end_to_end_from_cached_weights(tmp_path):
