@@ -347,8 +347,8 @@ def parse_config(argv: list[str] | None = None) -> Config:
     config = Config(**settings)
     if config.augment == "auto" and config.dataset in DATASETS:
         config.augment = dataset_spec(config.dataset).augment
-    if config.freeze == "auto":
-        config.freeze = "backbone" if config.pretrained else "none"
+    if config.freeze == "auto":  # cached features are of a fixed backbone, random or not
+        config.freeze = "backbone" if config.pretrained or config.cache_features else "none"
     elif config.freeze != "none" and not config.pretrained and model_spec(config.model).weights:
         print(
             f"warning: --freeze {config.freeze} with --no-pretrained keeps random weights "

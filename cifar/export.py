@@ -31,8 +31,8 @@ from cifar.record import (
     MODEL_CARD,
     MODEL_WEIGHTS,
     PROGRESS_FILE,
+    FolderLock,
     RunFiles,
-    RunFolder,
     atomic_write,
     checkpoints_dir,
     list_checkpoints,
@@ -115,12 +115,12 @@ def write_portable(run, data_dir: str | None) -> None:
         return
     weights, card = from_checkpoint(run, data_dir)
     # The run's own lock, so no train.py writes the folder meanwhile.
-    folder = RunFolder(run.dir, False, False, os.open(os.path.join(run.dir, LOCK_FILE), os.O_RDWR))
-    folder.lock()
+    lock = FolderLock(os.path.join(run.dir, LOCK_FILE), "run", "--output-dir")
+    lock.acquire()
     try:
         RunFiles(run.dir, is_main=True).write_model(weights, card)
     finally:
-        folder.release()
+        lock.release()
     print(f"wrote {os.path.join(run.dir, MODEL_WEIGHTS)} and {MODEL_CARD} from its last checkpoint")
 
 
