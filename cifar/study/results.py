@@ -264,7 +264,8 @@ def write_study(grid: dict, out: str, collected: dict) -> list[str]:
     os.makedirs(out, exist_ok=True)
     # An arm with no finished run has nothing to draw (its failed run is reported elsewhere).
     drawn = {name: arm for name, arm in study["arms"].items() if arm["seeds"]}
-    figures = write_figures({**study, "arms": drawn}, out)
+    pairs = [p for p in study["pairs"] if p["a"] in drawn and p["b"] in drawn]
+    figures = write_figures({**study, "arms": drawn, "pairs": pairs}, out)
     written = []
     for name, text in (
         (STUDY_JSON, json.dumps(study, indent=1) + "\n"),
