@@ -103,7 +103,15 @@ def test_config_file_and_flag_precedence_end_to_end(tmp_path):
 
 
 def test_resnet50_transfer_trains_end_to_end_with_and_without_cached_features(tmp_path):
-    resnet = ["--model", "resnet50", "--no-pretrained", "--image-size", "32"]
+    resnet = [
+        "--model",
+        "resnet50",
+        "--no-pretrained",
+        "--freeze",
+        "backbone",
+        "--image-size",
+        "32",
+    ]
     tiny = tiny_run(*resnet, "--augment", "none", "--lr", "0.01", train=256, test=64, batch=32)
     run_train([*tiny, "--output-dir", tmp_path / "plain"])
     run_train([*tiny, "--cache-features", "--output-dir", tmp_path / "cached"])
