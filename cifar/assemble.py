@@ -11,6 +11,7 @@ import torchvision
 from accelerate.utils import set_seed
 from torch import nn
 
+from cifar.averaging import WeightAverage, weight_average
 from cifar.build import build_optimizer, build_scheduler, make_accelerator, place_model
 from cifar.checkpoint import (
     load_checkpoint,
@@ -60,6 +61,12 @@ class Run:
     folder: RunFolder | None  # the main process's claim on the run folder
     checkpoints_dir: str
     progress: Progress
+    ema: WeightAverage | None = None  # --ema: the average that is scored, saved and exported
+
+    @property
+    def scored_model(self) -> nn.Module:
+        """The weights the run evaluates: the EMA's with --ema, else the trained model."""
+        return self.model if self.ema is None else self.ema.module
 
     @property
     def num_classes(self) -> int:
@@ -180,11 +187,12 @@ def assemble_run(config, accelerator, run_dir: str, folder, process_settings: di
     shape = Shape(config.epochs, len(train_loader), accumulation, len(classes))
     scheduler = build_scheduler(config, optimizer, config.epochs * shape.steps_per_epoch)
     model, optimizer, scheduler = accelerator.prepare(model, optimizer, scheduler)
+    ema = weight_average(config, accelerator.unwrap_model(model, keep_torch_compile=False))
     # Per process, as device_specific would seed, but wrapped into the range every rank accepts.
     set_seed((config.seed + accelerator.process_index) % 2**32)
 
     settings = run_settings(config, accelerator, train, test)
-    resumed_from, progress = load_checkpoint(accelerator, candidates, settings, shape)
+    resumed_from, progress = load_checkpoint(accelerator, candidates, settings, shape, ema)
     if folder is not None:
         folder.announce()
     files = RunFiles(run_dir, accelerator.is_main_process)
@@ -223,6 +231,7 @@ def assemble_run(config, accelerator, run_dir: str, folder, process_settings: di
         folder,
         checkpoints,
         progress,
+        ema,
     )
 
 

@@ -55,9 +55,10 @@ def write_failure(path: str, error: Exception) -> str:
     return f"{type(error).__name__}: {reason}; {free}"
 
 
-def save_checkpoint(accelerator, root: str, progress: Progress, keep: int) -> str:
-    """Save the full training state; every process must call this. Returns the folder.
-    Raises CheckpointWriteError, with the partial folder removed, when the disk refuses it."""
+def save_checkpoint(accelerator, root: str, progress: Progress, keep: int, ema=None) -> str:
+    """Save the full training state (and ema, a WeightAverage, if any); every process must call
+    this. Returns the folder. Raises CheckpointWriteError, with the partial folder removed, when
+    the disk refuses it."""
     final = os.path.join(root, checkpoint_name(progress.global_step))
     temporary = os.path.join(root, "tmp-" + os.path.basename(final))
     try:
@@ -68,6 +69,8 @@ def save_checkpoint(accelerator, root: str, progress: Progress, keep: int) -> st
         accelerator.save_state(temporary)
         accelerator.wait_for_everyone()
         if accelerator.is_main_process:
+            if ema is not None:
+                ema.save(temporary)
             write_json(os.path.join(temporary, PROGRESS_FILE), progress.to_json())
             if os.path.exists(final):
                 shutil.rmtree(final)
@@ -169,12 +172,12 @@ def newest_progress(accelerator, candidates: list[str], shape: Shape, settings: 
     return None, None
 
 
-def load_checkpoint(accelerator, candidates: list[str], settings: dict, shape: Shape):
-    """Load the newest checkpoint that every process can load; skip broken ones with a warning.
-    Every process calls this. Returns (folder, Progress), or (None, None) when there is none to
-    resume;
-    raises UserError when its settings differ from the run's, or when there are checkpoints
-    but none loads (never restarts over them).
+def load_checkpoint(accelerator, candidates: list[str], settings: dict, shape: Shape, ema=None):
+    """Load the newest checkpoint that every process can load (with ema, a WeightAverage, its
+    average too); skip broken ones with a warning. Every process calls this. Returns (folder,
+    Progress), or (None, None) when there is none to resume; raises UserError when its settings
+    differ from the run's, or when there are checkpoints but none loads (never restarts over
+    them).
     """
     remaining = list(candidates)
     while remaining:
@@ -184,6 +187,8 @@ def load_checkpoint(accelerator, candidates: list[str], settings: dict, shape: S
         remaining = remaining[remaining.index(folder) + 1 :]
         try:
             accelerator.load_state(folder)
+            if ema is not None:
+                ema.load(folder)
             loaded = 1.0
         except Exception as error:  # a torn or tampered file; fall back to an older one
             warn(accelerator, f"skipping checkpoint {folder}: {type(error).__name__}: {error}")

@@ -82,6 +82,19 @@ class Config:
         AUGMENTATIONS,
     )
     shuffle: bool = knob(True, "shuffle the training set each epoch (seeded)")
+    ema: float = knob(
+        0.0,
+        "keep an exponential moving average of the weights (BatchNorm statistics too), updated "
+        "every optimizer step with this decay, e.g. 0.999; it is evaluated, saved and exported "
+        "instead of the trained weights (0: off)",
+        None,
+        "DECAY",
+    )
+    tta: bool = knob(
+        False,
+        "test-time augmentation: score each test image by the mean of its logits and "
+        "its horizontal mirror's",
+    )
     gradient_accumulation_steps: int = knob(
         0, "batches per optimizer step (0: from the accelerate config, else 1)"
     )
@@ -188,8 +201,9 @@ LIMITS = {
     "weight_decay": (0, 1e3),
     "dropout": (0, 1),
     "label_smoothing": (0, 1),
+    "ema": (0, 1),
 }
-EXCLUSIVE = {"lr": "low", "dropout": "high", "label_smoothing": "high"}
+EXCLUSIVE = {"lr": "low", "dropout": "high", "label_smoothing": "high", "ema": "high"}
 
 
 W_AND_B_FORBIDDEN = re.compile(r"[/\\#?%:]")  # what W&B refuses in project and entity names
@@ -396,6 +410,11 @@ def validate(config: Config) -> None:
         raise UserError(
             f"--cache-features works with the datasets held in memory ({', '.join(in_memory)}), "
             f"not with --dataset {config.dataset}, read from files. Drop --cache-features."
+        )
+    if config.cache_features and config.tta:
+        raise UserError(
+            "--tta scores each test image and its mirror image, and --cache-features keeps the "
+            "backbone features of the images alone. Drop one of them."
         )
     with_features = [name for name, spec in REGISTRY.items() if spec.num_features]
     if config.cache_features and (

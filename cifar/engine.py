@@ -83,6 +83,8 @@ def train_epoch(run, totals: Totals, *, start_step=0, after_step=None, show_prog
                 img_s=f"{rate:,.0f}",
             )
         if accelerator.sync_gradients:
+            if run.ema is not None:
+                run.ema.update()
             run.scheduler.step()
             if after_step is not None and after_step(step + 1, loss):
                 stopped = True
@@ -152,7 +154,7 @@ class RunLoop:
         progress.partial = partial
         progress.wall_seconds = time.perf_counter() - self.started
         save_checkpoint(
-            run.accelerator, run.checkpoints_dir, progress, self.config.keep_checkpoints
+            run.accelerator, run.checkpoints_dir, progress, self.config.keep_checkpoints, run.ema
         )
 
     def after_step(self, batches_done: int, loss) -> bool:
@@ -227,7 +229,12 @@ class RunLoop:
         seconds = self.epoch_seconds()  # training only, over every part of an interrupted epoch
         rate = (train["seen"] - self.untimed_images) / max(seconds, 1e-9)
         test = eval_model(
-            run.accelerator, run.model, run.test_loader, run.to_input, run.num_classes
+            run.accelerator,
+            run.scored_model,
+            run.test_loader,
+            run.to_input,
+            run.num_classes,
+            tta=self.config.tta,
         )
         record = epoch_record(epoch, train, test, run.scheduler.get_last_lr()[0], seconds, rate)
         progress.history.append(record)

@@ -114,7 +114,7 @@ def evaluate(args) -> dict:
     else:
         loader = build_loaders(config, accelerator, train, test)[1]
     model, to_input = evaluation_model(trained, config, accelerator)
-    scored = eval_model(accelerator, model, loader, to_input, len(trained.classes))
+    scored = eval_model(accelerator, model, loader, to_input, len(trained.classes), config.tta)
     matrix = scored["confusion_matrix"]
     results = versioned(
         {
@@ -126,6 +126,7 @@ def evaluate(args) -> dict:
             "batch_size": config.batch_size,
             "world_size": accelerator.num_processes,
             "mixed_precision": accelerator.mixed_precision,
+            "test_time_augmentation": "flip" if config.tta else "none",
             "test_accuracy": scored["test_accuracy"],
             "test_loss": scored["test_loss"],
             "per_class_accuracy": {

@@ -11,9 +11,19 @@ def sum_dtype(device) -> torch.dtype:
     return torch.float32 if device.type == "mps" else torch.float64
 
 
+def classify(model, inputs: torch.Tensor, tta: bool = False) -> torch.Tensor:
+    """The logits of model for a batch of network inputs (N x C x H x W); with tta the mean of
+    the logits of each input and of its horizontal mirror image (--tta)."""
+    logits = model(inputs)
+    if not tta:
+        return logits
+    return (logits + model(inputs.flip(-1))) / 2
+
+
 @torch.no_grad()
-def eval_model(accelerator, model, loader, to_input, num_classes: int) -> dict:
-    """Loss (plain cross-entropy) and accuracy over the whole test set, every image once.
+def eval_model(accelerator, model, loader, to_input, num_classes: int, tta: bool = False) -> dict:
+    """Loss (plain cross-entropy) and accuracy over the whole test set, every image once; with
+    tta each image is scored by classify's mean of it and its mirror image.
 
     Each process evaluates its own shard; the confusion matrix and loss sum are summed across
     processes. Returns test_loss, test_accuracy, confusion_matrix (rows: true class) and
@@ -30,7 +40,8 @@ def eval_model(accelerator, model, loader, to_input, num_classes: int) -> dict:
     confusion = MulticlassConfusionMatrix(num_classes).to(accelerator.device)
     loss_sum = torch.zeros((), dtype=sum_dtype(accelerator.device), device=accelerator.device)
     for images, labels in loader:
-        logits = model(to_input(images))
+        with accelerator.autocast():  # a model never prepared (an EMA) in the run's precision
+            logits = classify(model, to_input(images), tta)
         loss_sum += F.cross_entropy(logits.float(), labels, reduction="sum")
         confusion.update(logits.argmax(dim=1), labels)
     matrix = confusion.compute()  # torchmetrics sums the matrices of all processes
@@ -71,4 +82,6 @@ def summarize(config, run, wall_seconds: float) -> dict:
         "train_images_per_second": (
             sum(r["train_images_per_second"] for r in history) / len(history)
         ),
+        "scored_weights": f"ema {config.ema:g}" if config.ema else "trained",
+        "test_time_augmentation": "flip" if config.tta else "none",
     }

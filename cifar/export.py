@@ -27,6 +27,7 @@ from cifar.data import build_datasets, dataset_spec
 from cifar.data.transforms import dataset_statistics, fixed_normalisation
 from cifar.errors import UserError
 from cifar.record import (
+    EMA_WEIGHTS,
     LOCK_FILE,
     MODEL_CARD,
     MODEL_WEIGHTS,
@@ -84,7 +85,11 @@ def from_checkpoint(run, data_dir: str | None):
     last = checkpoints[-1]
     try:
         progress = read_json(os.path.join(last, PROGRESS_FILE))
-        state = load_file(os.path.join(last, MODEL_WEIGHTS))
+        if run.config.ema:  # the average is what the run scored (AveragedModel's state)
+            averaged = load_file(os.path.join(last, EMA_WEIGHTS))
+            state = {k.removeprefix("module."): v for k, v in averaged.items() if k != "n_averaged"}
+        else:
+            state = load_file(os.path.join(last, MODEL_WEIGHTS))
     except Exception as error:  # OSError, ValueError, SafetensorError
         raise UserError(
             f"the last checkpoint {last} cannot be read ({type(error).__name__}: {error}). The "

@@ -23,6 +23,7 @@ from cifar.config import LIMITS, check_range, default_workers
 from cifar.data.decode import IMAGE_SUFFIXES
 from cifar.data.imagefolder import Resized, one_pass
 from cifar.errors import UserError
+from cifar.evaluation import classify
 from cifar.trained import (
     ArgumentParser,
     evaluation_model,
@@ -109,7 +110,7 @@ def predict(args) -> list[dict]:
     model, to_input = evaluation_model(trained, config, accelerator)
     rows = []
     for names, images in decoded_batches(paths, trained.card["image_size"], config.batch_size):
-        logits = model(to_input(images.to(accelerator.device)))
+        logits = classify(model, to_input(images.to(accelerator.device)), config.tta)
         top = logits.float().softmax(dim=1).topk(args.top_k, dim=1)
         best = zip(names, top.values.tolist(), top.indices.tolist(), strict=True)
         for name, values, indices in best:

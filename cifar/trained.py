@@ -38,6 +38,8 @@ from cifar.record import (
     read_finished_run,
 )
 
+# How summary.json's numbers were scored (weights, test-time augmentation).
+SCORED_WITH = ("scored_weights", "test_time_augmentation")
 # Prefixes a checkpoint's keys carry: DDP's wrapper (saved unwrapped=False), torch.compile's.
 WRAPPER_PREFIXES = ("module.", "_orig_mod.")
 
@@ -161,7 +163,9 @@ def portable_model(config, state: dict, normalisation, side: int, summary: dict)
         },
         "output": {"shape": ["batch", len(classes)], "values": "logits; softmax: probabilities"},
         "trained_on": {
-            key: summary[key] for key in ("dataset", "epochs", "test_accuracy", "test_loss")
+            key: summary[key]
+            for key in ("dataset", "epochs", "test_accuracy", "test_loss", *SCORED_WITH)
+            if key in summary  # a summary of format 1 does not say how it was scored
         },
     }
     return weights, card
@@ -172,7 +176,7 @@ def write_portable_model(config, run, summary: dict) -> None:
     the weights its last evaluation scored."""
     if not run.files.is_main:
         return
-    model = run.accelerator.unwrap_model(run.model, keep_torch_compile=False)
+    model = run.accelerator.unwrap_model(run.scored_model, keep_torch_compile=False)
     images = getattr(run.train_loader, "images", None)  # the uint8 set a device loader holds
     normalisation = fixed_normalisation(config) or dataset_statistics(images.cpu())
     side = image_side(config, getattr(run.test_loader, "images", None))

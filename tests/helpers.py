@@ -14,6 +14,7 @@ import json
 import os
 import random
 import shutil
+import signal
 import struct
 import subprocess
 import sys
@@ -634,3 +635,17 @@ def eval_path_scores(run_dir: Path, images):
     finally:
         AcceleratorState._reset_state(True)
     return torch.cat(logits).softmax(dim=1)
+
+
+def kill_run(process: subprocess.Popen, run_dir) -> None:
+    """SIGKILL the launcher and every process training into run_dir (torchrun's workers run in
+    sessions of their own, outside the launcher's process group)."""
+    os.killpg(process.pid, signal.SIGKILL)
+    for cmdline in glob.glob("/proc/[0-9]*/cmdline"):
+        try:
+            with open(cmdline, "rb") as f:
+                if str(run_dir).encode() in f.read():
+                    os.kill(int(cmdline.split("/")[2]), signal.SIGKILL)
+        except (OSError, ValueError):
+            pass
+    process.wait()

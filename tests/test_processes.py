@@ -5,7 +5,6 @@ from which the resume is exact; SIGKILL loses only the steps since the last chec
 import glob
 import os
 import signal
-import subprocess
 import time
 
 import pytest
@@ -15,6 +14,7 @@ from tests.helpers import (
     SMOKE,
     comparable_metrics,
     final_weights,
+    kill_run,
     make_jpegs,
     max_difference,
     read_json,
@@ -89,20 +89,6 @@ def test_ctrl_c_while_setting_up_exits_130_without_a_traceback(tmp_path):
     output = process.communicate(timeout=120)[0]
     assert process.returncode in (130, 75), output
     assert "Traceback" not in output, output
-
-
-def kill_run(process: subprocess.Popen, run_dir) -> None:
-    """SIGKILL the launcher and every process training into run_dir (torchrun's workers run in
-    sessions of their own, outside the launcher's process group)."""
-    os.killpg(process.pid, signal.SIGKILL)
-    for cmdline in glob.glob("/proc/[0-9]*/cmdline"):
-        try:
-            with open(cmdline, "rb") as f:
-                if str(run_dir).encode() in f.read():
-                    os.kill(int(cmdline.split("/")[2]), signal.SIGKILL)
-        except (OSError, ValueError):
-            pass
-    process.wait()
 
 
 @pytest.mark.parametrize("processes", [1, 2])

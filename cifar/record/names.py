@@ -10,6 +10,7 @@ LOCK_FILE = "run.lock"  # held by the process that owns the folder
 RESUME_LOG = "resume.jsonl"  # one line per resume
 CHECKPOINTS = "checkpoints"  # checkpoints/step-<global step>/
 PROGRESS_FILE = "progress.json"  # inside each checkpoint: where the run stands
+EMA_WEIGHTS = "ema.safetensors"  # inside each checkpoint of a run with --ema: the average
 # The portable model of a finished run: the weights summary.json's numbers came from, and how
 # to build and feed them (cifar.models.load_trained; torch and torchvision alone suffice).
 MODEL_WEIGHTS = "model.safetensors"

@@ -9,7 +9,7 @@ raised to it: older records are then checked for the fields they had.
 
 import math
 
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2
 FORMAT_KEY = "format_version"
 
 # One line of metrics.jsonl (and of a checkpoint's history): field -> version that added it.
@@ -41,6 +41,10 @@ SUMMARY_FIELDS = {
     "mixed_precision": ("text", 0),
     "wall_seconds": ("number", 0),
     "train_images_per_second": ("number", 0),
+    # Which weights and inputs test_accuracy and test_loss come from: "trained" or "ema DECAY"
+    # (--ema), "none" or "flip" (--tta).
+    "scored_weights": ("text", 2),
+    "test_time_augmentation": ("text", 2),
 }
 SUMMARY_KEYS = tuple(SUMMARY_FIELDS)
 
