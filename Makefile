@@ -81,7 +81,7 @@ train: setup
 lint: setup
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
-	shellcheck -x slurm/*.sh .ci/*.sh .ci/run
+	shellcheck -x slurm/*.sh slurm/submit .ci/*.sh .ci/run
 
 test: lint
 	$(BIN)/python -m pytest -q -p no:cacheprovider $(PYTEST_ARGS)
