@@ -2,7 +2,7 @@
 # make train PROCESSES=4 ARGS=... the same with `accelerate launch` over 4 GPUs of this machine
 # make test                       set up .venv, lint, and run the test suite
 # make test-fast                  the tests that start no process, for the inner loop (about 30 s)
-# make setup TORCH=cu126          the environment of locks/cu126.txt (see docs/install.md)
+# make setup TORCH=cu126          the environment of locks/cu126.txt, once make lock made it
 # make lock [TORCH=...]           re-resolve locks/$(TORCH).txt from pyproject.toml
 # make compare ARGS="..."         train both models with the same settings, then the report
 VENV ?= .venv
@@ -47,8 +47,20 @@ $(VENV)/.project-$(TORCH): $(VENV)/.installed-$(TORCH) pyproject.toml
 	$(BIN)/pip install -q --no-deps --no-build-isolation -e .
 	touch $@
 
+# A build without a lock is not resolved on the fly: `make setup` installs only what a lock names,
+# so it stops before .venv is touched and says how to make one.
+LOCKED = $(filter-out uv,$(basename $(notdir $(wildcard locks/*.txt))))
+NO_LOCK = error: there is no lock for TORCH=$* ($@), and make setup installs only what a lock \
+	names (exact versions, sha256-checked); nothing was installed or removed. Resolve it with \
+	`make lock TORCH=$*` on a machine that reaches \
+	$(if $(filter cu130,$*),PyPI,download.pytorch.org/whl/$*), check it with \
+	`make test TORCH=$*` and commit $@$(if $(LOCKED),; or use a lock that exists: \
+	$(addprefix TORCH=,$(LOCKED))). $(if $(filter cu130,$(filter-out $*,$(LOCKED))),Without \
+	a GPU the default TORCH=cu130 trains on the CPU too (its CUDA libraries, about 5.9 GB, \
+	unused). )docs/install.md lists the builds and the drivers they need.
 locks/%.txt:
-	$(MAKE) --no-print-directory lock TORCH=$*
+	@echo '$(NO_LOCK)' >&2
+	@exit 2
 
 # Keeps the versions already in the lock unless pyproject.toml rules them out; to move to the
 # newest releases: make lock LOCK_ARGS=--upgrade
@@ -69,7 +81,7 @@ train: setup
 lint: setup
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
-	shellcheck -x slurm/*.sh .ci/*.sh .ci/run
+	shellcheck -x slurm/*.sh slurm/submit .ci/*.sh .ci/run
 
 test: lint
 	$(BIN)/python -m pytest -q -p no:cacheprovider $(PYTEST_ARGS)

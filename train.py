@@ -1,7 +1,7 @@
 """Train SimpleCNN or ResNet-50 (transfer learning) on CIFAR-10 and friends, with Accelerate.
 
-    accelerate launch train.py --model cnn
-    accelerate launch --mixed_precision bf16 train.py --model resnet50
+    accelerate launch --quiet train.py --model cnn
+    accelerate launch --quiet --mixed_precision bf16 train.py --model resnet50
     python train.py --model cnn --dataset fashion-mnist --data-dir /usr/share/datasets/fashion-mnist
     python train.py --help
 

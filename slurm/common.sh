@@ -24,10 +24,31 @@
 #   CIFAR_MIXED_PRECISION  accelerate launch --mixed_precision: no, bf16, fp16 (train.py's wins)
 #   CIFAR_ACCELERATE_ARGS  extra `accelerate launch` options (split on spaces)
 #   CIFAR_PORT             rendezvous port (default: 20000 + job id % 20000)
+#   CIFAR_ALLOW_CPU=1      train on the CPU even where the job's partition has GPUs
 #   CIFAR_DRY_RUN=1        print the commands instead of running them
 
 # Run folders, logs and train.py are named relative to the repository.
 cd "$(dirname "${BASH_SOURCE[0]}")/.." || exit 2
+
+# A job whose log is SLURM's default (no --output: slurm-<id>.out in the submission directory,
+# wherever that was) writes its own output to logs/<job name>-<id>.out here, appending after a
+# requeue; the default file keeps the log's path and whatever SLURM itself reports (a time
+# limit, a cancellation). With --output (slurm/submit passes one) that file is the log.
+cifar_log_here() {
+    local id=${SLURM_JOB_ID:-} out log
+    [[ -n $id ]] || return 0
+    [[ -z ${SLURM_ARRAY_JOB_ID:-} ]] || id=${SLURM_ARRAY_JOB_ID}_${SLURM_ARRAY_TASK_ID:-}
+    out=$(readlink "/proc/$$/fd/1" 2>/dev/null) || return 0
+    [[ ${out##*/} == "slurm-$id.out" ]] || return 0
+    log=logs/${SLURM_JOB_NAME:-job}-$id.out
+    if mkdir -p logs 2>/dev/null && : >>"$log" 2>/dev/null; then
+        echo "[$(date '+%F %T')] job $SLURM_JOB_ID: log $PWD/$log"
+        exec >>"$log" 2>&1
+    else
+        echo "[$(date '+%F %T')] cannot write $PWD/$log: the log stays in $out"
+    fi
+}
+cifar_log_here
 CIFAR_FINISHED=summary.json  # the file a finished run leaves in $CIFAR_RUN_DIR
 CIFAR_FIRST_ARGS=()   # train.py flags before CIFAR_TRAIN_ARGS and the script arguments
 CIFAR_LAST_ARGS=()    # train.py flags after them (the script's own choices, not overridable)
@@ -192,11 +213,27 @@ cifar_begin() {
     fi
 }
 
+# A job without GPUs (GPUS = 0) on a partition whose nodes have them was submitted without
+# asking for one (a plain `sbatch`, the scripts ask for none): stop in seconds, saying how to ask,
+# instead of training on the CPU for hours. CIFAR_ALLOW_CPU=1 trains on the CPU on purpose.
+cifar_check_gpus() {
+    local gres
+    [[ $1 == 0 && -n ${SLURM_JOB_ID:-} && ${CIFAR_ALLOW_CPU:-0} != 1 ]] || return 0
+    gres=$({ sinfo -h -p "${SLURM_JOB_PARTITION:-}" -o %G 2>/dev/null || true; } |
+        grep -o 'gpu[^,]*' | head -n1 || true)
+    [[ -z $gres ]] || cifar_die "job $SLURM_JOB_ID has no GPU, but the nodes of partition" \
+        "${SLURM_JOB_PARTITION:-} have them ($gres), and the job scripts ask for none themselves." \
+        "Submit with slurm/submit (it asks for what the script's #GPU-SBATCH line names where" \
+        "there are GPUs), e.g. slurm/submit slurm/cnn.sh ARGS, or sbatch --gres=gpu:1" \
+        "--cpus-per-task=8 slurm/cnn.sh ARGS; to train on the CPU on purpose, set CIFAR_ALLOW_CPU=1."
+}
+
 # Set CIFAR_LAUNCH for this node (one process per GPU, or the CPU, or CIFAR_NUM_PROCESSES) and
 # CIFAR_STEP for one task.
 cifar_node_launch() {
     local gpus procs
     gpus=$(cifar_gpu_count)
+    cifar_check_gpus "$gpus"
     procs=$(cifar_processes_per_node "$gpus")
     cifar_build_launch "$gpus" "$procs"
     cifar_step --ntasks=1

@@ -3,9 +3,9 @@
 # after the other (a study, python -m cifar.study, with the arms cnn and resnet50 and seed 0),
 # then the study's statistics and the report (figures + results table) from their run folders.
 #
-#   sbatch slurm/compare.sh --dataset cifar10 --epochs 10       # from the repository root
-#   sbatch --gres=gpu:1 --cpus-per-task=8 slurm/compare.sh     # ask for what your site needs
-#   sbatch slurm/compare.sh --seeds 0 1 2 -- --dataset cifar10 # study options before --
+#   slurm/submit slurm/compare.sh --dataset cifar10 --epochs 10  # from any directory
+#   slurm/submit --gres=gpu:2 --cpus-per-task=16 slurm/compare.sh  # what your site needs
+#   slurm/submit slurm/compare.sh --seeds 0 1 2 -- --dataset cifar10 # study options before --
 #   bash slurm/compare.sh --dataset synthetic --epochs 1 --tracker none
 #   make compare ARGS="--dataset fashion-mnist --data-dir /usr/share/datasets/fashion-mnist"
 #
@@ -18,22 +18,32 @@
 # choose the folder). On the warning signal the run checkpoints, the job requeues itself and
 # resumes the same folders (finished runs are skipped). Settings: slurm/common.sh and
 # docs/slurm.md.
+# The #SBATCH lines ask for what every cluster grants (one task, one CPU, no GPU), so a plain
+# sbatch runs on any cluster; slurm/submit adds the #GPU-SBATCH line where the partition's nodes
+# have GPUs, and a job without GPUs on such a partition stops saying so (CIFAR_ALLOW_CPU=1: the
+# CPU on purpose).
 #SBATCH --job-name=compare
 #SBATCH --nodes=1
 #SBATCH --ntasks=1
-#SBATCH --gres=gpu:1
-#SBATCH --cpus-per-task=8
 #SBATCH --time=04:00:00
 #SBATCH --requeue
 #SBATCH --signal=USR1@180
-#SBATCH --output=logs/%x-%j.out
 #SBATCH --open-mode=append
+#GPU-SBATCH --gres=gpu:1 --cpus-per-task=8
 ##SBATCH --partition=gpu
 ##SBATCH --account=myproject
 set -euo pipefail
-# sbatch runs a copy of this file: the repository is then $CIFAR_REPO or where sbatch was called.
+# sbatch runs a copy of this file: the repository is then $CIFAR_REPO, else the folder above the
+# slurm/ of the script SLURM says was submitted, else the submission directory.
 repo=$(dirname "$0")/..
-[[ -f $repo/slurm/common.sh ]] || repo=${CIFAR_REPO:-$PWD}
+[[ -f $repo/slurm/common.sh ]] || repo=${CIFAR_REPO:-$(scontrol show job "${SLURM_JOB_ID:-}" \
+    2>/dev/null | sed -n 's#^ *Command=\(.*\)/slurm/[^/]*\.sh\( .*\)\{0,1\}$#\1#p')}
+[[ -f $repo/slurm/common.sh ]] || repo=$PWD
+if [[ ! -f $repo/slurm/common.sh ]]; then
+    echo "error: cannot find the repository (no slurm/common.sh above the script, in" \
+        "CIFAR_REPO or in $PWD): submit with CIFAR_REPO=/path/to/cifar-accelerate sbatch ..." >&2
+    exit 2
+fi
 # shellcheck source=slurm/common.sh
 source "$repo/slurm/common.sh" || exit 2
 

@@ -3,32 +3,42 @@
 # of the node, with `accelerate launch`.
 #
 #   python train.py --model resnet50 --prepare-only     # first, on a login node with network
-#   sbatch slurm/resnet.sh                              # from the repository root
-#   sbatch slurm/resnet.sh --freeze layer4 --epochs 10  # arguments go to train.py
-#   sbatch --gres=gpu:4 --time=8:00:00 -p gpu -A myproj slurm/resnet.sh  # resources: sbatch
-#   CIFAR_VENV=~/venvs/cifar CIFAR_MIXED_PRECISION=bf16 sbatch slurm/resnet.sh
+#   slurm/submit slurm/resnet.sh                        # from any directory
+#   slurm/submit slurm/resnet.sh --freeze layer4 --epochs 10  # arguments go to train.py
+#   slurm/submit --gres=gpu:4 --time=8:00:00 -p gpu slurm/resnet.sh  # resources: sbatch's
+#   CIFAR_VENV=~/venvs/cifar CIFAR_MIXED_PRECISION=bf16 slurm/submit slurm/resnet.sh
 #
-# Log: logs/<job name>-<job id>.out (logs/ is in the repository; requeued runs append to it).
+# The #SBATCH lines ask for what every cluster grants (one task, one CPU, no GPU), so a plain
+# sbatch runs on any cluster; slurm/submit adds the #GPU-SBATCH line where the partition's nodes
+# have GPUs, and a job without GPUs on such a partition stops saying so (CIFAR_ALLOW_CPU=1: the
+# CPU on purpose).
+# Log: logs/<job name>-<job id>.out in the repository (requeued runs append to it).
 # Run folder: runs/<job name>-job<job id> (CIFAR_RUNS_DIR or CIFAR_RUN_DIR move it).
 # Near the time limit SLURM sends USR1; train.py checkpoints, the job requeues itself and the
 # next run resumes (--resume auto) in the same folder. Settings: slurm/common.sh, docs/slurm.md.
 #SBATCH --job-name=resnet50
 #SBATCH --nodes=1
 #SBATCH --ntasks=1
-#SBATCH --gres=gpu:1
-#SBATCH --cpus-per-task=8
 #SBATCH --time=04:00:00
 #SBATCH --requeue
 #SBATCH --signal=USR1@120
-#SBATCH --output=logs/%x-%j.out
 #SBATCH --open-mode=append
+#GPU-SBATCH --gres=gpu:1 --cpus-per-task=8
 ##SBATCH --partition=gpu
 ##SBATCH --account=myproject
 set -euo pipefail
 
-# sbatch runs a copy of this file: the repository is then $CIFAR_REPO or where sbatch was called.
+# sbatch runs a copy of this file: the repository is then $CIFAR_REPO, else the folder above the
+# slurm/ of the script SLURM says was submitted, else the submission directory.
 repo=$(dirname "$0")/..
-[[ -f $repo/slurm/common.sh ]] || repo=${CIFAR_REPO:-$PWD}
+[[ -f $repo/slurm/common.sh ]] || repo=${CIFAR_REPO:-$(scontrol show job "${SLURM_JOB_ID:-}" \
+    2>/dev/null | sed -n 's#^ *Command=\(.*\)/slurm/[^/]*\.sh\( .*\)\{0,1\}$#\1#p')}
+[[ -f $repo/slurm/common.sh ]] || repo=$PWD
+if [[ ! -f $repo/slurm/common.sh ]]; then
+    echo "error: cannot find the repository (no slurm/common.sh above the script, in" \
+        "CIFAR_REPO or in $PWD): submit with CIFAR_REPO=/path/to/cifar-accelerate sbatch ..." >&2
+    exit 2
+fi
 # shellcheck source=slurm/common.sh
 source "$repo/slurm/common.sh" || exit 2
 

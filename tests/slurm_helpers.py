@@ -123,3 +123,17 @@ def wait_for_job(job_id: int | str, timeout_s: float, poll_s: float = 1.0) -> st
         if time.monotonic() >= deadline:
             raise TimeoutError(f"job {job_id} still {state} after {timeout_s} s")
         time.sleep(poll_s)
+
+
+def fake_sinfo(folder: Path, partition: str, gres: str, cpus: int) -> Path:
+    """A folder holding an ``sinfo`` that describes one node of ``partition`` (the default one)
+    with ``gres`` (e.g. ``gpu:4(S:0-1)``, or ``(null)``) and ``cpus``; put it first on PATH."""
+    folder.mkdir(parents=True, exist_ok=True)
+    sinfo = folder / "sinfo"
+    sinfo.write_text(
+        "#!/bin/sh\n"
+        "# -o %G: the GRES alone; -o '%P %G %c': partition (* marks the default), GRES, CPUs\n"
+        f'case "$*" in *%P*) echo "{partition}* {gres} {cpus}" ;; *) echo "{gres}" ;; esac\n'
+    )
+    sinfo.chmod(0o755)
+    return folder

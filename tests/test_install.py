@@ -2,6 +2,7 @@
 nothing in between."""
 
 import re
+import shutil
 import subprocess
 import sys
 import tomllib
@@ -13,7 +14,7 @@ from packaging.markers import Marker
 from packaging.requirements import Requirement
 from packaging.utils import canonicalize_name
 
-from tests.helpers import ROOT, require, tiny_run, train_env
+from tests.helpers import ROOT, folder_hashes, require, tiny_run, train_env
 
 VENV = Path(sys.prefix)
 PIN = re.compile(r"^([A-Za-z0-9._-]+)==([^\s;]+)\s*(?:;\s*([^\\]+?))?\s*\\?$")
@@ -84,6 +85,22 @@ def make(*args: str, timeout: int = 300) -> subprocess.CompletedProcess:
     )
 
 
+def make_in(folder: Path, *args: str) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        ["make", "--no-print-directory", *args],
+        cwd=folder,
+        env=train_env(),
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+
+
+def not_make(stderr: str) -> list[str]:
+    """The lines of stderr that are not make's own report ("make: ***", "make[2]: ***")."""
+    return [line for line in stderr.splitlines() if not re.match(r"make(\[\d+\])?: ", line)]
+
+
 def test_make_train_prints_no_launcher_warning_and_exits_0(tmp_path):
     run_dir = tmp_path / "run"
     args = " ".join([*tiny_run(train=512, test=128), "--output-dir", str(run_dir)])
@@ -102,9 +119,35 @@ def test_make_train_passes_train_py_exit_code_and_message_through():
     assert "argument --model: invalid choice: 'nope'" in result.stderr
     result = make("train", "ARGS=--dataset synthetic --epochs 0 --tracker none")
     assert result.returncode == 2, result.stderr
-    # make's own report, "make: ***" (or "make[2]: ***" when make test runs this test)
-    ours = [line for line in result.stderr.splitlines() if not re.match(r"make(\[\d+\])?: ", line)]
+    ours = not_make(result.stderr)
     assert len(ours) == 1 and ours[0].startswith("error: "), result.stderr
+
+
+def test_make_setup_without_a_lock_stops_with_what_to_do_and_touches_nothing(tmp_path):
+    for name in ("Makefile", "pyproject.toml"):
+        shutil.copy(ROOT / name, tmp_path / name)
+    shutil.copytree(ROOT / "locks", tmp_path / "locks")
+    venv = tmp_path / ".venv"
+    for existing in (False, True):
+        if existing:
+            venv.mkdir()
+            (venv / "lock-file").write_text("locks/cu130.txt\n")
+        before = folder_hashes(tmp_path, folders=True)
+        for goal, torch in (("setup", "cpu"), ("train", "cu126"), ("test", "cpu")):
+            result = make_in(tmp_path, goal, f"TORCH={torch}")
+            assert result.returncode == 2 and result.stdout == "", result.stdout + result.stderr
+            (message,) = not_make(result.stderr)
+            assert message.startswith(f"error: there is no lock for TORCH={torch} (locks/{torch}")
+            for phrase in (
+                "nothing was installed or removed",
+                f"Resolve it with `make lock TORCH={torch}` on a machine that reaches "
+                f"download.pytorch.org/whl/{torch}",
+                f"commit locks/{torch}.txt; or use a lock that exists: TORCH=cu130.",
+                "Without a GPU the default TORCH=cu130 trains on the CPU too",
+            ):
+                assert phrase in message, (phrase, message)
+            assert folder_hashes(tmp_path, folders=True) == before
+        assert venv.exists() == existing
 
 
 def test_ci_and_the_readme_run_the_same_test_command():

@@ -1,13 +1,15 @@
 """The SLURM job scripts, submitted with sbatch to the one-node cluster of .ci/slurm-cluster.sh.
 
-The templates ask for GPUs and 8 CPUs; this cluster has 2 CPUs and no GPUs, so every job here is
-submitted with the command-line overrides a user would type (LOCAL). Jobs get this checkout's
-Python environment through CIFAR_VENV, write their run folders and logs under tmp_path, and
-train on synthetic data on the CPU. Without a cluster the tests skip (fail in CI).
+This cluster has 2 CPUs and no GPUs. The scripts ask for no GPU and one CPU, so they run here
+as they are (test_plain_sbatch_...); most jobs here add the overrides a user would type (LOCAL)
+and write their logs under tmp_path. Jobs get this checkout's Python environment through
+CIFAR_VENV, write their run folders under tmp_path, and train on synthetic data on the CPU.
+Without a cluster the tests skip (fail in CI).
 """
 
 import os
 import re
+import shutil
 import signal
 import subprocess
 import sys
@@ -17,7 +19,15 @@ from pathlib import Path
 import pytest
 
 from tests.helpers import ROOT, read_json, read_metrics, require, tiny_run, train_env
-from tests.slurm_helpers import cluster_available, job_state, restart_count, submit, wait_for_job
+from tests.slurm_helpers import (
+    cluster_available,
+    fake_sinfo,
+    job_info,
+    job_state,
+    restart_count,
+    submit,
+    wait_for_job,
+)
 
 SCRIPTS = sorted((ROOT / "slurm").glob("*.sh"))
 # The environment the tests run in (/work/venv, .venv in CI): the jobs activate it.
@@ -224,6 +234,71 @@ def test_flags_the_script_owns_are_refused():
     assert result.returncode == 2 and "CIFAR_RUN_DIR" in result.stderr
 
 
+def test_a_job_without_gpus_where_the_partition_has_them_stops_saying_how_to_ask(tmp_path):
+    """A plain sbatch asks for no GPU; on a partition with GPUs the job stops at once (exit 2)
+    instead of training on the CPU, unless CIFAR_ALLOW_CPU=1."""
+    fake = fake_sinfo(tmp_path / "bin", "gpu", "gpu:4(S:0-1)", 64)
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("SLURM_", "CIFAR_", "CUDA_"))}
+    env.update(
+        CIFAR_DRY_RUN="1",
+        SLURM_JOB_ID="4242",
+        SLURM_JOB_PARTITION="gpu",
+        CUDA_VISIBLE_DEVICES="",
+        PATH=f"{fake}:{env['PATH']}",
+    )
+    result = subprocess.run(
+        ["bash", "slurm/cnn.sh"], cwd=ROOT, env=env, capture_output=True, text=True
+    )
+    assert result.returncode == 2 and "Traceback" not in result.stderr, result.stderr
+    message = " ".join(result.stderr.split())
+    assert message.startswith(
+        "error: job 4242 has no GPU, but the nodes of partition gpu have them (gpu:4(S:0-1))"
+    )
+    for phrase in ("slurm/submit slurm/cnn.sh", "--gres=gpu:1", "CIFAR_ALLOW_CPU=1"):
+        assert phrase in message, (phrase, message)
+    allowed = dry_run(
+        ["bash", "slurm/cnn.sh"],
+        CIFAR_ALLOW_CPU="1",
+        **{k: env[k] for k in ("SLURM_JOB_PARTITION", "CUDA_VISIBLE_DEVICES", "PATH")},
+    )
+    assert " --quiet --cpu " in would_run(allowed)
+
+
+def submit_dry(tmp_path: Path, gres: str, cpus: int, *args: str) -> str:
+    """slurm/submit ARGS with CIFAR_DRY_RUN=1 on a made-up cluster, run from tmp_path: the sbatch
+    command it would run."""
+    fake = fake_sinfo(tmp_path / "bin", "main", gres, cpus)
+    env = {**os.environ, "CIFAR_DRY_RUN": "1", "PATH": f"{fake}:{os.environ['PATH']}"}
+    result = subprocess.run(
+        [str(ROOT / "slurm" / "submit"), *args],
+        cwd=tmp_path,
+        env=env,
+        capture_output=True,
+        text=True,
+    )
+    assert result.returncode == 0, result.stderr
+    return would_run(result.stdout)
+
+
+def test_submit_asks_for_what_the_cluster_has_and_logs_into_the_repository(tmp_path):
+    cnn, sweep = ROOT / "slurm" / "cnn.sh", ROOT / "slurm" / "sweep.sh"
+    log = f"--output={ROOT}/logs/%x-%j.out"
+    gpu = submit_dry(tmp_path, "gpu:8(S:0-1)", 64, str(cnn), "--epochs", "3")
+    assert gpu == f"sbatch --gres=gpu:1 --cpus-per-task=8 {log} {cnn} --epochs 3"
+    mine = submit_dry(tmp_path, "gpu:8(S:0-1)", 64, "--gres=gpu:4", "-p", "main", str(cnn))
+    assert mine == f"sbatch --gres=gpu:1 --cpus-per-task=8 {log} --gres=gpu:4 -p main {cnn}"
+    cpu = submit_dry(tmp_path, "(null)", 2, str(cnn))
+    assert cpu == f"sbatch --cpus-per-task=2 {log} {cnn}"
+    array = submit_dry(tmp_path, "(null)", 16, str(sweep), "--out", "runs/s")
+    array_log = f"--output={ROOT}/logs/%x-%A_%a.out"
+    assert array == f"sbatch --cpus-per-task=8 {array_log} {sweep} --out runs/s"
+    multinode = submit_dry(tmp_path, "gpu:4", 32, str(ROOT / "slurm" / "multinode.sh"))
+    assert multinode.startswith("sbatch --gres=gpu:4 --cpus-per-task=16 ")
+    submit_script = str(ROOT / "slurm" / "submit")
+    nothing = subprocess.run([submit_script, "--time=5"], capture_output=True, text=True)
+    assert nothing.returncode == 2 and nothing.stderr.startswith("error: no job script given.")
+
+
 # A launcher that dies of USR1 (no handler, like `accelerate launch`) and leaves its training
 # process, which checkpoints on USR1 (two seconds here) and exits 75.
 LAUNCHER = """
@@ -290,6 +365,55 @@ def test_cnn_and_resnet_jobs_complete(cluster, tmp_path):
         assert len(read_metrics(run_dir)) == 1
         log = log_of(tmp_path, name, job)
         assert f"run folder {run_dir}" in log and "done:" in log
+
+
+@pytest.mark.slurm
+def test_plain_sbatch_from_any_directory_runs_on_a_cpu_cluster_and_logs_into_logs(
+    cluster, tmp_path
+):
+    """`sbatch /abs/path/slurm/cnn.sh` with no sbatch option, from outside the repository, on
+    this cluster without GPUs and with 2 CPUs; and the same through slurm/submit. Logs land in
+    the repository's logs/; the submission directory keeps SLURM's own file, naming the log.
+    A script with no repository around it says so in that file."""
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    env = job_env(tmp_path)
+    plain = submit(ROOT / "slurm" / "cnn.sh", env=env, cwd=elsewhere, script_args=TINY)
+    result = subprocess.run(
+        [str(ROOT / "slurm" / "submit"), "--parsable", str(ROOT / "slurm" / "cnn.sh"), *TINY],
+        cwd=elsewhere,
+        env={**os.environ, **env},
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    wrapped = int(result.stdout.strip())
+    lone = tmp_path / "lone" / "slurm" / "cnn.sh"
+    lone.parent.mkdir(parents=True)
+    shutil.copy(ROOT / "slurm" / "cnn.sh", lone)
+    lost = submit(lone, env=env, cwd=lone.parent.parent)
+    logs = {job: ROOT / "logs" / f"cnn-{job}.out" for job in (plain, wrapped)}
+    try:
+        for job in (plain, wrapped):
+            state = wait_for_job(job, timeout_s=JOB_TIMEOUT)
+            text = logs[job].read_text() if logs[job].exists() else "(no log)"
+            assert state == "COMPLETED", f"job {job} ended {state}:\n{text}"
+            run_dir = tmp_path / "runs" / f"cnn-job{job}"
+            assert read_json(run_dir / "summary.json")["model"] == "cnn"
+            assert f"run folder {run_dir}" in text and "done:" in text
+            assert "0 GPU(s), 1 process(es)" in text
+        pointer = (elsewhere / f"slurm-{plain}.out").read_text()
+        assert f"job {plain}: log {ROOT}/logs/cnn-{plain}.out" in pointer
+        assert "done:" not in pointer
+        assert list(elsewhere.iterdir()) == [elsewhere / f"slurm-{plain}.out"]
+        assert job_info(wrapped)["NumCPUs"] == "2" and job_info(plain)["NumCPUs"] == "1"
+        assert wait_for_job(lost, timeout_s=JOB_TIMEOUT) == "FAILED"
+        said = " ".join((tmp_path / "lone" / f"slurm-{lost}.out").read_text().split())
+        assert said.startswith("error: cannot find the repository (no slurm/common.sh above")
+        assert "CIFAR_REPO=/path/to/cifar-accelerate sbatch" in said
+    finally:
+        for log in logs.values():
+            log.unlink(missing_ok=True)
 
 
 @pytest.mark.slurm

@@ -27,6 +27,7 @@ from cifar.study.cli import main
 from cifar.study.figures import curves_figure
 from cifar.study.grid import STUDY_FILES, parse_arms
 from cifar.study.results import pooling_refusal
+from cifar.study.runner import resolve_launcher
 from cifar.study.statistics import compare_paired, describe
 from tests.helpers import (
     ROOT,
@@ -492,6 +493,36 @@ def test_the_command_line_shows_a_refusal_as_one_paragraph(tmp_path):
     result = study("--out", tmp_path / "s", "--arm", "a=--nope", check=False)
     assert result.returncode == 2 and result.stdout == ""
     assert result.stderr.startswith("error: arm a ('--nope'") and result.stderr.count("\n") == 1
+
+
+def test_a_launcher_that_cannot_start_is_one_paragraph_and_writes_nothing(tmp_path, capsys):
+    out = tmp_path / "study"
+    assert main(["--out", str(out), *ARMS, "--print-run", "0", "--", *TINY]) == 0
+    capsys.readouterr()
+    before = folder_hashes(tmp_path, folders=True)
+    typo = study("--out", out, "--seeds", 0, 1, 2, 3, "--launcher", "acelerate launch", check=False)
+    assert typo.returncode == 2 and typo.stdout == "", typo.stderr
+    assert "Traceback" not in typo.stderr and typo.stderr.count("\n") == 1, typo.stderr
+    assert typo.stderr.startswith(
+        "error: the launcher 'acelerate launch' cannot be started: no program acelerate on PATH"
+    )
+    assert "(did you mean accelerate?). Fix --launcher" in typo.stderr
+    assert "Nothing was trained or written." in typo.stderr
+    assert folder_hashes(tmp_path, folders=True) == before  # grid.json keeps its 3 seeds
+    for launcher, says in (
+        (f"{tmp_path}/bin/torchrun --standalone", f"{tmp_path}/bin/torchrun is not an executable"),
+        ("accelerate 'launch", '--launcher "accelerate \'launch" does not parse as a command'),
+    ):
+        assert says in refused(["--out", out, "--launcher", launcher], capsys)
+        assert says in refused(["--out", tmp_path / "new", "--launcher", launcher], capsys)
+        assert folder_hashes(tmp_path, folders=True) == before
+
+
+def test_a_launcher_beside_this_python_is_found_without_an_activated_environment(monkeypatch):
+    monkeypatch.setenv("PATH", "/nonexistent")
+    torchrun = str(Path(sys.executable).parent / "torchrun")
+    assert resolve_launcher("torchrun --standalone") == [torchrun, "--standalone"]
+    assert resolve_launcher("  ") == [sys.executable]
 
 
 ACCURACY = st.floats(min_value=0, max_value=1, allow_nan=False, allow_subnormal=False)

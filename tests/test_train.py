@@ -10,7 +10,10 @@ raises the number of examples (CI runs the default).
 import json
 import os
 import shutil
+import subprocess
+import sys
 import tempfile
+from pathlib import Path
 
 import pytest
 from hypothesis import HealthCheck, given, settings
@@ -21,6 +24,7 @@ from cifar.record import FORMAT_KEY, FORMAT_VERSION, METRIC_KEYS, SUMMARY_KEYS
 from tests.helpers import (
     EXAMPLES,
     FASHION_DIR,
+    ROOT,
     SMOKE,
     folder_hashes,
     make_image_folders,
@@ -29,6 +33,7 @@ from tests.helpers import (
     require,
     run_train,
     tiny_run,
+    train_env,
     train_in_process,
 )
 
@@ -159,6 +164,39 @@ def test_main_job_offline_stops_with_the_dataset_message_only(tmp_path):
     assert "Traceback" not in result.stderr
     assert not (tmp_path / "run" / "summary.json").exists()
     assert not (tmp_path / "run" / "metrics.jsonl").exists()
+
+
+CPU_CONFIG = ROOT / "accelerate_configs" / "cpu.yaml"
+
+
+def test_accelerate_launch_quiet_shows_only_our_paragraph_and_exits_1(tmp_path):
+    """The documented commands: Accelerate's own default config (`accelerate config default`)
+    or a file of accelerate_configs/, and --quiet: our paragraph alone, exit 1 (the launcher's
+    code for every failure). Without --quiet the launcher adds its traceback."""
+    env = train_env(HF_HOME=str(tmp_path / "hf"), CUDA_VISIBLE_DEVICES="")
+    accelerate = str(Path(sys.executable).parent / "accelerate")
+
+    def launch(*args) -> subprocess.CompletedProcess:
+        command = [accelerate, *map(str, args)]
+        return subprocess.run(command, cwd=ROOT, env=env, capture_output=True, text=True)
+
+    plain = launch("launch", "train.py", "--model", "nope")
+    assert plain.returncode == 1 and "subprocess.CalledProcessError" in plain.stderr
+    assert "were not passed to `accelerate launch`" in plain.stderr
+    assert launch("config", "default").returncode == 0
+    missing = tmp_path / "no-data"
+    before = folder_hashes(tmp_path, folders=True)
+    cases = [
+        (["--model", "nope"], "error: argument --model: invalid choice: 'nope'"),
+        (["--data-dir", missing, "--output-dir", tmp_path / "run"], "error: CIFAR-10 is not in"),
+    ]
+    for config, (flags, says) in zip(([], ["--config_file", CPU_CONFIG]), cases, strict=True):
+        result = launch("launch", "--quiet", *config, "train.py", "--tracker", "none", *flags)
+        assert result.returncode == 1, result.stderr
+        assert "Traceback" not in result.stderr and "were not passed" not in result.stderr
+        lines = result.stderr.strip().splitlines()
+        assert len(lines) == 1 and lines[0].startswith(says), result.stderr
+        assert folder_hashes(tmp_path, folders=True) == before
 
 
 def test_prepare_only_readies_data_without_training(tmp_path):

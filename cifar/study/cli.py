@@ -18,7 +18,6 @@ run finished, 2 after a user error, 1 otherwise. Writes DIR/study.json, DIR/stud
 
 import argparse
 import os
-import shlex
 import sys
 from types import SimpleNamespace
 
@@ -33,7 +32,7 @@ from cifar.study.grid import (
     run_lines,
     write_grid,
 )
-from cifar.study.runner import run_grid
+from cifar.study.runner import resolve_launcher, run_grid
 from cifar.trackers import check_trackers
 
 # How long --print-run (slurm/sweep.sh) waits for the study lock: array elements start together.
@@ -123,6 +122,8 @@ def run_study(args, common: list[str] | None) -> int:
     from cifar.study.results import collect_runs, unpooled, write_study
 
     prepare(args, common)  # refuse a bad command before the folder is created or locked
+    trains = not args.report_only and args.print_run is None
+    launcher = resolve_launcher(args.launcher) if trains else []
     lock = lock_study(args.out, PRINT_RUN_WAIT_S if args.print_run is not None else 0)
     try:
         study = prepare(args, common)  # again: the folder as the lock holder sees it
@@ -139,7 +140,6 @@ def run_study(args, common: list[str] | None) -> int:
                 finished = collect_runs(grid, out, study.configs)["finished"]
                 return unpooled(grid, finished).get(arm, "")
 
-            launcher = shlex.split(args.launcher) or [sys.executable]
             outcome = run_grid(grid, out, launcher, arm_unpooled)
             if outcome.stopped or outcome.unpooled:  # no report averages runs that do not pool
                 return outcome.exit_code

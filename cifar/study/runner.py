@@ -1,9 +1,12 @@
 """Training the runs of a grid, one after another, each train.py in its own process group."""
 
+import difflib
 import os
 import shlex
+import shutil
 import signal
 import subprocess
+import sys
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
@@ -15,6 +18,41 @@ from cifar.study.grid import arm_runs, run_command, run_folder
 TRAIN_PY = os.path.join(
     os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))), "train.py"
 )
+# What a mistyped launcher was probably meant to be.
+KNOWN_LAUNCHERS = ("accelerate", "torchrun", "python", "python3", "srun", "mpirun")
+
+
+def resolve_launcher(text: str) -> list[str]:
+    """--launcher as the words of a command whose program exists: on PATH, or beside this Python
+    (a virtual environment used without activating it); empty: this Python. Else a UserError
+    naming the program and the fix, before anything is written."""
+    try:
+        words = shlex.split(text)
+    except ValueError as error:
+        raise UserError(
+            f"--launcher {text!r} does not parse as a command ({error}). Quote it as one "
+            f"argument, e.g. --launcher 'accelerate launch --num_processes 2'."
+        ) from None
+    if not words:
+        return [sys.executable]
+    program = words[0]
+    found = shutil.which(program)
+    beside = os.path.join(os.path.dirname(sys.executable), program)
+    if found is None and os.sep not in program and shutil.which(beside):
+        found = beside
+    if found is not None:
+        return [found if found == beside else program, *words[1:]]
+    if os.sep in program:
+        why = f"{program} is not an executable file"
+    else:
+        why = f"no program {program} on PATH or beside this Python ({sys.executable})"
+    guess = difflib.get_close_matches(os.path.basename(program), KNOWN_LAUNCHERS, n=1)
+    hint = f" (did you mean {guess[0]}?)" if guess else ""
+    raise UserError(
+        f"the launcher {shlex.join(words)!r} cannot be started: {why}{hint}. Fix --launcher, "
+        f"e.g. --launcher 'accelerate launch --num_processes 2' (or a full path to the program), "
+        f"or leave it out to run train.py with this Python. Nothing was trained or written."
+    )
 
 
 def train_run(command: list[str]) -> int:
@@ -29,9 +67,14 @@ def train_run(command: list[str]) -> int:
 
     previous = {s: signal.signal(s, stop) for s in (signal.SIGINT, signal.SIGTERM, signal.SIGUSR1)}
     try:
-        children.append(
-            subprocess.Popen(command, start_new_session=True, preexec_fn=die_with_parent)
-        )
+        try:
+            child = subprocess.Popen(command, start_new_session=True, preexec_fn=die_with_parent)
+        except OSError as error:
+            raise UserError(
+                f"the launcher {command[0]} cannot be started ({error.strerror}). Fix --launcher "
+                f"and run the same command again: finished runs are kept."
+            ) from None
+        children.append(child)
         if stopped:  # the signal came while the child was being started
             os.killpg(children[0].pid, signal.SIGTERM)
         rc = children[0].wait()
