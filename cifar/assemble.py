@@ -14,6 +14,7 @@ from torch import nn
 from cifar.averaging import WeightAverage, weight_average
 from cifar.build import build_optimizer, build_scheduler, make_accelerator, place_model
 from cifar.checkpoint import (
+    ACCUMULATION_TAIL,
     load_checkpoint,
     refuse_other_settings,
     resolve_resume,
@@ -192,6 +193,11 @@ def assemble_run(config, accelerator, run_dir: str, folder, process_settings: di
     set_seed((config.seed + accelerator.process_index) % 2**32)
 
     settings = run_settings(config, accelerator, train, test)
+    if shape.batches_per_epoch % accumulation:
+        # The batches of the smaller last step, which versions before it left out of every
+        # epoch: a checkpoint of such a version records none, and is refused, not continued
+        # differently.
+        settings[ACCUMULATION_TAIL] = shape.batches_per_epoch % accumulation
     resumed_from, progress = load_checkpoint(accelerator, candidates, settings, shape, ema)
     if folder is not None:
         folder.announce()

@@ -1,6 +1,7 @@
 """The loop both models share: train_epoch, and run_experiment, which trains a run epoch by
 epoch and says how it ended (Outcome)."""
 
+import contextlib
 import math
 import sys
 import time
@@ -43,14 +44,29 @@ class Totals:
         return {"loss_sum": loss_sum, "correct": int(correct), "seen": int(seen)}
 
 
+@contextlib.contextmanager
+def accumulating(accelerator, model, sync: bool):
+    """accelerator.accumulate with the step boundary given: the optimizer, its zero_grad and
+    DDP's gradient reduction act only when sync. Accelerate's own counter runs across epochs
+    and knows the end of an epoch only for DataLoaders it prepared; the position in the epoch
+    decides here, so a resume inside an epoch continues its very groups."""
+    accelerator.sync_gradients = sync
+    with contextlib.nullcontext() if sync else accelerator.no_sync(model):
+        yield
+
+
 def train_epoch(run, totals: Totals, *, start_step=0, after_step=None, show_progress=False) -> bool:
     """Train over this process's batches of one epoch of run.train_loader, adding to totals.
 
-    Uses run's accelerator, model, optimizer, scheduler, loss_fn and to_input. after_step(
-    batches_done, loss) runs after each optimizer step; when it returns True the epoch stops
-    there. Returns True if the epoch was stopped early.
+    Uses run's accelerator, model, optimizer, scheduler, loss_fn and to_input. An optimizer
+    step takes gradient_accumulation_steps batches; when the epoch's batches do not divide into
+    such groups, its last step takes the batches left, averaged over them (as one smaller
+    batch would be). after_step(batches_done, loss) runs after each optimizer step; when it
+    returns True the epoch stops there. Returns True if the epoch was stopped early.
     """
     accelerator, model, loader = run.accelerator, run.model, run.train_loader
+    accumulation, batches = accelerator.gradient_accumulation_steps, len(loader)
+    tail = batches % accumulation  # batches of the smaller last group (0: none)
     model.train()
     bar = tqdm(
         total=len(loader),
@@ -63,10 +79,13 @@ def train_epoch(run, totals: Totals, *, start_step=0, after_step=None, show_prog
     started, images_done = time.perf_counter(), 0
     stopped = False
     for step, (images, labels) in enumerate(loader, start=start_step):
-        with accelerator.accumulate(model):
+        sync = (step + 1) % accumulation == 0 or step + 1 == batches
+        with accumulating(accelerator, model, sync):
             logits = model(run.to_input(images))
             loss = run.loss_fn(logits, labels)
-            accelerator.backward(loss)
+            # backward divides by the accumulation steps; the last group by its own size.
+            in_tail = step >= batches - tail
+            accelerator.backward(loss * (accumulation / tail) if in_tail else loss)
             run.optimizer.step()
             run.optimizer.zero_grad(set_to_none=True)
         batch = labels.shape[0]
@@ -82,7 +101,7 @@ def train_epoch(run, totals: Totals, *, start_step=0, after_step=None, show_prog
                 acc=f"{(totals.correct / totals.seen).item():.1%}",
                 img_s=f"{rate:,.0f}",
             )
-        if accelerator.sync_gradients:
+        if sync:
             if run.ema is not None:
                 run.ema.update()
             run.scheduler.step()

@@ -3,11 +3,121 @@ loss is no longer finite."""
 
 import glob
 import shutil
+from types import SimpleNamespace
 
 import pytest
+import torch
 from safetensors.torch import load_file
 
-from tests.helpers import SMALL, SMOKE, folder_hashes, read_json, read_metrics, run_train
+from tests.helpers import (
+    SMALL,
+    SMOKE,
+    comparable_metrics,
+    final_weights,
+    folder_hashes,
+    max_difference,
+    read_json,
+    read_metrics,
+    run_train,
+    tiny_run,
+)
+
+
+@pytest.fixture
+def accelerator_of():
+    """accelerator_of(steps): an Accelerator on the CPU accumulating `steps` batches; the
+    process-wide state it sets up is reset afterwards."""
+    from accelerate import Accelerator
+    from accelerate.state import AcceleratorState, GradientState
+    from accelerate.utils import GradientAccumulationPlugin
+
+    def make(steps: int) -> Accelerator:
+        plugin = GradientAccumulationPlugin(num_steps=steps)
+        return Accelerator(cpu=True, gradient_accumulation_plugin=plugin)
+
+    yield make
+    AcceleratorState._reset_state(True)
+    GradientState._reset_state()
+
+
+class Batches:
+    """A training loader over fixed batches."""
+
+    def __init__(self, batches):
+        self.batches = batches
+
+    def __len__(self):
+        return len(self.batches)
+
+    def __iter__(self):
+        return iter(self.batches)
+
+
+def test_accumulation_steps_on_every_batch_with_a_smaller_last_group(accelerator_of):
+    """8 batches, 3 per optimizer step: steps after batches 3, 6 and 8, the last one the mean
+    over its 2 batches, as plain SGD over the groups' images gives."""
+    from cifar.engine import Totals, train_epoch
+
+    generator = torch.Generator().manual_seed(0)
+    images = torch.randn(8, 4, 6, generator=generator, dtype=torch.float64)
+    labels = torch.randint(0, 3, (8, 4), generator=generator)
+    start = torch.nn.Linear(6, 3).double()
+    reference = torch.nn.Linear(6, 3).double()
+    reference.load_state_dict(start.state_dict())
+    loss_fn = torch.nn.CrossEntropyLoss()
+
+    accelerator = accelerator_of(3)
+    optimizer = torch.optim.SGD(start.parameters(), lr=0.5)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: 1.0)
+    model, optimizer, scheduler = accelerator.prepare(start, optimizer, scheduler)
+    run = SimpleNamespace(accelerator=accelerator, model=model, optimizer=optimizer,
+                          scheduler=scheduler, loss_fn=loss_fn, to_input=lambda x: x, ema=None,
+                          train_loader=Batches(list(zip(images, labels, strict=True))))  # fmt: skip
+    steps = []
+    totals = Totals.zeros(accelerator.device)
+    train_epoch(run, totals, after_step=lambda done, loss: steps.append(done))
+
+    assert steps == [3, 6, 8]
+    assert int(totals.seen) == 32  # every image of the epoch
+    for group in (slice(0, 3), slice(3, 6), slice(6, 8)):
+        reference.zero_grad()
+        loss_fn(reference(images[group].flatten(0, 1)), labels[group].flatten()).backward()
+        with torch.no_grad():
+            for parameter in reference.parameters():
+                parameter -= 0.5 * parameter.grad
+    trained = accelerator.unwrap_model(model).state_dict()
+    for name, value in reference.state_dict().items():
+        torch.testing.assert_close(trained[name], value, rtol=1e-12, atol=1e-12)
+
+
+# 256 images in batches of 32: 8 batches an epoch, 3 optimizer steps with accumulation 3.
+UNEVEN = tiny_run("--width", "8", "--head-hidden", "32", "--gradient-accumulation-steps", "3",
+                  train=256, test=64, batch=32, epochs=2)  # fmt: skip
+
+
+def test_an_uneven_accumulation_trains_on_every_image_and_resumes_exactly_inside_it(tmp_path):
+    """Step 5 is epoch 2's second step (6 of its 8 batches): resumed from there, the run
+    trains the 2 batches of the smaller last step and ends as the uninterrupted run does."""
+    full = tmp_path / "full"
+    run_train([*UNEVEN, "--checkpoint-every", "5", "--keep-checkpoints", "3", "--output-dir",
+               full])  # fmt: skip
+    steps = sorted(read_json(p)["global_step"] for p in full.glob("checkpoints/*/progress.json"))
+    assert steps == [3, 5, 6]  # 3 optimizer steps an epoch
+    for epoch in read_metrics(full):
+        images = epoch["train_images_per_second"] * epoch["epoch_seconds"]
+        assert images == pytest.approx(256, rel=1e-9)
+    inside = read_json(full / "checkpoints" / "step-000000005" / "progress.json")
+    assert inside["step_in_epoch"] == 6 and inside["partial"]["seen"] == 192
+    assert inside["settings"]["accumulation_tail_batches"] == 2
+
+    resumed = tmp_path / "resumed"
+    shutil.copytree(full, resumed)
+    for name in ("summary.json", "metrics.jsonl"):
+        (resumed / name).unlink()
+    shutil.rmtree(resumed / "checkpoints" / "step-000000006")
+    run_train([*UNEVEN, "--output-dir", resumed, "--resume", "auto"])
+    assert max_difference(final_weights(full), final_weights(resumed)) == 0.0
+    assert comparable_metrics(full) == comparable_metrics(resumed)
 
 
 def test_a_resumed_epoch_reports_the_time_and_rate_of_the_whole_epoch(tmp_path):
