@@ -87,6 +87,8 @@ def run_settings(config, accelerator, train=None, test=None) -> dict:
         "gradient_accumulation_steps": accelerator.gradient_accumulation_steps,
         "world_size": accelerator.num_processes,
     }
+    if model_spec(config.model).input_size is not None:
+        del settings["image_size"]  # unused: runs recorded any value before it was refused
     settings.update(dataset_spec(config.dataset).settings(config))
     if train is not None:
         settings.update(train_images=len(train), test_images=len(test))
