@@ -8,11 +8,11 @@ renamed into place only once complete, so a folder named step-* is whole.
 
 import os
 import shutil
-import warnings
 
 from cifar.config import RESUME_MAY_CHANGE, SETTING_DEFAULTS
 from cifar.distributed import all_processes_agree
 from cifar.errors import UserError
+from cifar.errors import warn as run_warning
 from cifar.record import (
     FORMAT_KEY,
     FORMAT_VERSION,
@@ -217,4 +217,4 @@ def load_checkpoint(accelerator, candidates: list[str], settings: dict, shape: S
 
 def warn(accelerator, message: str) -> None:
     if accelerator.is_main_process:
-        warnings.warn(message, stacklevel=2)
+        run_warning(message)

@@ -13,6 +13,7 @@ import io
 import json
 import os
 import random
+import re
 import shutil
 import signal
 import struct
@@ -168,6 +169,14 @@ def assert_refused(result, *phrases):
     message = " ".join(result.stderr.split())
     for phrase in phrases:
         assert phrase in message, (phrase, result.stderr)
+
+
+def warning_lines(output: str) -> list[str]:
+    """The project's warnings in a run's output, each one `warning: ...` line: none in Python's
+    format (`file:line: Category: message` and the source line) from the project's code."""
+    ours = re.compile(r"(cifar/|train\.py)[^:\s]*:\d+: \w*Warning")
+    assert not ours.search(output), output
+    return [line for line in output.splitlines() if line.startswith("warning: ")]
 
 
 # Reading a run folder back.
