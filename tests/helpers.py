@@ -94,6 +94,20 @@ def run_train(
     return result
 
 
+def train_to_log(args, log, *, kind: str = "python", processes: int = 1) -> str:
+    """Run train.py with its stdout and stderr in the file log, as a job's log is (no
+    terminal); the log's text. Fails the test when the run fails."""
+    command = launcher(kind, processes) + [str(ROOT / "train.py"), *map(str, args)]
+    with open(log, "w") as out:
+        code = subprocess.run(
+            command, cwd=ROOT, env=train_env(), stdout=out, stderr=subprocess.STDOUT, timeout=600
+        ).returncode
+    text = Path(log).read_text()
+    if code != 0:
+        pytest.fail(f"{' '.join(command)} exited {code}\n{text}")
+    return text
+
+
 def start_train(args, kind="python", processes=1) -> subprocess.Popen:
     """train.py started in a session of its own, its output in one pipe (to signal it)."""
     command = launcher(kind, processes) + [str(ROOT / "train.py"), *map(str, args)]

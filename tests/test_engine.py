@@ -2,6 +2,7 @@
 loss is no longer finite."""
 
 import glob
+import re
 import shutil
 from types import SimpleNamespace
 
@@ -20,6 +21,7 @@ from tests.helpers import (
     read_metrics,
     run_train,
     tiny_run,
+    train_to_log,
 )
 
 
@@ -187,3 +189,55 @@ def test_non_finite_loss_stops_naming_the_step_and_keeps_good_checkpoints(tmp_pa
     for folder in folders:
         weights = load_file(f"{folder}/model.safetensors")
         assert all(t.isfinite().all() for t in weights.values()), folder
+
+
+class Clock:
+    """A clock the test moves."""
+
+    def __init__(self):
+        self.now = 100.0
+
+    def __call__(self):
+        return self.now
+
+
+def test_progress_lines_come_at_each_tenth_of_an_epoch_and_at_least_every_30_seconds():
+    from cifar.engine import ProgressLines
+
+    clock = Clock()
+    lines = ProgressLines(2, 5, 24, clock=clock)
+    assert [done for done in range(1, 25) if lines.due(done)] == [3, 5, 8, 10, 12, 15, 17, 20, 22]
+    clock.now += 12.0
+    assert lines.line(6, 6 * 64, 1.23456) == (
+        "epoch 2/5  batch 6/24  32 img/s  loss 1.2346  ETA 0:36"
+    )
+    clock.now += 29.9
+    assert not lines.due(7)
+    clock.now += 0.1
+    assert lines.due(7) and not lines.due(24)  # 30 s since the last line; the epoch line follows
+    resumed = ProgressLines(1, 1, 1000, start_step=400, clock=clock)
+    clock.now += 3600.0
+    assert resumed.line(500, 6400, 0.5).endswith("2 img/s  loss 0.5000  ETA 5:00:00")
+
+
+@pytest.mark.parametrize("processes", [1, 2])
+def test_a_training_log_in_a_file_shows_progress_inside_each_epoch_from_the_main_process(
+    tmp_path, processes
+):
+    """24 batches an epoch, written to a file (no terminal): a line at each tenth of it, from
+    one process only, before the epoch's own line."""
+    args = tiny_run(train=1536, test=64, batch=64 // processes, epochs=2)
+    kind = "python" if processes == 1 else "torchrun"
+    text = train_to_log([*args, "--output-dir", tmp_path / "run"], tmp_path / "train.log",
+                        kind=kind, processes=processes)  # fmt: skip
+    line = re.compile(
+        r"^epoch (\d)/2  batch (\d+)/24  [\d,]+ img/s  loss \d+\.\d{4}  ETA \d+:\d\d$"
+    )
+    for epoch in (1, 2):
+        before_its_end = text.split(f"epoch {epoch}/2  train loss")[0]
+        block = before_its_end.split(f"epoch {epoch - 1}/2  train loss")[-1]
+        found = [m.groups() for m in map(line.match, block.splitlines()) if m]
+        done = [int(b) for e, b in found if int(e) == epoch]
+        assert {3, 5, 8, 10, 12, 15, 17, 20, 22} <= set(done), text
+        assert done == sorted(set(done)), text  # once each: the main process alone
+    assert "Traceback" not in text
