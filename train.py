@@ -21,6 +21,7 @@ from cifar.errors import (
     REQUEUE_EXIT_CODE,
     USAGE_EXIT_CODE,
     UserError,
+    one_line_warnings,
     report_user_error,
 )
 
@@ -29,6 +30,7 @@ DISK_ERRORS = (errno.ENOSPC, errno.EDQUOT, errno.EIO, errno.EROFS, errno.EFBIG)
 
 
 def main(argv: list[str] | None = None) -> int:
+    one_line_warnings()
     try:
         from cifar.config import parse_config  # imports torch: inside, so Ctrl-C here is clean
 

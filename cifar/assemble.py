@@ -14,6 +14,7 @@ from torch import nn
 from cifar.averaging import WeightAverage, weight_average
 from cifar.build import build_optimizer, build_scheduler, make_accelerator, place_model
 from cifar.checkpoint import (
+    ACCUMULATION_TAIL,
     load_checkpoint,
     refuse_other_settings,
     resolve_resume,
@@ -86,6 +87,8 @@ def run_settings(config, accelerator, train=None, test=None) -> dict:
         "gradient_accumulation_steps": accelerator.gradient_accumulation_steps,
         "world_size": accelerator.num_processes,
     }
+    if model_spec(config.model).input_size is not None:
+        del settings["image_size"]  # unused: runs recorded any value before it was refused
     settings.update(dataset_spec(config.dataset).settings(config))
     if train is not None:
         settings.update(train_images=len(train), test_images=len(test))
@@ -192,6 +195,11 @@ def assemble_run(config, accelerator, run_dir: str, folder, process_settings: di
     set_seed((config.seed + accelerator.process_index) % 2**32)
 
     settings = run_settings(config, accelerator, train, test)
+    if shape.batches_per_epoch % accumulation:
+        # The batches of the smaller last step, which versions before it left out of every
+        # epoch: a checkpoint of such a version records none, and is refused, not continued
+        # differently.
+        settings[ACCUMULATION_TAIL] = shape.batches_per_epoch % accumulation
     resumed_from, progress = load_checkpoint(accelerator, candidates, settings, shape, ema)
     if folder is not None:
         folder.announce()

@@ -8,11 +8,11 @@ renamed into place only once complete, so a folder named step-* is whole.
 
 import os
 import shutil
-import warnings
 
 from cifar.config import RESUME_MAY_CHANGE, SETTING_DEFAULTS
 from cifar.distributed import all_processes_agree
 from cifar.errors import UserError
+from cifar.errors import warn as run_warning
 from cifar.record import (
     FORMAT_KEY,
     FORMAT_VERSION,
@@ -130,13 +130,17 @@ def resolve_resume(config, checkpoints_root: str) -> list[str]:
     return found[::-1]
 
 
+# Batches of an epoch's smaller last optimizer step, a setting only where there is one.
+ACCUMULATION_TAIL = "accumulation_tail_batches"
+NOT_RECORDED = "(not recorded)"
+
+
 def settings_differences(saved: dict, current: dict) -> dict:
     """{setting: (in the checkpoint, now)} for every setting that may not change on resume.
 
     A setting the checkpoint does not record came after it was written: the run was trained as
     that setting's default does (a new setting's default keeps the old behaviour)."""
-    missing = "(not recorded)"
-    recorded = {name: saved.get(name, SETTING_DEFAULTS.get(name, missing)) for name in current}
+    recorded = {name: saved.get(name, SETTING_DEFAULTS.get(name, NOT_RECORDED)) for name in current}
     return {
         name: (recorded[name], value)
         for name, value in current.items()
@@ -149,6 +153,13 @@ def refuse_other_settings(differences: dict, folder: str) -> None:
         return
     details = "; ".join(f"{k}: {old!r} -> {new!r}" for k, (old, new) in differences.items())
     fix = "Resume with the run's own settings (see its config.json)"
+    if differences.get(ACCUMULATION_TAIL, ("",))[0] == NOT_RECORDED:
+        fix = (
+            f"This version of cifar-accelerate trains the {differences[ACCUMULATION_TAIL][1]} "
+            f"batches after the last whole accumulation group of each epoch as one smaller "
+            f"optimizer step; the one that began the run left them out: finish it with that "
+            f"version"
+        )
     if any(name.endswith("_pipeline") for name in differences):  # see DatasetSpec.settings
         fix = (
             "This version of cifar-accelerate reads the dataset's files differently (decoding, "
@@ -206,4 +217,4 @@ def load_checkpoint(accelerator, candidates: list[str], settings: dict, shape: S
 
 def warn(accelerator, message: str) -> None:
     if accelerator.is_main_process:
-        warnings.warn(message, stacklevel=2)
+        run_warning(message)

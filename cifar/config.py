@@ -416,6 +416,7 @@ def validate(config: Config) -> None:
             "--tta scores each test image and its mirror image, and --cache-features keeps the "
             "backbone features of the images alone. Drop one of them."
         )
+    check_image_size(config)
     with_features = [name for name, spec in REGISTRY.items() if spec.num_features]
     if config.cache_features and (
         config.model not in with_features or config.freeze != "backbone" or config.augment != "none"
@@ -424,6 +425,22 @@ def validate(config: Config) -> None:
             f"--cache-features needs a fixed backbone input: use it with --model "
             f"{' or '.join(with_features)}, --freeze backbone and --augment none."
         )
+
+
+def check_image_size(config: Config) -> None:
+    """--image-size only for a model it resizes the images for: a model of a fixed input size
+    accepts the default (what its config.json records) and its own size, and refuses the rest
+    rather than record a size it never used."""
+    fixed = model_spec(config.model).input_size
+    if fixed is None or config.image_size in (SETTING_DEFAULTS["image_size"], fixed):
+        return
+    resized = [name for name, spec in REGISTRY.items() if spec.input_size is None]
+    raise UserError(
+        f"--image-size {config.image_size}: --model {config.model} takes {fixed} x {fixed} "
+        f"images and does not use --image-size (it sets the input size of "
+        f"{' and '.join(resized)}). Drop --image-size, or train one of those models; a run "
+        f"begun with it resumes without it."
+    )
 
 
 def check_range(name: str, value, low, high, exclusive: str) -> None:

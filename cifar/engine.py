@@ -1,6 +1,7 @@
 """The loop both models share: train_epoch, and run_experiment, which trains a run epoch by
 epoch and says how it ended (Outcome)."""
 
+import contextlib
 import math
 import sys
 import time
@@ -43,14 +44,77 @@ class Totals:
         return {"loss_sum": loss_sum, "correct": int(correct), "seen": int(seen)}
 
 
-def train_epoch(run, totals: Totals, *, start_step=0, after_step=None, show_progress=False) -> bool:
+@contextlib.contextmanager
+def accumulating(accelerator, model, sync: bool):
+    """accelerator.accumulate with the step boundary given: the optimizer, its zero_grad and
+    DDP's gradient reduction act only when sync. Accelerate's own counter runs across epochs
+    and knows the end of an epoch only for DataLoaders it prepared; the position in the epoch
+    decides here, so a resume inside an epoch continues its very groups."""
+    accelerator.sync_gradients = sync
+    with contextlib.nullcontext() if sync else accelerator.no_sync(model):
+        yield
+
+
+PROGRESS_SECONDS = 30.0  # the longest a log goes without a line inside an epoch
+PROGRESS_PARTS = 10  # and a line at each tenth of the epoch's batches
+
+
+class ProgressLines:
+    """Progress inside an epoch for a log (stderr not a terminal, where tqdm's bar would be
+    one unreadable line): a line at each tenth of the epoch's batches and whenever
+    PROGRESS_SECONDS passed since the last, whichever comes first; none at the epoch's end,
+    whose own line follows. The loss is read (a device sync) only for a line, on this process
+    alone: no collective, so only the main process writes them."""
+
+    def __init__(self, epoch: int, epochs: int, batches: int, start_step: int = 0,
+                 seconds: float = PROGRESS_SECONDS, clock=time.perf_counter):  # fmt: skip
+        self.epoch, self.epochs, self.batches, self.start_step = epoch, epochs, batches, start_step
+        self.seconds, self.clock = seconds, clock
+        self.started = self.last = clock()
+
+    def due(self, done: int) -> bool:
+        """Whether a line is due after `done` batches of the epoch."""
+        if done >= self.batches:
+            return False
+        parts, batches = PROGRESS_PARTS, self.batches
+        return done * parts // batches > (done - 1) * parts // batches or (
+            self.clock() - self.last >= self.seconds
+        )
+
+    def line(self, done: int, images: int, loss: float) -> str:
+        """After `done` batches, `images` trained since this part of the epoch began (every
+        process's), at a mean loss so far of `loss`."""
+        self.last = now = self.clock()
+        elapsed = max(now - self.started, 1e-9)
+        left = (self.batches - done) * elapsed / max(done - self.start_step, 1)
+        return (
+            f"epoch {self.epoch}/{self.epochs}  batch {done}/{self.batches}  "
+            f"{images / elapsed:,.0f} img/s  loss {loss:.4f}  ETA {clock_time(left)}"
+        )
+
+
+def clock_time(seconds: float) -> str:
+    """H:MM:SS, or M:SS under an hour."""
+    minutes, secs = divmod(round(seconds), 60)
+    hours, minutes = divmod(minutes, 60)
+    return f"{hours}:{minutes:02d}:{secs:02d}" if hours else f"{minutes}:{secs:02d}"
+
+
+def train_epoch(
+    run, totals: Totals, *, start_step=0, after_step=None, show_progress=False, lines=None
+) -> bool:
     """Train over this process's batches of one epoch of run.train_loader, adding to totals.
 
-    Uses run's accelerator, model, optimizer, scheduler, loss_fn and to_input. after_step(
-    batches_done, loss) runs after each optimizer step; when it returns True the epoch stops
-    there. Returns True if the epoch was stopped early.
+    Uses run's accelerator, model, optimizer, scheduler, loss_fn and to_input. An optimizer
+    step takes gradient_accumulation_steps batches; when the epoch's batches do not divide into
+    such groups, its last step takes the batches left, averaged over them (as one smaller
+    batch would be). after_step(batches_done, loss) runs after each optimizer step; when it
+    returns True the epoch stops there. Returns True if the epoch was stopped early.
+    show_progress draws tqdm's bar; lines, a ProgressLines, writes its lines to stderr.
     """
     accelerator, model, loader = run.accelerator, run.model, run.train_loader
+    accumulation, batches = accelerator.gradient_accumulation_steps, len(loader)
+    tail = batches % accumulation  # batches of the smaller last group (0: none)
     model.train()
     bar = tqdm(
         total=len(loader),
@@ -63,10 +127,13 @@ def train_epoch(run, totals: Totals, *, start_step=0, after_step=None, show_prog
     started, images_done = time.perf_counter(), 0
     stopped = False
     for step, (images, labels) in enumerate(loader, start=start_step):
-        with accelerator.accumulate(model):
+        sync = (step + 1) % accumulation == 0 or step + 1 == batches
+        with accumulating(accelerator, model, sync):
             logits = model(run.to_input(images))
             loss = run.loss_fn(logits, labels)
-            accelerator.backward(loss)
+            # backward divides by the accumulation steps; the last group by its own size.
+            in_tail = step >= batches - tail
+            accelerator.backward(loss * (accumulation / tail) if in_tail else loss)
             run.optimizer.step()
             run.optimizer.zero_grad(set_to_none=True)
         batch = labels.shape[0]
@@ -75,6 +142,10 @@ def train_epoch(run, totals: Totals, *, start_step=0, after_step=None, show_prog
         totals.seen += batch
         images_done += batch
         bar.update(1)
+        if lines is not None and lines.due(step + 1):
+            loss_so_far = (totals.loss_sum / totals.seen).item()
+            images = images_done * accelerator.num_processes
+            print(lines.line(step + 1, images, loss_so_far), file=sys.stderr, flush=True)
         if show_progress and step % 20 == 0:
             rate = images_done * accelerator.num_processes / (time.perf_counter() - started)
             bar.set_postfix(
@@ -82,7 +153,7 @@ def train_epoch(run, totals: Totals, *, start_step=0, after_step=None, show_prog
                 acc=f"{(totals.correct / totals.seen).item():.1%}",
                 img_s=f"{rate:,.0f}",
             )
-        if accelerator.sync_gradients:
+        if sync:
             if run.ema is not None:
                 run.ema.update()
             run.scheduler.step()
@@ -185,16 +256,19 @@ class RunLoop:
 
     def run_epochs(self) -> Outcome:
         config, run, progress = self.config, self.run, self.progress
-        show_progress = run.accelerator.is_main_process and sys.stderr.isatty()
+        main, terminal = run.accelerator.is_main_process, sys.stderr.isatty()
         for epoch in range(progress.epoch, config.epochs):
             run.train_loader.set_epoch(epoch, skip_batches=progress.step_in_epoch)
             self.epoch_started = time.perf_counter()
+            batches, start = len(run.train_loader), progress.step_in_epoch
+            lines = ProgressLines(epoch + 1, config.epochs, batches, start)
             stopped = train_epoch(
                 run,
                 self.totals,
-                start_step=progress.step_in_epoch,
+                start_step=start,
                 after_step=self.after_step,
-                show_progress=show_progress,
+                show_progress=main and terminal,
+                lines=lines if main and not terminal else None,
             )
             if stopped:
                 self.say(

@@ -10,12 +10,11 @@ import importlib.util
 import json
 import os
 import uuid
-import warnings
 
 import torch
 from accelerate.tracking import TensorBoardTracker
 
-from cifar.errors import UserError
+from cifar.errors import UserError, warn
 from cifar.record import write_json
 
 TRACKER_FILE = "tracker.json"
@@ -131,6 +130,7 @@ class WandB(Tracker):
     package = "wandb"
     log_with = "wandb"
     summarizes_studies = True
+    offline_warning = ""  # held back by choose_mode until announce_offline
 
     def check(self) -> None:
         """The package, and credentials when WANDB_MODE=online asks for the server."""
@@ -142,11 +142,13 @@ class WandB(Tracker):
                 f"WANDB_MODE=offline, or train without a tracker: --tracker none."
             )
 
-    def choose_mode(self, folder: str) -> str:
+    def choose_mode(self, folder: str, announce: bool = True) -> str:
         """WANDB_MODE for a run logging into folder, as set, or (unset) online when there are
         credentials and the server answers within WANDB_PROBE_SECONDS, else offline with one
-        warning. Offline runs stage their tables in folder/wandb. Empty means wandb's default."""
+        warning (now, or with announce False at announce_offline). Offline runs stage their
+        tables in folder/wandb. Empty means wandb's default."""
         folder = os.path.abspath(folder)
+        environment = {k: v for k, v in os.environ.items() if k.startswith("WANDB_")}
         if not os.environ.get("WANDB_MODE"):
             reason = ""
             if not wandb_has_credentials():
@@ -156,22 +158,46 @@ class WandB(Tracker):
             if reason:
                 os.environ["WANDB_MODE"] = "offline"
                 sync = f"`wandb sync {os.path.join(folder, 'wandb', 'offline-run-*')}`"
-                warnings.warn(
-                    f"{reason}: logging offline to {folder}; upload later with {sync}",
-                    stacklevel=3,
+                self.offline_warning = (
+                    f"{reason}: logging offline to {folder}; upload later with {sync}"
                 )
+                if announce:
+                    self.announce_offline()
         if os.environ.get("WANDB_MODE") == "offline":
             # Logged tables (their images) are staged as artifacts in WANDB_DATA_DIR until
             # `wandb sync` uploads them; keep them in the folder, not in ~/.local/share/wandb.
             os.environ.setdefault("WANDB_DATA_DIR", os.path.join(folder, "wandb"))
+        if environment != {k: v for k, v in os.environ.items() if k.startswith("WANDB_")}:
+            # wandb read the environment when the credentials were looked up, and would warn
+            # that these changes are ignored (they are not: the mode is passed explicitly and
+            # the data folder is read when tables are staged); a fresh session reads them.
+            import wandb
+
+            wandb.teardown()
         return os.environ.get("WANDB_MODE", "")
 
-    def init_settings(self, folder: str, entity: str, decide: bool = True) -> dict:
+    def announce_offline(self) -> None:
+        """The warning choose_mode held back, once: a run shows it only when it starts, so a
+        start that fails (and removes its new folder) names no folder to sync."""
+        if self.offline_warning:
+            warn(self.offline_warning)
+            self.offline_warning = ""
+
+    def init_settings(
+        self, folder: str, entity: str, decide: bool = True, announce: bool = True
+    ) -> dict:
         """wandb.init settings every W&B run of the project shares: its folder, resuming, the
-        entity and the mode (chosen here when `decide`: one process decides for a run)."""
+        entity, the mode (chosen here when `decide`: one process decides for a run; see
+        choose_mode for announce) and wandb's quiet output unless WANDB_QUIET or WANDB_SILENT
+        say otherwise: the run's links and the offline notice, not its banner, the tables
+        of its history and summary or its log folder."""
         # wandb reads WANDB_MODE once, maybe before choose_mode set it: pass it explicitly.
-        mode = self.choose_mode(folder) if decide else os.environ.get("WANDB_MODE", "")
+        mode = os.environ.get("WANDB_MODE", "")
+        if decide:
+            mode = self.choose_mode(folder, announce)
         settings = {"dir": folder, "resume": "allow"}
+        if not {"WANDB_QUIET", "WANDB_SILENT"} & set(os.environ):
+            settings["settings"] = {"quiet": True}
         if mode:
             settings["mode"] = mode
         if entity:
@@ -179,7 +205,7 @@ class WandB(Tracker):
         return settings
 
     def prepare(self, config, run_dir: str, is_main: bool) -> dict:
-        settings = self.init_settings(run_dir, config.wandb_entity, decide=is_main)
+        settings = self.init_settings(run_dir, config.wandb_entity, is_main, announce=False)
         settings.update(
             name=config.run_name or os.path.basename(os.path.abspath(run_dir)),
             group=config.wandb_group or f"{config.dataset}-study",
@@ -189,6 +215,7 @@ class WandB(Tracker):
 
     def start(self, accelerator, config, run_dir: str, init_kwargs: dict, flat_config: dict):
         run_id = tracker_run_id(run_dir) if accelerator.is_main_process else ""
+        self.announce_offline()
         init_kwargs[self.name]["id"] = run_id
         accelerator.init_trackers(config.wandb_project, flat_config, init_kwargs=init_kwargs)
 

@@ -13,6 +13,7 @@ import io
 import json
 import os
 import random
+import re
 import shutil
 import signal
 import struct
@@ -93,6 +94,20 @@ def run_train(
     return result
 
 
+def train_to_log(args, log, *, kind: str = "python", processes: int = 1) -> str:
+    """Run train.py with its stdout and stderr in the file log, as a job's log is (no
+    terminal); the log's text. Fails the test when the run fails."""
+    command = launcher(kind, processes) + [str(ROOT / "train.py"), *map(str, args)]
+    with open(log, "w") as out:
+        code = subprocess.run(
+            command, cwd=ROOT, env=train_env(), stdout=out, stderr=subprocess.STDOUT, timeout=600
+        ).returncode
+    text = Path(log).read_text()
+    if code != 0:
+        pytest.fail(f"{' '.join(command)} exited {code}\n{text}")
+    return text
+
+
 def start_train(args, kind="python", processes=1) -> subprocess.Popen:
     """train.py started in a session of its own, its output in one pipe (to signal it)."""
     command = launcher(kind, processes) + [str(ROOT / "train.py"), *map(str, args)]
@@ -168,6 +183,14 @@ def assert_refused(result, *phrases):
     message = " ".join(result.stderr.split())
     for phrase in phrases:
         assert phrase in message, (phrase, result.stderr)
+
+
+def warning_lines(output: str) -> list[str]:
+    """The project's warnings in a run's output, each one `warning: ...` line: none in Python's
+    format (`file:line: Category: message` and the source line) from the project's code."""
+    ours = re.compile(r"(cifar/|train\.py)[^:\s]*:\d+: \w*Warning")
+    assert not ours.search(output), output
+    return [line for line in output.splitlines() if line.startswith("warning: ")]
 
 
 # Reading a run folder back.

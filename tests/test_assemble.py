@@ -1,9 +1,11 @@
 """cifar/assemble.py: where a run starts: a finished run is left as it is, and a folder holding a
 run never continues another run's checkpoint."""
 
+import json
 import os
+import shutil
 
-from tests.helpers import SMOKE, assert_refused, folder_hashes, run_train
+from tests.helpers import SMALL, SMOKE, assert_refused, folder_hashes, read_json, run_train
 
 
 def test_resuming_a_finished_run_changes_no_file_and_says_so(tmp_path):
@@ -34,3 +36,25 @@ def test_the_largest_seed_holds_for_every_rank_of_two_processes(tmp_path):
     run_train([*SMOKE, "--seed", "4294967295", "--output-dir", tmp_path / "run"],
               kind="torchrun", processes=2)  # fmt: skip
     assert (tmp_path / "run" / "summary.json").is_file()
+
+
+def test_a_simple_cnn_run_that_recorded_an_unused_image_size_resumes_without_it(tmp_path):
+    """Versions that took --image-size 1024 for SimpleCNN recorded it in the checkpoint's
+    settings and config.json; it never changed the run, so resuming without it continues."""
+    run_dir = tmp_path / "run"
+    args = [*SMALL, "--epochs", "2", "--output-dir", run_dir]
+    run_train(args)
+    (run_dir / "summary.json").unlink()
+    shutil.rmtree(run_dir / "checkpoints" / "step-000000008")
+    for path in (run_dir / "checkpoints" / "step-000000004" / "progress.json",
+                 run_dir / "config.json"):  # fmt: skip
+        record = read_json(path)
+        record.get("settings", record)["image_size"] = 1024
+        path.write_text(json.dumps(record))
+    before = folder_hashes(run_dir)
+    refused = run_train([*args, "--resume", "auto", "--image-size", "1024"], check=False)
+    assert_refused(refused, "--model cnn takes 32 x 32 images", "resumes without it")
+    assert folder_hashes(run_dir) == before
+    resumed = run_train([*args, "--resume", "auto"])
+    assert "resuming at epoch 2 step 4" in resumed.stdout
+    assert (run_dir / "summary.json").is_file()

@@ -24,6 +24,7 @@ from tests.helpers import (
     require,
     run_train,
     tiny_run,
+    warning_lines,
 )
 
 TWO_EPOCHS = tiny_run(epochs=2)
@@ -137,6 +138,41 @@ def test_a_run_begun_under_another_image_folder_pipeline_is_not_resumed():
     assert "reads the dataset's files differently" in message and "start a new run" in message
 
 
+def test_a_run_that_left_an_uneven_accumulation_tail_out_is_refused_saying_why():
+    from cifar.checkpoint import ACCUMULATION_TAIL, refuse_other_settings, settings_differences
+    from cifar.errors import UserError
+
+    before = {"batch_size": 32, "gradient_accumulation_steps": 3, "train_images": 256}
+    now = {**before, ACCUMULATION_TAIL: 2}  # 8 batches: 3 + 3 + 2
+    differences = settings_differences(before, now)
+    assert differences == {ACCUMULATION_TAIL: ("(not recorded)", 2)}
+    with pytest.raises(UserError) as error:
+        refuse_other_settings(differences, "runs/x/checkpoints/step-000000004")
+    message = str(error.value)
+    assert "trains the 2 batches after the last whole accumulation group" in message
+    assert "left them out: finish it with that version" in message
+
+
+def test_a_checkpoint_of_a_version_that_left_the_accumulation_tail_out_is_refused(tmp_path):
+    """A checkpoint inside epoch 1 of 8 batches with accumulation 3, its settings as a version
+    that dropped the last 2 batches recorded them (without the tail): refused, untouched."""
+    args = tiny_run("--width", "8", "--head-hidden", "32", "--gradient-accumulation-steps", "3",
+                    "--checkpoint-every", "2", train=256, test=64, batch=32)  # fmt: skip
+    run_dir = tmp_path / "run"
+    run_train([*args, "--output-dir", run_dir])
+    (run_dir / "summary.json").unlink()
+    shutil.rmtree(run_dir / "checkpoints" / "step-000000003")
+    progress_file = run_dir / "checkpoints" / "step-000000002" / "progress.json"
+    progress = read_json(progress_file)
+    del progress["settings"]["accumulation_tail_batches"]
+    progress_file.write_text(json.dumps(progress))
+    before = folder_hashes(run_dir)
+    result = run_train([*args, "--output-dir", run_dir, "--resume", "auto"], check=False)
+    assert_refused(result, "accumulation_tail_batches: '(not recorded)' -> 2",
+                   "the one that began the run left them out")  # fmt: skip
+    assert folder_hashes(run_dir) == before
+
+
 def test_resume_auto_without_checkpoints_starts_fresh(tmp_path):
     result = run_train([*SMOKE, "--output-dir", tmp_path / "new", "--resume", "auto"])
     assert "resuming" not in result.stdout
@@ -159,7 +195,8 @@ def test_corrupt_newest_checkpoint_falls_back_to_the_previous_one(tmp_path):
         f.truncate(100)
     os.remove(run_dir / "summary.json")  # the end of the run is lost: it must be redone
     result = run_train([*SMOKE, "--epochs", 2, "--output-dir", run_dir, "--resume", "auto"])
-    assert f"skipping checkpoint {newest}" in result.stderr
+    (warning,) = warning_lines(result.stderr)
+    assert warning.startswith(f"warning: skipping checkpoint {newest}: ")
     assert "resuming at epoch 2" in result.stdout
     after = read_json(run_dir / "summary.json")
     assert after["test_accuracy"] == before["test_accuracy"]

@@ -177,3 +177,25 @@ def test_a_runs_own_config_json_is_a_config_file_for_a_new_run(tmp_path):
     config = parse_config(["--config", str(path)])
     assert (config.width, config.epochs, config.augment) == (16, 3, "flip")
     assert config.output_dir == "" and config.resume == ""  # a new run, in a new folder
+
+
+def test_an_image_size_a_model_does_not_use_is_refused_in_one_paragraph(tmp_path):
+    with pytest.raises(UserError) as error:
+        parse_config(["--model", "cnn", "--image-size", "1024"])
+    message = str(error.value)
+    assert "--image-size 1024: --model cnn takes 32 x 32 images and does not use" in message
+    assert "resnet50 and resnet18" in message and "Drop --image-size" in message
+    assert parse_config(["--image-size", "32"]).image_size == 32  # the size it uses
+    assert parse_config(["--model", "resnet50", "--image-size", "1024"]).image_size == 1024
+    # A SimpleCNN run's own config.json records the default, and starts a run as it is.
+    path = tmp_path / "config.json"
+    path.write_text(json.dumps({**Config().to_dict(), "format_version": 1, "world_size": 1}))
+    assert parse_config(["--config", str(path)]).image_size == 224
+    path.write_text(json.dumps({"image_size": 64}))
+    with pytest.raises(UserError, match="--image-size 64: --model cnn"):
+        parse_config(["--config", str(path)])
+
+    out = tmp_path / "run"
+    code, _, err = train_in_process([*SMOKE, "--image-size", "1024", "--output-dir", str(out)])
+    assert code == 2 and err.startswith("error: --image-size 1024") and err.count("\n") == 1
+    assert "Traceback" not in err and not out.exists()

@@ -61,9 +61,9 @@ def test_each_epoch_has_its_own_order_and_a_resume_continues_its_batches():
     assert all(torch.equal(a, b) for a, b in zip(resumed, second[3:], strict=True))
 
 
-def test_an_epoch_ends_on_a_whole_accumulation_group():
-    loader = train_loader(100, 0, 1, batch=8, accumulation_steps=5)  # 12 batches -> 10
-    assert len(loader) == len(labels_of(loader)) == 10 and loader.num_samples == 80
+def test_an_epoch_holds_every_whole_global_batch():
+    loader = train_loader(100, 0, 1, batch=8)  # 12 batches; the 4 images left are no batch
+    assert len(loader) == len(labels_of(loader)) == 12 and loader.num_samples == 96
 
 
 @pytest.mark.parametrize("world", [1, 2, 3])

@@ -14,6 +14,7 @@ from cifar.record import METRIC_KEYS, metric_values
 from tests.helpers import (
     ROOT,
     SMOKE,
+    assert_refused,
     isolated_home,
     offline_logs,
     read_json,
@@ -25,6 +26,7 @@ from tests.helpers import (
     wandb_history,
     wandb_run_record,
     wandb_summary,
+    warning_lines,
 )
 
 
@@ -103,11 +105,17 @@ def test_wandb_without_api_key_or_mode_falls_back_to_offline(tmp_path):
     result = run_train(tracked(run_dir, "wandb"), env=isolated_home(tmp_path), timeout=180)
 
     warning = (
-        f"no W&B credentials found (`wandb login`, WANDB_API_KEY): logging offline to "
+        f"warning: no W&B credentials found (`wandb login`, WANDB_API_KEY): logging offline to "
         f"{run_dir}; upload later with `wandb sync {run_dir}/wandb/offline-run-*`"
     )
-    assert result.stderr.count(warning) == 1, result.stderr
+    assert warning_lines(result.stderr) == [warning], result.stderr
     assert result.stderr.count("logging offline") == 1
+    output = result.stdout + result.stderr
+    # wandb's quiet output: its offline notice, not the banner, the environment it read
+    # before the mode was chosen, the tables of history and summary or the log folder.
+    for noise in ("Changes to your `wandb` environment", "Tracking run with wandb version",
+                  "Run history", "Run summary", "Find logs at"):  # fmt: skip
+        assert noise not in output, output
     logs = offline_logs(run_dir)
     assert len(logs) == 1
     # Its tables are staged in the run folder, though wandb had read the environment before.
@@ -116,6 +124,17 @@ def test_wandb_without_api_key_or_mode_falls_back_to_offline(tmp_path):
     summary = wandb_summary(read_wandb_records(logs[0]))
     assert summary["test_accuracy"] == read_json(run_dir / "summary.json")["test_accuracy"]
     assert f"wandb sync {logs[0].parent}" in result.stdout
+
+
+def test_a_start_that_fails_names_no_wandb_folder_to_sync(tmp_path):
+    """The offline warning comes when the W&B run starts: a start refused before it (and
+    the new run folder removed) names no folder to upload."""
+    require_package("wandb")
+    run_dir = tmp_path / "run"
+    args = tracked(run_dir, "wandb", "--batch-size", "2048")  # more than the 1024 images
+    result = run_train(args, env=isolated_home(tmp_path), check=False, timeout=180)
+    assert_refused(result, "the training set has 1024 images, fewer than one optimizer step")
+    assert "wandb" not in result.stdout + result.stderr and not run_dir.exists()
 
 
 def test_wandb_key_without_network_goes_offline_and_trains(tmp_path):

@@ -18,12 +18,6 @@ def epoch_generator(seed: int, epoch: int) -> torch.Generator:
     return torch.Generator().manual_seed(seed * 1_000_003 + epoch)
 
 
-def training_steps(n: int, batch_size: int, world_size: int, accumulation_steps: int) -> int:
-    """Steps of an epoch: whole global batches, ending on a whole accumulation group."""
-    steps = n // (batch_size * world_size)
-    return steps - steps % accumulation_steps
-
-
 def shard_bounds(n: int, rank: int, world_size: int) -> tuple[int, int]:
     """[lo, hi) of process rank's contiguous share of n evaluation images: shares differ by one
     image at most, and together hold every image exactly once."""
@@ -35,10 +29,12 @@ class EpochPlan:
     zero-padded image, N flips) per step, sliced from draws shared by every process."""
 
     def __init__(self, n: int, *, batch_size, rank=0, world_size=1, shuffle=True, augment="none",
-                 seed=0, padding=CROP_PADDING, accumulation_steps=1):  # fmt: skip
+                 seed=0, padding=CROP_PADDING):  # fmt: skip
         self.n, self.batch_size, self.rank, self.world_size = n, batch_size, rank, world_size
         self.shuffle, self.augment, self.seed, self.padding = shuffle, augment, seed, padding
-        self.steps = training_steps(n, batch_size, world_size, accumulation_steps)
+        # Every whole global batch of the epoch's order; the accumulation groups need not
+        # divide it (the engine steps on an epoch's last batch, a smaller last group).
+        self.steps = n // (batch_size * world_size)
         self.epoch, self.skip_batches = 0, 0
 
     def set_epoch(self, epoch: int, skip_batches: int = 0) -> None:
@@ -100,5 +96,4 @@ def training_plan(config, accelerator, n: int, padding: int) -> EpochPlan:
         augment=config.augment,
         seed=config.seed,
         padding=padding,
-        accumulation_steps=steps,
     )

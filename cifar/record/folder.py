@@ -16,9 +16,8 @@ import shutil
 import socket
 import struct
 import time
-import warnings
 
-from cifar.errors import UserError
+from cifar.errors import UserError, warn
 from cifar.record.atomic import fsync_folder
 from cifar.record.names import LOCK_FILE, RESULT_FILES, RESUME_LOG, checkpoint_folders
 from cifar.record.schema import versioned
@@ -78,11 +77,10 @@ class FolderLock:
                 return
             except OSError as error:
                 if error.errno not in (errno.EACCES, errno.EAGAIN):
-                    warnings.warn(
+                    warn(
                         f"the file system of {os.path.dirname(self.path)} refuses file locks "
                         f"({error.strerror}): a second {self.what} started on this folder "
-                        f"would not be stopped",
-                        stacklevel=2,
+                        f"would not be stopped"
                     )
                     return
             if time.monotonic() >= deadline:

@@ -87,8 +87,8 @@ class Progress:
     def check(self, shape: Shape, step: int | None) -> None:
         if not 0 <= self.epoch <= shape.epochs:
             raise InvalidProgress(f"epoch {self.epoch} is outside 0..{shape.epochs}")
-        # A stop on an epoch's last step leaves step_in_epoch at its end; an epoch may end
-        # inside an accumulation group (ImageFolder), which then steps on its last batch.
+        # A stop on an epoch's last step leaves step_in_epoch at its end; an epoch whose
+        # batches do not divide into accumulation groups steps on its last batch too.
         within, batches = self.step_in_epoch, shape.batches_per_epoch
         if not 0 <= within <= batches or (within % shape.accumulation_steps and within != batches):
             raise InvalidProgress(
