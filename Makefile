@@ -83,8 +83,11 @@ lint: setup
 	$(BIN)/ruff format --check .
 	shellcheck -x slurm/*.sh slurm/submit .ci/*.sh .ci/run
 
+# The suite in TEST_WORKERS pytest-xdist workers, each test file in one worker (its module
+# fixtures built once); most tests wait on a one-thread train.py, so two workers fill two cores.
+TEST_WORKERS ?= 2
 test: lint
-	$(BIN)/python -m pytest -q -p no:cacheprovider $(PYTEST_ARGS)
+	$(BIN)/python -m pytest -q -p no:cacheprovider -n $(TEST_WORKERS) --dist loadfile $(PYTEST_ARGS)
 
 # The inner loop: every test that starts no process (tests/conftest.py marks each one that does
 # slow, and under CIFAR_FAST_TIER=1 one that starts a process all the same fails), with fewer
