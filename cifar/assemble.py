@@ -15,6 +15,7 @@ from cifar.averaging import WeightAverage, weight_average
 from cifar.build import build_optimizer, build_scheduler, make_accelerator, place_model
 from cifar.checkpoint import (
     ACCUMULATION_TAIL,
+    DATA_FILE_SETTINGS,
     load_checkpoint,
     refuse_other_settings,
     resolve_resume,
@@ -22,6 +23,7 @@ from cifar.checkpoint import (
 )
 from cifar.data import build_datasets, dataset_spec
 from cifar.data.loaders import build_loaders, feature_loaders
+from cifar.data.manifest import MANIFEST_SETTING, up_to_date
 from cifar.data.transforms import input_transform
 from cifar.distributed import broadcast, decide_on_main, on_main_first, run_on_main
 from cifar.errors import UserError, say
@@ -80,7 +82,8 @@ class RunFinished(Exception):
 
 def run_settings(config, accelerator, train=None, test=None) -> dict:
     """Every setting that shapes the run's results, as resolved (precision and accumulation from
-    the launcher too), with the data sizes once the data is known."""
+    the launcher too), with the data sizes once the data is known and what the dataset's files
+    are (an image folder's manifest digest: without train, of the files as they are now)."""
     settings = {
         **config.to_dict(),
         "mixed_precision": accelerator.mixed_precision,
@@ -89,7 +92,9 @@ def run_settings(config, accelerator, train=None, test=None) -> dict:
     }
     if model_spec(config.model).input_size is not None:
         del settings["image_size"]  # unused: runs recorded any value before it was refused
-    settings.update(dataset_spec(config.dataset).settings(config))
+    spec = dataset_spec(config.dataset)
+    settings.update(spec.settings(config))
+    settings.update(spec.data_settings(config, train))
     if train is not None:
         settings.update(train_images=len(train), test_images=len(test))
     return settings
@@ -108,6 +113,22 @@ def refuse_another_runs_checkpoint(config, run_dir: str, candidates: list[str]) 
             f"that run in its own folder (--output-dir {source} --resume auto) or in a new, "
             f"empty --output-dir."
         )
+
+
+def refuse_changed_files_early(config, accelerator, candidates: list[str]) -> None:
+    """A dataset's files that changed since the newest checkpoint (an image folder's manifest),
+    refused before they are decoded, with every other difference then known. The full check,
+    on every process once the data is read, follows and names the rest."""
+    if not candidates:
+        return
+    try:
+        saved = read_json(os.path.join(candidates[0], PROGRESS_FILE))
+    except (OSError, ValueError):
+        return  # the full check says what is wrong with it
+    if isinstance(saved, dict) and isinstance(saved.get("settings"), dict):
+        differences = settings_differences(saved["settings"], run_settings(config, accelerator))
+        if DATA_FILE_SETTINGS & differences.keys():
+            refuse_other_settings(differences, candidates[0])
 
 
 def finished_message(config, accelerator, run_dir: str, candidates: list[str]) -> str:
@@ -161,6 +182,7 @@ def assemble_run(config, accelerator, run_dir: str, folder, process_settings: di
     checkpoints = checkpoints_dir(run_dir)
     candidates = decide_on_main(accelerator, lambda: resolve_resume(config, checkpoints))
     run_on_main(accelerator, lambda: refuse_another_runs_checkpoint(config, run_dir, candidates))
+    run_on_main(accelerator, lambda: refuse_changed_files_early(config, accelerator, candidates))
     finished = decide_on_main(
         accelerator, lambda: finished_message(config, accelerator, run_dir, candidates)
     )
@@ -205,6 +227,9 @@ def assemble_run(config, accelerator, run_dir: str, folder, process_settings: di
         folder.announce()
     files = RunFiles(run_dir, accelerator.is_main_process)
     record = describe_run(config, accelerator, run_dir, process_settings, settings)
+    manifest = getattr(train, "manifest", None)  # written only now that no resume is refused
+    if manifest is not None and files.is_main and not up_to_date(run_dir, manifest.digest):
+        files.write_manifest(manifest.text(os.path.realpath(config.data_dir)))
     if progress is None:
         progress = Progress(settings)
         files.write_config(record)
@@ -212,6 +237,9 @@ def assemble_run(config, accelerator, run_dir: str, folder, process_settings: di
         if not os.path.exists(files.path(CONFIG_FILE)):
             files.write_config(record)
         run_on_main(accelerator, lambda: log_resume(run_dir, resumed_from, progress, settings))
+        for name in DATA_FILE_SETTINGS:  # a checkpoint from before they were recorded: from now on
+            if name in settings:
+                progress.settings.setdefault(name, settings[name])
     files.write_metrics(progress.history)
     tracker.start(accelerator, config, run_dir, tracker_kwargs, config.to_dict())
     say(
@@ -258,6 +286,7 @@ def describe_run(config, accelerator, run_dir: str, process_settings: dict, sett
         "process_settings": process_settings,
         "train_images": settings["train_images"],  # the data as trained on, subsets applied
         "test_images": settings["test_images"],
+        **({MANIFEST_SETTING: settings[MANIFEST_SETTING]} if MANIFEST_SETTING in settings else {}),
         "versions": {
             "python": platform.python_version(),
             "torch": torch.__version__,

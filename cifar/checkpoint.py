@@ -10,12 +10,14 @@ import os
 import shutil
 
 from cifar.config import RESUME_MAY_CHANGE, SETTING_DEFAULTS
+from cifar.data.manifest import MANIFEST_SETTING, describe_change
 from cifar.distributed import all_processes_agree
 from cifar.errors import UserError
 from cifar.errors import warn as run_warning
 from cifar.record import (
     FORMAT_KEY,
     FORMAT_VERSION,
+    MANIFEST_FILE,
     PROGRESS_FILE,
     InvalidProgress,
     Progress,
@@ -29,6 +31,14 @@ from cifar.record import (
 )
 from cifar.record.atomic import fsync_folder
 from cifar.record.schema import is_count
+
+# What the data's files are (a digest of their manifest), recorded in checkpoints since it was
+# added: a checkpoint without one is not compared on it, and the resumed run records it.
+DATA_FILE_SETTINGS = frozenset({MANIFEST_SETTING})
+# Settings whose difference is told in words of its own: (recorded, now, checkpoint) -> text.
+EXPLAINED = {MANIFEST_SETTING: describe_change}
+# ... and the settings such words already tell (the files' manifest tells their numbers).
+COVERS = {MANIFEST_SETTING: ("train_images", "test_images")}
 
 
 class CheckpointWriteError(Exception):
@@ -139,19 +149,31 @@ def settings_differences(saved: dict, current: dict) -> dict:
     """{setting: (in the checkpoint, now)} for every setting that may not change on resume.
 
     A setting the checkpoint does not record came after it was written: the run was trained as
-    that setting's default does (a new setting's default keeps the old behaviour)."""
+    that setting's default does (a new setting's default keeps the old behaviour). What the
+    files were (DATA_FILE_SETTINGS) was not known then: such a setting is not compared."""
     recorded = {name: saved.get(name, SETTING_DEFAULTS.get(name, NOT_RECORDED)) for name in current}
     return {
         name: (recorded[name], value)
         for name, value in current.items()
-        if name not in RESUME_MAY_CHANGE and recorded[name] != value
+        if name not in RESUME_MAY_CHANGE
+        and recorded[name] != value
+        and not (name in DATA_FILE_SETTINGS and name not in saved)
     }
 
 
 def refuse_other_settings(differences: dict, folder: str) -> None:
     if not differences:
         return
-    details = "; ".join(f"{k}: {old!r} -> {new!r}" for k, (old, new) in differences.items())
+    explained = {
+        name: EXPLAINED[name](old, new, folder)
+        for name, (old, new) in differences.items()
+        if name in EXPLAINED
+    }
+    covered = {name for name in explained for name in COVERS.get(name, ())}
+    plain = {k: v for k, v in differences.items() if k not in explained and k not in covered}
+    details = "; ".join(f"{k}: {old!r} -> {new!r}" for k, (old, new) in plain.items())
+    problems = [f"these settings differ from the ones it was trained with ({details})"]
+    problems = problems[: bool(plain)] + list(explained.values())
     fix = "Resume with the run's own settings (see its config.json)"
     if differences.get(ACCUMULATION_TAIL, ("",))[0] == NOT_RECORDED:
         fix = (
@@ -166,9 +188,11 @@ def refuse_other_settings(differences: dict, folder: str) -> None:
             "crops or normalisation) from the one that began the run: finish it with that "
             "version"
         )
+    elif not plain:
+        fix = f"Put the files back as they were (the run's {MANIFEST_FILE} lists each one)"
     raise UserError(
-        f"cannot resume from {folder}: these settings differ from the ones it was trained "
-        f"with ({details}). {fix}, or start a new run in another --output-dir."
+        f"cannot resume from {folder}: {'; and '.join(problems)}. {fix}, or start a new run in "
+        f"another --output-dir."
     )
 
 

@@ -23,6 +23,10 @@ def no_settings(config) -> dict:
     return {}
 
 
+def no_data_settings(config, train=None) -> dict:
+    return {}
+
+
 @dataclass(frozen=True)
 class DatasetSpec:
     """How to load a dataset and what it is."""
@@ -36,6 +40,10 @@ class DatasetSpec:
     # config -> what a resumed run must share beyond its flags (a *_pipeline setting names the
     # version of the code that reads the files: a change refuses the resume with its own words)
     settings: Callable = no_settings
+    # (config, the loaded train set or None) -> what the files themselves are, strict on resume
+    # too (an image folder's manifest digest); with None, of the files as they are now, or {}
+    # when they cannot be read (loading them says why)
+    data_settings: Callable = no_data_settings
 
 
 REGISTRY = {
@@ -64,6 +72,7 @@ REGISTRY = {
         mean=IMAGENET_MEAN,
         std=IMAGENET_STD,
         settings=imagefolder.resume_settings,
+        data_settings=imagefolder.manifest_settings,
     ),
     # Street-view house numbers, 32x32 RGB. A mirrored digit is no digit, so no flips: the usual
     # SVHN recipe trains without augmentation.

@@ -35,6 +35,7 @@ from cifar.data.decode import (
     resize,
 )
 from cifar.data.decode import unreadable_message as unreadable
+from cifar.data.manifest import MANIFEST_SETTING, Manifest
 from cifar.data.tensors import TensorImages
 from cifar.errors import UserError
 from cifar.models import model_spec
@@ -48,7 +49,8 @@ SUBSET_SEED = 0
 # How images reach the model: bumped whenever that changes what a run trains on. Part of a
 # run's settings, so a run begun under another version is not resumed under this one.
 PIPELINE_VERSION = 2
-CACHE_FORMAT = f"imagefolder-cache-{PIPELINE_VERSION}"
+# The cache file's layout (format and manifest digest stored beside the tensors since .1).
+CACHE_FORMAT = f"imagefolder-cache-{PIPELINE_VERSION}.1"
 
 
 class ImageFiles(Dataset):
@@ -85,10 +87,37 @@ def stored_size(config) -> int:
 
 
 def load_image_folders(config):
-    """(train, test): TensorImages when cached, else ImageFiles (checked in build_loaders)."""
+    """(train, test): TensorImages when cached, else ImageFiles (checked in build_loaders); each
+    carries the folder's manifest (`manifest`), taken before any file is decoded."""
+    root = config.data_dir
+    train, test, test_name = list_image_folders(config)
+    manifest = Manifest.of(root, train, test)
+    size = stored_size(config)
+    decoded_bytes = (len(train) + len(test)) * 3 * size * size
+    if config.cache_images == "never" or (
+        config.cache_images == "auto" and decoded_bytes > CACHE_BUDGET_BYTES
+    ):
+        train.size = test.size = size
+        train.manifest = test.manifest = manifest
+        return train, test
+    splits = [
+        cached_images(split, os.path.join(root, name), size, config.num_workers, digest)
+        for split, name, digest in (
+            (train, "train", manifest.digests["train"]),
+            (test, test_name, manifest.digests["test"]),
+        )
+    ]
+    failures = splits[0][1] + splits[1][1]
+    refuse_or_skip(failures, config.skip_bad_images)
+    splits[0][0].manifest = splits[1][0].manifest = manifest
+    return splits[0][0], splits[1][0]
+
+
+def list_image_folders(config, quiet: bool = False) -> tuple:
+    """(train, test, the test folder's name): the ImageFiles a run uses, subsets picked."""
     root = config.data_dir
     test_name = "test" if os.path.isdir(os.path.join(root, "test")) else "val"
-    train, test = (list_folder(os.path.join(root, split)) for split in ("train", test_name))
+    train, test = (list_folder(os.path.join(root, split), quiet) for split in ("train", test_name))
     if train.classes != test.classes:
         raise UserError(
             f"the train and {test_name} folders of {os.path.abspath(root)} have different "
@@ -96,23 +125,22 @@ def load_image_folders(config):
         )
     train.samples = pick_subset(train.samples, config.train_subset)
     test.samples = pick_subset(test.samples, config.test_subset)
-    size = stored_size(config)
-    decoded_bytes = (len(train) + len(test)) * 3 * size * size
-    if config.cache_images == "never" or (
-        config.cache_images == "auto" and decoded_bytes > CACHE_BUDGET_BYTES
-    ):
-        train.size = test.size = size
-        return train, test
-    splits = [
-        cached_images(split, os.path.join(root, name), size, config.num_workers)
-        for split, name in ((train, "train"), (test, test_name))
-    ]
-    failures = splits[0][1] + splits[1][1]
-    refuse_or_skip(failures, config.skip_bad_images)
-    return splits[0][0], splits[1][0]
+    return train, test, test_name
 
 
-def list_folder(folder: str) -> ImageFiles:
+def manifest_settings(config, train=None) -> dict:
+    """The folder's manifest digest: of the loaded train set, or with None of the files as they
+    are now ({} when they cannot be listed: loading them says why)."""
+    manifest = getattr(train, "manifest", None)
+    if train is None:
+        try:
+            manifest = Manifest.of(config.data_dir, *list_image_folders(config, quiet=True)[:2])
+        except UserError:
+            return {}
+    return {} if manifest is None else {MANIFEST_SETTING: manifest.digest}
+
+
+def list_folder(folder: str, quiet: bool = False) -> ImageFiles:
     """The images of folder/<class>/ in torchvision ImageFolder's sorted order (none opened)."""
     if not os.path.isdir(folder):
         raise UserError(
@@ -133,7 +161,7 @@ def list_folder(folder: str) -> ImageFiles:
         files, links = class_files(folder, name)
         samples += [(path, label) for path in files]
         skipped += links
-    if skipped and os.environ.get("RANK", "0") == "0":
+    if skipped and not quiet and os.environ.get("RANK", "0") == "0":
         listed = "\n".join(f"  {path} ({why})" for path, why in skipped)
         print(f"note: {len(skipped)} entries of {folder} left out:\n{listed}", flush=True)
     empty = sorted(set(classes) - {classes[label] for _, label in samples})
@@ -316,37 +344,84 @@ def decode_all(samples: list, size: int, workers: int) -> tuple[TensorImages, li
     return TensorImages(images[kept], labels, []), failures
 
 
-def cache_path(folder: str, samples: list, size: int) -> str:
-    """Where the cache of these files at this size lives: a digest of what could change them."""
-    digest = hashlib.sha256(f"{CACHE_FORMAT} {size}\n".encode())
-    for path, label in samples:
+def cache_path(folder: str, samples: list, size: int, digest: str) -> str:
+    """Where the cache of these files at this size lives: named by the digest of their manifest
+    (paths, classes, sizes, mtimes)."""
+    for path, _ in samples:
         try:
-            stat = os.stat(path)
+            os.stat(path)
         except OSError as error:  # a dangling symlink, a loop, a file removed meanwhile
             raise UserError(
                 f"cannot read image {path} ({error.strerror}). Remove or replace the file."
             ) from None
-        digest.update(f"{path}\0{label}\0{stat.st_size}\0{stat.st_mtime_ns}\n".encode())
+    key = hashlib.sha256(f"{CACHE_FORMAT} {size} {digest}\n".encode()).hexdigest()
     folder_id = hashlib.sha256(os.path.abspath(folder).encode()).hexdigest()[:12]
-    name = f"{folder_id}-{len(samples)}x{size}px-{digest.hexdigest()[:24]}.pt"
+    name = f"{folder_id}-{len(samples)}x{size}px-{key[:24]}.pt"
     return os.path.join(cache_dir("imagefolder", os.path.dirname(folder)), name)
 
 
-def cached_images(split: ImageFiles, folder: str, size: int, workers: int):
-    """(TensorImages, failures) of split at size: from the cache, or decoded and cached."""
-    path = cache_path(folder, split.samples, size)
+def cache_mismatch(saved, split: ImageFiles, size: int, digest: str) -> str:
+    """Why a loaded cache does not hold split decoded at size, or "" when it does: the manifest
+    digest it was built from, then what its tensors are against what the files are."""
+    if not isinstance(saved, dict) or saved.get("format") != CACHE_FORMAT:
+        return "not a cache of this version"
+    if saved.get("manifest") != digest:
+        return "built from other files"
+    images, labels, failures = saved.get("images"), saved.get("labels"), saved.get("failures")
+    pairs = isinstance(failures, list) and all(
+        isinstance(f, (list, tuple)) and len(f) == 2 and all(isinstance(x, str) for x in f)
+        for f in failures
+    )
+    if not (isinstance(images, torch.Tensor) and isinstance(labels, torch.Tensor) and pairs):
+        return "its images, labels or failures are missing"
+    failed = {path for path, _ in failures}
+    kept = [label for path, label in split.samples if path not in failed]
+    wanted = (len(kept), 3, size, size)
+    if failed - {path for path, _ in split.samples}:
+        return "it names failures of files that are not in the folder"
+    if images.dtype != torch.uint8 or tuple(images.shape) != wanted:
+        shape = "x".join(map(str, images.shape[1:]))
+        return (
+            f"it holds {images.shape[0] if images.ndim else 0} {images.dtype} images of "
+            f"{shape}, the files are {len(kept)} uint8 images of 3x{size}x{size}"
+        )
+    if labels.dtype != torch.long or labels.tolist() != kept:
+        return "its labels are not the files' classes"
+    return ""
+
+
+def cached_images(split: ImageFiles, folder: str, size: int, workers: int, digest: str):
+    """(TensorImages, failures) of split at size: from a cache that matches the split's manifest
+    digest, shape, count and dtype, or decoded (again) and cached."""
+    path = cache_path(folder, split.samples, size, digest)
     try:
         saved = torch.load(path, weights_only=True, mmap=True)
-        images = TensorImages(saved["images"], saved["labels"], split.classes)
-        return images, [tuple(failure) for failure in saved["failures"]]
+        problem = cache_mismatch(saved, split, size, digest)
     except FileNotFoundError:
-        pass
-    except (OSError, RuntimeError, KeyError, ValueError):
-        pass  # a damaged cache file is rebuilt like a missing one
+        problem = ""
+    except Exception as error:  # torch.load raises many types for a damaged file
+        problem = f"unreadable: {type(error).__name__}"
+    else:
+        if not problem:
+            images = TensorImages(saved["images"], saved["labels"], split.classes)
+            return images, [tuple(failure) for failure in saved["failures"]]
     if os.environ.get("RANK", "0") == "0":
+        if problem:
+            print(
+                f"note: the image cache {path} does not match the files it was built from "
+                f"({problem}); decoding them again",
+                flush=True,
+            )
         print(f"decoding {len(split)} images of {folder} once, into {path}", flush=True)
     images, failures = decode_all(split.samples, size, workers)
-    save_cache({"images": images.images, "labels": images.labels, "failures": failures}, path)
+    cache = {
+        "format": CACHE_FORMAT,
+        "manifest": digest,
+        "images": images.images,
+        "labels": images.labels,
+        "failures": [list(failure) for failure in failures],
+    }
+    save_cache(cache, path)
     return TensorImages(images.images, images.labels, split.classes), failures
 
 

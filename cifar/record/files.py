@@ -1,5 +1,5 @@
-"""Writing and reading a run folder's records: config.json, metrics.jsonl, summary.json and the
-portable model (model.safetensors + model.json).
+"""Writing and reading a run folder's records: config.json, metrics.jsonl, summary.json,
+data_manifest.json and the portable model (model.safetensors + model.json).
 
 Writers run on the main process only and replace each file atomically (atomic_write); every
 record they write carries the format version. Readers check each record with its validator in
@@ -11,7 +11,14 @@ import os
 
 from cifar.errors import UserError
 from cifar.record.atomic import atomic_write
-from cifar.record.names import CONFIG_FILE, METRICS_FILE, MODEL_CARD, MODEL_WEIGHTS, SUMMARY_FILE
+from cifar.record.names import (
+    CONFIG_FILE,
+    MANIFEST_FILE,
+    METRICS_FILE,
+    MODEL_CARD,
+    MODEL_WEIGHTS,
+    SUMMARY_FILE,
+)
 from cifar.record.schema import (
     RecordError,
     check_config,
@@ -101,6 +108,11 @@ class RunFiles:
         half line. Each line keeps the version it was recorded in."""
         if self.is_main:
             atomic_write(self.path(METRICS_FILE), "".join(json.dumps(r) + "\n" for r in history))
+
+    def write_manifest(self, text: str) -> None:
+        """data_manifest.json: an image folder's manifest (cifar.data.manifest.Manifest.text)."""
+        if self.is_main:
+            atomic_write(self.path(MANIFEST_FILE), text)
 
     def write_summary(self, summary: dict) -> None:
         if self.is_main:

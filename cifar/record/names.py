@@ -9,6 +9,8 @@ SUMMARY_FILE = "summary.json"  # the final evaluation, written when the run fini
 LOCK_FILE = "run.lock"  # held by the process that owns the folder
 RESUME_LOG = "resume.jsonl"  # one line per resume
 CHECKPOINTS = "checkpoints"  # checkpoints/step-<global step>/
+# --dataset imagefolder: every image the run uses (path, class, size, mtime), written once
+MANIFEST_FILE = "data_manifest.json"
 PROGRESS_FILE = "progress.json"  # inside each checkpoint: where the run stands
 EMA_WEIGHTS = "ema.safetensors"  # inside each checkpoint of a run with --ema: the average
 # The portable model of a finished run: the weights summary.json's numbers came from, and how

@@ -76,6 +76,7 @@ CONFIG_RECORD_KEYS = (
     "process_settings",
     "train_images",
     "test_images",
+    "image_folder_manifest",
     "versions",
 )
 
