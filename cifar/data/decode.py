@@ -1,6 +1,7 @@
 """Image files to uint8 RGB tensors: decoding (a large JPEG at a reduced DCT scale), resizing, and
 naming a file that fails."""
 
+import os
 import warnings
 
 import numpy as np
@@ -27,9 +28,16 @@ class UnreadableImage(Exception):
         return line[line.find(self.PREFIX) :] if self.PREFIX in line else line
 
 
+def shown(path: str) -> str:
+    """A file's path as any terminal prints it: bytes that are not UTF-8 and control characters
+    escaped (a strict UTF-8 stdout raises on the first; a newline would split a message)."""
+    text = os.fsencode(path).decode("utf-8", "backslashreplace")
+    return "".join(c if c.isprintable() else ascii(c)[1:-1] for c in text)
+
+
 def unreadable_message(path: str, reason: str) -> str:
     return (
-        f"{UnreadableImage.PREFIX}{path} ({reason}). Remove or replace the file (or pass "
+        f"{UnreadableImage.PREFIX}{shown(path)} ({reason}). Remove or replace the file (or pass "
         f"--skip-bad-images to leave it out), then continue with --resume auto."
     )
 

@@ -33,6 +33,7 @@ from cifar.data.decode import (
     describe,
     load_rgb,
     resize,
+    shown,
 )
 from cifar.data.decode import unreadable_message as unreadable
 from cifar.data.manifest import MANIFEST_SETTING, Manifest
@@ -156,38 +157,56 @@ def list_folder(folder: str, quiet: bool = False) -> ImageFiles:
             f"({error}). Put images ({', '.join(IMAGE_SUFFIXES[:3])}, ...) in "
             f"{folder}/<class name>/."
         ) from None
+    refuse_shared_class_folders(folder, classes)
     samples, skipped = [], []
+    visited = {os.path.realpath(os.path.join(folder, name)) for name in classes}
     for label, name in enumerate(classes):
-        files, links = class_files(folder, name)
+        files, links = class_files(folder, name, visited)
         samples += [(path, label) for path in files]
         skipped += links
     if skipped and not quiet and os.environ.get("RANK", "0") == "0":
-        listed = "\n".join(f"  {path} ({why})" for path, why in skipped)
-        print(f"note: {len(skipped)} entries of {folder} left out:\n{listed}", flush=True)
+        listed = "\n".join(f"  {shown(path)} ({why})" for path, why in skipped)
+        print(f"note: {len(skipped)} entries of {shown(folder)} left out:\n{listed}", flush=True)
     empty = sorted(set(classes) - {classes[label] for _, label in samples})
     if empty:
         raise UserError(
             f"image folder {os.path.abspath(folder)} holds no images in the class folder(s) "
-            f"{', '.join(empty)}. Put images ({', '.join(IMAGE_SUFFIXES[:3])}, ...) in "
+            f"{', '.join(map(shown, empty))}. Put images ({', '.join(IMAGE_SUFFIXES[:3])}, ...) in "
             f"{folder}/<class name>/, or remove the empty folders."
         )
     if len(classes) < 2:
         raise UserError(
             f"image folder {os.path.abspath(folder)} has {len(classes)} class folder(s) "
-            f"({', '.join(classes) or 'none'}): a classifier needs at least two. Put each "
-            f"class's images in a folder of its own under {folder}/."
+            f"({', '.join(map(shown, classes)) or 'none'}): a classifier needs at least two. Put "
+            f"each class's images in a folder of its own under {folder}/."
         )
     return ImageFiles(samples, classes)
 
 
-def class_files(folder: str, name: str) -> tuple[list, list]:
+def refuse_shared_class_folders(folder: str, classes: list) -> None:
+    """Two class folders that are one folder, or one inside the other (a class folder that is a
+    link), would give the same images two labels."""
+    reals = {name: os.path.realpath(os.path.join(folder, name)) for name in classes}
+    for name, real in reals.items():
+        for other, other_real in reals.items():
+            if other != name and (real == other_real or real.startswith(other_real + os.sep)):
+                raise UserError(
+                    f"the class folders {shown(name)} and {shown(other)} of "
+                    f"{shown(os.path.abspath(folder))} are one folder, or one is inside the "
+                    f"other ({shown(name)} is {shown(real)}): their images would have two "
+                    f"labels. Give each class a folder of its own."
+                )
+
+
+def class_files(folder: str, name: str, visited: set) -> tuple[list, list]:
     """(image paths, skipped (path, why)) of folder/name in torchvision ImageFolder's order.
     Linked folders are followed once and only inside the class: a link back up (a loop), to
-    another class or to a folder already listed is skipped. Files that are not regular files
-    (FIFOs, sockets, devices) are skipped: reading one could block forever."""
+    another class or to a folder already listed (visited: real paths, shared by the classes
+    of a split) is skipped. Files that are not regular files (FIFOs, sockets, devices) are
+    skipped: reading one could block forever."""
     top = os.path.realpath(folder)
     start = os.path.realpath(os.path.join(folder, name))
-    visited, listed, skipped = {start}, [], []
+    listed, skipped = [], []
     for root, dirs, files in os.walk(os.path.join(folder, name), followlinks=True):
         for d in sorted(dirs):
             path = os.path.join(root, d)
@@ -233,7 +252,7 @@ def refuse_or_skip(failures: list, skip: bool) -> None:
     if not skip:
         raise UserError(unreadable(*failures[0]))
     if os.environ.get("RANK", "0") == "0":  # once per run, not per process
-        listed = "\n".join(f"  {path} ({reason})" for path, reason in failures)
+        listed = "\n".join(f"  {shown(path)} ({reason})" for path, reason in failures)
         print(
             f"warning: --skip-bad-images left out {len(failures)} image(s):\n{listed}", flush=True
         )
@@ -352,7 +371,7 @@ def cache_path(folder: str, samples: list, size: int, digest: str) -> str:
             os.stat(path)
         except OSError as error:  # a dangling symlink, a loop, a file removed meanwhile
             raise UserError(
-                f"cannot read image {path} ({error.strerror}). Remove or replace the file."
+                f"cannot read image {shown(path)} ({error.strerror}). Remove or replace the file."
             ) from None
     key = hashlib.sha256(f"{CACHE_FORMAT} {size} {digest}\n".encode()).hexdigest()
     folder_id = hashlib.sha256(os.path.abspath(folder).encode()).hexdigest()[:12]

@@ -13,6 +13,7 @@ import json
 import os
 from dataclasses import dataclass, field
 
+from cifar.data.decode import shown
 from cifar.record import FORMAT_KEY, MANIFEST_FILE, read_json, versioned
 
 MANIFEST_SETTING = "image_folder_manifest"
@@ -164,6 +165,7 @@ def changes(before: Manifest, after: Manifest) -> str:
             came = unmatched
         kinds["added"] += [entry[0] for entry in came]
         kinds["removed"] += list(gone)
+    kinds = {kind: list(map(shown, examples)) for kind, examples in kinds.items()}
     parts = []
     for kind, examples in kinds.items():
         if examples:
