@@ -1,11 +1,14 @@
 """cifar/data/imagefolder.py: image folders read from files or decoded into a cache, subsets, bad
 files named (or skipped), N processes == 1."""
 
+import contextlib
 import os
 import shutil
 
 import pytest
 import torch
+from hypothesis import HealthCheck, event, given, settings
+from hypothesis import strategies as st
 from PIL import Image
 
 import cifar.data.imagefolder as imagefolder
@@ -16,6 +19,7 @@ from cifar.data.loaders import build_loaders
 from cifar.data.tensors import TensorImages
 from cifar.errors import UserError
 from tests.helpers import (
+    EXAMPLES,
     SMOKE,
     assert_refused,
     final_weights,
@@ -341,3 +345,213 @@ def test_an_unwritable_home_caches_beside_the_data(tmp_path, monkeypatch, capsys
     assert len(train) == 6
     assert list((tmp_path / ".cifar-accelerate-cache" / "imagefolder").glob("*.pt"))
     assert "caching in" in capsys.readouterr().out
+
+
+# Any layout of an image folder: a listing or one paragraph, never a traceback, a hang or a
+# changed file. Listing opens no file, so Hypothesis can try many layouts quickly.
+
+ODD_NAMES = [
+    "red", "blue", "a b", "ünïcödé", "-dash", ".hidden", "x" * 200, "new\nline", "back\\slash",
+    "日本", os.fsdecode(b"caf\xe9"), "*?[]", " ", "a" * 250,
+]  # fmt: skip
+SUFFIXES = [".png", ".JPG", ".jpeg", ".png.txt", ""]
+# What an entry of a class folder is: an image, bytes named like one, a special file, a
+# link (to a file, to folders inside, beside and above, to itself, to nothing), a sub-folder.
+KINDS = [
+    "image", "junk", "fifo", "text", "link to an image", "link to another class's image",
+    "link to itself", "dangling link", "link to ..", "link to .", "link to the split",
+    "link to the root", "link to another class", "link to an outside folder", "sub-folder",
+    "link to a sub-folder",
+]  # fmt: skip
+
+
+def class_layouts():
+    entry = st.tuples(st.sampled_from(KINDS), st.sampled_from(ODD_NAMES), st.sampled_from(SUFFIXES))
+    one_class = st.tuples(st.sampled_from(ODD_NAMES), st.lists(entry, max_size=4))
+    classes = st.lists(one_class, max_size=3, unique_by=lambda c: c[0])
+    # test/ like train/, another layout, or a class folder that is a link to another class
+    return st.tuples(classes, st.sampled_from(["same", "other", "linked class"]), classes)
+
+
+PNG = None
+
+
+def tiny_png() -> bytes:
+    global PNG
+    if PNG is None:
+        import io
+
+        buffer = io.BytesIO()
+        Image.new("RGB", (4, 4), (9, 9, 9)).save(buffer, format="PNG")
+        PNG = buffer.getvalue()
+    return PNG
+
+
+def make_entry(root, split, class_dir, kind, name, suffix, other_class):
+    path = os.path.join(class_dir, name + suffix)
+    if os.path.lexists(path) or len(os.fsencode(name + suffix + ".txt")) > 255:
+        return
+    if kind == "image":
+        with open(path, "wb") as f:
+            f.write(tiny_png())
+    elif kind == "junk":
+        with open(path, "wb") as f:
+            f.write(b"not an image")
+    elif kind == "text":
+        with open(os.path.join(class_dir, name + ".txt"), "w") as f:
+            f.write("x")
+    elif kind == "fifo":
+        os.mkfifo(path)
+    elif kind == "sub-folder":
+        os.makedirs(path)
+        with open(os.path.join(path, "inner.png"), "wb") as f:
+            f.write(tiny_png())
+    else:
+        targets = {
+            "link to an image": os.path.join(root, "outside", "image.png"),
+            "link to another class's image": os.path.join(other_class, "shared.png"),
+            "link to itself": path,
+            "dangling link": os.path.join(root, "nothing-here"),
+            "link to ..": "..",
+            "link to .": ".",
+            "link to the split": os.path.join(root, "data", split),
+            "link to the root": root,
+            "link to another class": other_class,
+            "link to an outside folder": os.path.join(root, "outside"),
+            "link to a sub-folder": os.path.join(class_dir, "sub"),
+        }
+        os.symlink(targets[kind], path)
+
+
+def make_layout(root, layout):
+    """root/data/{train,test}/<class>/... as drawn, beside root/outside (an image and a folder
+    reached through links)."""
+    train_classes, test_kind, test_classes = layout
+    os.makedirs(os.path.join(root, "outside"))
+    with open(os.path.join(root, "outside", "image.png"), "wb") as f:
+        f.write(tiny_png())
+    splits = {
+        "train": train_classes,
+        "test": train_classes if test_kind == "same" else test_classes,
+    }
+    for split, classes in splits.items():
+        split_dir = os.path.join(root, "data", split)
+        os.makedirs(split_dir)
+        names = [name for name, _ in classes]
+        for index, (name, entries) in enumerate(classes):
+            class_dir = os.path.join(split_dir, name)
+            other = os.path.join(split_dir, names[(index + 1) % len(names)])
+            if test_kind == "linked class" and split == "test" and index == 1:
+                os.symlink(os.path.join(split_dir, names[0]), class_dir)
+                continue
+            os.makedirs(class_dir, exist_ok=True)
+            os.makedirs(os.path.join(class_dir, "sub"), exist_ok=True)
+            with open(os.path.join(class_dir, "shared.png"), "wb") as f:
+                f.write(tiny_png())
+            for kind, entry_name, suffix in entries:
+                make_entry(root, split, class_dir, kind, entry_name, suffix, other)
+
+
+def tree_snapshot(root) -> dict:
+    """Every entry below root, links not followed: a file's sha256, a link's target, a FIFO."""
+    import hashlib
+    import stat as stat_module
+
+    snapshot = {}
+    for folder, dirs, files in os.walk(root):
+        for name in dirs + files:
+            path = os.path.join(folder, name)
+            mode = os.lstat(path).st_mode
+            if stat_module.S_ISLNK(mode):
+                snapshot[path] = "-> " + os.readlink(path)
+            elif stat_module.S_ISREG(mode):
+                with open(path, "rb") as f:
+                    snapshot[path] = hashlib.sha256(f.read()).hexdigest()
+            else:
+                snapshot[path] = stat_module.filemode(mode)
+    return snapshot
+
+
+REFUSALS = ["at least two", "holds no images", "different classes", "are one folder"]
+
+
+class Hang(Exception):
+    pass
+
+
+def within(path: str, folder: str) -> bool:
+    return path == folder or path.startswith(folder + os.sep)
+
+
+def check_listing(train, test, data_dir: str) -> None:
+    """A listing is an image folder train.py may train on: two classes or more, the same in both
+    splits, each image a regular file (or a dangling link, named when read) found under its own
+    class folder and not inside another's, no file listed twice, no two classes one folder."""
+    import stat as stat_module
+
+    assert train.classes == test.classes and len(train.classes) >= 2
+    for split, name in ((train, "train"), (test, "test")):
+        split_dir = os.path.join(data_dir, name)
+        reals = [os.path.realpath(os.path.join(split_dir, c)) for c in split.classes]
+        assert len(set(reals)) == len(reals), "two classes are one folder"
+        seen = set()
+        for path, label in split.samples:
+            assert path.startswith(os.path.join(split_dir, split.classes[label]) + os.sep)
+            if os.path.exists(path):
+                assert stat_module.S_ISREG(os.stat(path).st_mode), path
+            else:
+                assert os.path.islink(path), path
+            real_dir = os.path.realpath(os.path.dirname(path))
+            key = (real_dir, os.path.basename(path))
+            assert key not in seen, f"{path} listed twice"
+            seen.add(key)
+            if not within(real_dir, reals[label]):
+                assert not any(within(real_dir, real) for real in reals), path
+    manifest = imagefolder.Manifest.of(data_dir, train, test)
+    assert [len(manifest.splits[s]) for s in ("train", "test")] == [len(train), len(test)]
+    assert imagefolder.Manifest.of(data_dir, train, test).digest == manifest.digest
+
+
+@settings(
+    max_examples=EXAMPLES * 4,
+    deadline=None,
+    suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow],
+)
+@given(layout=class_layouts())
+def test_any_folder_layout_is_a_listing_or_one_paragraph_and_no_file_changes(layout):
+    import io
+    import signal
+    import tempfile
+
+    root = tempfile.mkdtemp()
+    try:
+        make_layout(root, layout)
+        before = tree_snapshot(root)
+        config = Config(
+            dataset="imagefolder",
+            data_dir=os.path.join(root, "data"),
+            cache_images="never",
+            num_workers=0,
+        )
+        strict = io.TextIOWrapper(io.BytesIO(), encoding="utf-8", errors="strict")  # a terminal's
+
+        def hang(signum, frame):
+            raise Hang("listing the folder blocked")
+
+        previous = signal.signal(signal.SIGALRM, hang)
+        signal.alarm(20)
+        try:
+            with contextlib.redirect_stdout(strict):
+                train, test = build_datasets(config)
+        except UserError as error:
+            assert str(error).strip() and "\n" not in str(error), str(error)
+            event(next((f"refused: {p}" for p in REFUSALS if p in str(error)), "refused"))
+        else:
+            check_listing(train, test, config.data_dir)
+            event("listed")
+        finally:
+            signal.alarm(0)
+            signal.signal(signal.SIGALRM, previous)
+        assert tree_snapshot(root) == before
+    finally:
+        shutil.rmtree(root, ignore_errors=True)
