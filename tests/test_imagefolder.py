@@ -319,6 +319,25 @@ def test_a_symlink_loop_or_a_link_to_another_class_is_not_followed(tmp_path, cap
     assert "2 entries" in out and "up (a link" in out and "blues (a link" in out
 
 
+def test_a_class_folder_that_is_a_link_to_another_is_refused(tmp_path):
+    make_image_folders(tmp_path)
+    (tmp_path / "train" / "crimson").symlink_to(tmp_path / "train" / "red")
+    (tmp_path / "test" / "crimson").symlink_to(tmp_path / "test" / "red")
+    with pytest.raises(UserError, match="crimson and red of .* are one folder"):
+        build_datasets(Config(dataset="imagefolder", data_dir=str(tmp_path)))
+
+
+def test_a_folder_linked_from_two_classes_is_listed_for_the_first_only(tmp_path, capsys):
+    make_image_folders(tmp_path / "data")
+    make_image_folders(tmp_path / "more")
+    for colour in ("red", "blue"):
+        (tmp_path / "data" / "train" / colour / "more").symlink_to(tmp_path / "more" / "train")
+    config = Config(dataset="imagefolder", data_dir=str(tmp_path / "data"), cache_images="never")
+    train, _ = build_datasets(config)
+    assert sorted(label for _, label in train.samples) == [0] * 9 + [1] * 3
+    assert "red/more (a link to a folder listed elsewhere" in capsys.readouterr().out
+
+
 def test_a_fifo_among_the_images_is_skipped_and_named_not_read(tmp_path, capsys):
     make_image_folders(tmp_path)
     os.mkfifo(tmp_path / "train" / "red" / "pipe.jpg")
