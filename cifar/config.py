@@ -445,7 +445,8 @@ def check_image_size(config: Config) -> None:
 
 def check_range(name: str, value, low, high, exclusive: str) -> None:
     """Refuse a value outside [low, high] (an end marked exclusive is left out), NaN and inf."""
-    inside = math.isfinite(value) and low <= value <= high
+    # An int beyond a float's range is compared exactly: math.isfinite would overflow on it.
+    inside = (isinstance(value, int) or math.isfinite(value)) and low <= value <= high
     inside = inside and not (exclusive == "low" and value == low)
     inside = inside and not (exclusive == "high" and value == high)
     if not inside:
