@@ -7,6 +7,7 @@ import shutil
 
 import pytest
 import torch
+import torchvision
 from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
 from PIL import Image
@@ -210,15 +211,26 @@ def test_files_read_each_epoch_give_the_cache_batches_on_any_process_count(tmp_p
     assert same_batches(joined, cached)
 
 
-def test_the_cache_pass_decodes_for_nvjpeg_only_what_files_would_not_reduce(tmp_path):
+def test_the_cache_pass_decodes_as_the_uncached_epochs_do_even_where_cuda_is_there(
+    tmp_path, monkeypatch
+):
     small, large = tmp_path / "small.jpg", tmp_path / "large.jpg"
-    smooth_image(40, 30).save(small)
-    smooth_image(300, 200).save(large)
+    smooth_image(40, 30).save(small)  # decoded at full size
+    smooth_image(300, 200).save(large)  # decoded at 1/4 by libjpeg's DCT scaling
     samples = [(str(small), 0), (str(large), 1)]
-    for_gpu = imagefolder.Resized(samples, 32, jpeg_bytes=True)
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)  # a GPU node: one decoder
+    decode_jpeg = torchvision.io.decode_jpeg
+
+    def cpu_only(data, *args, device="cpu", **kwargs):
+        assert str(device) == "cpu", "the cache pass used nvJPEG"
+        return decode_jpeg(data, *args, device=device, **kwargs)
+
+    monkeypatch.setattr(torchvision.io, "decode_jpeg", cpu_only)
+    cached, failures = imagefolder.decode_all(samples, 32, workers=0)
     files = ImageFiles(samples, ["a", "b"], size=32)
-    assert for_gpu[0][1].shape == (small.stat().st_size,)  # its bytes, for nvJPEG
-    assert torch.equal(for_gpu[1][1], files[1][0])  # decoded at 1/4 here, as ImageFiles does
+    assert failures == []
+    for i in range(2):
+        assert torch.equal(cached.images[i], files[i][0]), samples[i]
 
 
 @pytest.mark.parametrize("size", [(40, 30), (400, 300)])  # decoded at full and at 1/8 scale

@@ -27,8 +27,6 @@ from torch.utils.data import DataLoader, Dataset
 from cifar.data.cache import cache_dir
 from cifar.data.decode import (
     IMAGE_SUFFIXES,
-    JPEG_SUFFIXES,
-    decode_jpeg_reduced,
     decode_rgb,
     describe,
     load_rgb,
@@ -50,8 +48,9 @@ SUBSET_SEED = 0
 # How images reach the model: bumped whenever that changes what a run trains on. Part of a
 # run's settings, so a run begun under another version is not resumed under this one.
 PIPELINE_VERSION = 2
-# The cache file's layout (format and manifest digest stored beside the tensors since .1).
-CACHE_FORMAT = f"imagefolder-cache-{PIPELINE_VERSION}.1"
+# The cache file's layout (format and manifest digest stored beside the tensors since .1; since
+# .2 decoded by the CPU on every machine, never by nvJPEG: older caches are decoded again).
+CACHE_FORMAT = f"imagefolder-cache-{PIPELINE_VERSION}.2"
 
 
 class ImageFiles(Dataset):
@@ -304,10 +303,13 @@ def one_pass(workers: int) -> dict:
 
 
 class Resized(Dataset):
-    """(index, uint8 3 x size x size image or the JPEG's bytes, failure or "") per sample."""
+    """(index, uint8 3 x size x size image, failure or "") per sample, decoded and resized as
+    ImageFiles does: the cache pass and the uncached epochs use one decoder, the CPU's, on every
+    machine, so a cache built on a GPU node holds the images a CPU node would train on (nvJPEG
+    and CUDA's resize round differently: 1-level differences on 5-20% of pixels)."""
 
-    def __init__(self, samples: list, size: int, jpeg_bytes: bool = False):
-        self.samples, self.size, self.jpeg_bytes = samples, size, jpeg_bytes
+    def __init__(self, samples: list, size: int):
+        self.samples, self.size = samples, size
 
     def __len__(self) -> int:
         return len(self.samples)
@@ -315,44 +317,18 @@ class Resized(Dataset):
     def __getitem__(self, index: int):
         path = self.samples[index][0]
         try:
-            # nvJPEG decodes at full size only: a JPEG that decodes at a reduced scale is
-            # decoded here, as ImageFiles decodes it, so cached and uncached runs agree.
-            if self.jpeg_bytes and path.lower().endswith(JPEG_SUFFIXES):
-                reduced = decode_jpeg_reduced(path, self.size)
-                if reduced is None:
-                    return index, torchvision.io.read_file(path), ""
-                return index, resize(reduced, self.size), ""
             return index, resize(decode_rgb(path, self.size), self.size), ""  # as ImageFiles
         except Exception as error:  # PIL raises many types for bad files
             return index, None, describe(error)
 
 
-def decode_on_gpu(batch: list, resized: Resized) -> list:
-    """The JPEG bytes in batch decoded by nvJPEG in one call, else by resized (on the CPU)."""
-    raw = [i for i, (_, data, _) in enumerate(batch) if data is not None and data.ndim == 1]
-    if not raw:
-        return batch
-    try:
-        images = torchvision.io.decode_jpeg(
-            [batch[i][1] for i in raw], mode=torchvision.io.ImageReadMode.RGB, device="cuda"
-        )
-        for i, image in zip(raw, images, strict=True):
-            batch[i] = (batch[i][0], resize(image, resized.size).cpu(), "")
-    except RuntimeError:  # e.g. a broken JPEG: the CPU names it
-        for i in raw:
-            batch[i] = resized[batch[i][0]]
-    return batch
-
-
 def decode_all(samples: list, size: int, workers: int) -> tuple[TensorImages, list]:
     """Every sample decoded and resized; (images of those that decode, their failures)."""
-    resized = Resized(samples, size, jpeg_bytes=torch.cuda.is_available())
+    resized = Resized(samples, size)
     loader = DataLoader(resized, **one_pass(workers))
     images = torch.empty(len(samples), 3, size, size, dtype=torch.uint8)
     kept, failures = [], []
     for batch in loader:
-        if resized.jpeg_bytes:
-            batch = decode_on_gpu(batch, Resized(samples, size))
         for index, image, failure in batch:
             if failure:
                 failures.append((samples[index][0], failure))
