@@ -1,6 +1,7 @@
 """bench/gpu_check.py (make gpu-check): its dry mode runs every stage on the CPU and writes its
 lines and summary, a failed check or an overrun budget fails the stage, and `pytest -m gpu`
-collects the GPU tier here and skips each test with its reason."""
+collects the GPU tier here and skips each test with its reason. And the suite on a machine with
+fewer GPUs than a run's processes: those runs go to gloo on the CPU."""
 
 import json
 import re
@@ -11,6 +12,7 @@ import time
 import pytest
 
 from bench.gpu_check import STAGES, Check, Context, Skip, Stage, main, run_stage, summary
+from tests import helpers
 from tests.helpers import ROOT, on_cuda, train_env
 
 CPU_ONLY = {"CUDA_VISIBLE_DEVICES": ""}
@@ -134,3 +136,25 @@ def test_without_cuda_the_full_check_stops_and_points_to_dry(tmp_path, capsys):
     assert main(["--out", str(tmp_path / "check")]) == 2
     assert "--dry" in capsys.readouterr().err
     assert not (tmp_path / "check").exists()
+
+
+SHARES = [(0, 2, False), (1, 1, False), (1, 2, True), (1, 3, True), (2, 2, False), (4, 3, False)]
+
+
+@pytest.mark.parametrize("gpus, processes, cpu", SHARES)
+def test_runs_of_more_processes_than_gpus_go_to_gloo_on_the_cpu_saying_so(
+    monkeypatch, capsys, gpus, processes, cpu
+):
+    monkeypatch.setattr(helpers, "cuda_devices", lambda: gpus)
+    monkeypatch.setattr(helpers, "_NOTED", set())
+    expected = {"CUDA_VISIBLE_DEVICES": ""} if cpu else {}
+    assert helpers.devices_for(processes) == expected
+    assert helpers.devices_for(processes) == expected
+    note = capsys.readouterr().err
+    if cpu:
+        assert note == (
+            f"note: {processes} processes and {gpus} GPU(s) here: those runs use gloo on the "
+            "CPU (CUDA_VISIBLE_DEVICES='')\n"
+        )  # once
+    else:
+        assert note == ""
