@@ -941,6 +941,9 @@ def main(argv=None) -> int:
         return run_children_tasks(args)
     if args.dry:
         os.environ["CUDA_VISIBLE_DEVICES"] = ""  # the CPU equivalent, also on a GPU machine
+        # Toy sizes gain nothing from more threads, and on a busy machine two of them fight
+        # for the cores: `make gpu-check DRY=1` took 191 s with two, 64 s with one (2-core CPU).
+        os.environ.setdefault("OMP_NUM_THREADS", "1")
     import torch
 
     cuda = torch.cuda.is_available() and not args.dry
