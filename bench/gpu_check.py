@@ -65,8 +65,8 @@ SIZES = {
     ),
     "resnet": (
         {
-            "train": 4_096,
-            "test": 1_024,
+            "train": 4096,
+            "test": 1024,
             "batch": 128,
             "epochs": 2,
             "size": 224,
@@ -74,63 +74,19 @@ SIZES = {
             "steps": 10,
         },
         {"train": 96, "test": 32, "batch": 16, "epochs": 1, "size": 32, "warm": 1, "steps": 2},
-    ),  # fmt: skip
+    ),
     "folder": (
         {"per_class": 512, "test_per_class": 64, "batch": 64, "epochs": 2, "workers": 4},
         {"per_class": 32, "test_per_class": 8, "batch": 16, "epochs": 1, "workers": 0},
     ),
     "bench": (
-        [
-            "--images",
-            "20480",
-            "--batch-size",
-            "512",
-            "--resnet-images",
-            "2048",
-            "--cache-images",
-            "8192",
-            "--resnet-batch-size",
-            "128",
-            "--folder-images",
-            "512",
-            "--folder-batch-size",
-            "128",
-            "--warmup",
-            "5",
-            "--repeats",
-            "2",
-            "--num-workers",
-            "2",
-        ],
-        [
-            "--device",
-            "cpu",
-            "--images",
-            "128",
-            "--batch-size",
-            "32",
-            "--resnet-images",
-            "4",
-            "--cache-images",
-            "4",
-            "--resnet-batch-size",
-            "4",
-            "--image-size",
-            "32",
-            "--folder-images",
-            "8",
-            "--folder-batch-size",
-            "4",
-            "--warmup",
-            "1",
-            "--repeats",
-            "1",
-            "--num-workers",
-            "0",
-            "--epochs",
-            "2",
-        ],
-    ),  # fmt: skip
+        "--images 10240 --batch-size 512 --resnet-images 1024 --cache-images 4096 "
+        "--resnet-batch-size 128 --folder-images 256 --folder-batch-size 128 --warmup 5 "
+        "--repeats 2 --num-workers 2",
+        "--device cpu --images 128 --batch-size 32 --resnet-images 4 --cache-images 4 "
+        "--resnet-batch-size 4 --image-size 32 --folder-images 8 --folder-batch-size 4 "
+        "--warmup 1 --repeats 1 --num-workers 0 --epochs 2",
+    ),
 }
 # The rows the benchmark must write, and its targets (docs/benchmarks.md), reported, not failed.
 BENCH_CASES = ("cnn", "resnet-frozen", "resnet-cached", "resnet-finetune", "imagefolder")
@@ -204,7 +160,6 @@ class Context:
         """Run tasks (see TASKS) in order, their output in logs/<name>.log; their results."""
         log = self.out / "logs" / f"{name}.log"
         if self.dry:
-            results = []
             with (
                 open(log, "a") as out,
                 contextlib.redirect_stdout(out),
@@ -379,16 +334,13 @@ def task_train(task) -> dict:
 def task_step(task) -> dict:
     """A probe of the training step as the run assembles it: task["warm"] steps to warm up
     (autotuning, compilation), then task["steps"] steps with every host sync counted."""
-    import torch
-
     from cifar.assemble import setup_run
     from cifar.config import parse_config
-    from cifar.engine import Totals, train_epoch
 
     with compile_backend(task.get("backend")):
         run = setup_run(parse_config(task["argv"]))
         try:
-            return probe_steps(run, task["warm"], task["steps"], torch, Totals, train_epoch)
+            return probe_steps(run, task["warm"], task["steps"])
         finally:
             run.accelerator.end_training()
             if run.folder is not None:
@@ -396,7 +348,11 @@ def task_step(task) -> dict:
             reset_process_state()
 
 
-def probe_steps(run, warm: int, steps: int, torch, Totals, train_epoch) -> dict:
+def probe_steps(run, warm: int, steps: int) -> dict:
+    import torch
+
+    from cifar.engine import Totals, train_epoch
+
     device = run.accelerator.device
     cuda = device.type == "cuda"
     loader = run.train_loader
@@ -429,7 +385,7 @@ def probe_steps(run, warm: int, steps: int, torch, Totals, train_epoch) -> dict:
         "precision": run.accelerator.mixed_precision,
         # between the first and the last measured step: the epoch's start is not a step's
         "syncs_per_step": len(syncs) / (len(marks) - 1) if cuda else None,
-        "sync_sites": sorted({str(w.message)[:120] for w in syncs})[:5],
+        "sync_sites": sorted({f"{Path(w.filename).name}:{w.lineno}" for w in syncs})[:8],
         "steady_state_images_per_s": round(loader.plan.batch_size * (len(marks) - 1) / seconds)
         if seconds > 0
         else None,
@@ -446,7 +402,7 @@ def probe_steps(run, warm: int, steps: int, torch, Totals, train_epoch) -> dict:
 
 def task_features(task) -> dict:
     """The feature cache (feature_loaders) against the frozen backbone run anew on the same
-    images: another batch size, one image at a time in order, without autocast."""
+    images: in order, in batches of 100, without autocast."""
     import torch
 
     from cifar.build import make_accelerator, place_model
@@ -467,7 +423,7 @@ def task_features(task) -> dict:
         cached, _ = feature_loaders(config, accelerator, model, to_input, train_loader, test_loader)
         model.eval()
         with torch.no_grad():
-            chunks = train_loader.images.split(7)
+            chunks = train_loader.images.split(100)
             reference = torch.cat([model.features(to_input(c)).float() for c in chunks])
         difference = (cached.images.float() - reference).abs().max().item()
         scale = reference.abs().max().item()
@@ -780,7 +736,7 @@ def stage_benchmark(check: Check) -> dict:
     ctx = check.ctx
     out = ctx.out / "benchmarks.md"
     shutil.copyfile(ROOT / "docs" / "benchmarks.md", out)
-    argv = [*ctx.sizes["bench"], "--out", str(out)]
+    argv = [*ctx.sizes["bench"].split(), "--out", str(out)]
     if ctx.dry:
         result = ctx.tasks("benchmark", [{"kind": "bench", "argv": argv}])[0]
         code = result.get("exit_code", 1)
@@ -816,34 +772,34 @@ def stage_benchmark(check: Check) -> dict:
 
 
 STAGES = [
-    Stage("env", 20, "versions, the device, bf16, a C compiler and Python headers (torch.compile "
+    Stage("env", 15, "versions, the device, bf16, a C compiler and Python headers (torch.compile "
           "needs both); on the GPU: CUDA and bf16 available", stage_env),
-    Stage("cnn-fp32", 30, "SimpleCNN fp32 trains: finite losses, test accuracy >= 0.3 (chance "
+    Stage("cnn-fp32", 25, "SimpleCNN fp32 trains: finite losses, test accuracy >= 0.3 (chance "
           "0.1), images/s, peak memory; the step probe: 0 host syncs per step", stage_cnn("no")),
     Stage("cnn-bf16", 25, "the same in bf16: finite, >= 0.3, 0 syncs per step",
           stage_cnn("bf16")),
     Stage("cnn-fp16", 25, "fp16 with the grad scaler: finite, >= 0.3, the scaler's scale saved "
           "in the checkpoint (finite, > 0) and in the probe, at most 1 sync per step",
           stage_cnn("fp16")),
-    Stage("cnn-compile", 60, f"--compile trains (>= 0.3); the run makes 1 to {MAX_RUN_GRAPHS} "
+    Stage("cnn-compile", 80, f"--compile trains (>= 0.3); the run makes 1 to {MAX_RUN_GRAPHS} "
           "graphs (dynamo's count) and none after warm-up; 0 syncs per step (--dry: the eager "
           "backend, which traces the same graphs)", stage_compile),
-    Stage("cnn-deterministic", 40, "--deterministic twice with the same seed, in two processes: "
+    Stage("cnn-deterministic", 30, "--deterministic twice with the same seed, in two processes: "
           "identical metrics and bit-identical weights", stage_deterministic),
     Stage("resnet-frozen", 30, "ResNet-50 at 224 (--dry: 32), random weights, backbone frozen: "
           "finite losses, images/s, peak memory, 0 syncs per step", stage_resnet("frozen")),
-    Stage("resnet-cached", 30, "--cache-features trains (finite losses); the cached features "
+    Stage("resnet-cached", 35, "--cache-features trains (finite losses); the cached features "
           f"equal the frozen backbone's run anew within {FEATURE_TOLERANCE['cuda']} (CPU: "
           f"{FEATURE_TOLERANCE['cpu']}) of the largest feature, labels in order",
           stage_resnet("cached")),
-    Stage("resnet-finetune", 40, "--freeze none: finite losses, the train loss falls, images/s, "
+    Stage("resnet-finetune", 35, "--freeze none: finite losses, the train loss falls, images/s, "
           "peak memory, 0 syncs per step", stage_resnet("finetune")),
     Stage("imagefolder", 35, "a folder of JPEGs written here, through the cache pass (nvJPEG "
           "on a GPU) and uncached, --deterministic: identical metrics both ways, finite, test "
           "accuracy >= 0.75 of two classes (not at --dry's size)", stage_imagefolder),
-    Stage("gpu-tests", 45, "pytest -m gpu tests/test_gpu.py: every test passes (without CUDA: "
+    Stage("gpu-tests", 75, "pytest -m gpu tests/test_gpu.py: every test passes (without CUDA: "
           "every test skipped, each with its reason)", stage_gpu_tests),
-    Stage("benchmark", 110, "bench/throughput.py, every case at small sizes: a row each with "
+    Stage("benchmark", 90, "bench/throughput.py, every case at small sizes: a row each with "
           "images/s and peak memory; the GPU targets reported, not failed", stage_benchmark),
 ]  # fmt: skip
 
@@ -959,7 +915,9 @@ def main(argv=None) -> int:
         os.environ.update({k: ctx.env[k] for k in ("CIFAR_OFFLINE", "XDG_CACHE_HOME")})
     started = time.monotonic()
     results = []
-    for stage in (s for s in STAGES if s.name in args.stages):
+    chosen = [s for s in STAGES if s.name in args.stages]
+    print(f"{len(chosen)} stages, at most {sum(s.budget for s in chosen):.0f} s", flush=True)
+    for stage in chosen:
         print(f"{stage.name}: up to {stage.budget} s", flush=True)
         result = run_stage(ctx, stage)
         results.append(result)
