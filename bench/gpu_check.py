@@ -794,9 +794,9 @@ STAGES = [
           stage_resnet("cached")),
     Stage("resnet-finetune", 35, "--freeze none: finite losses, the train loss falls, images/s, "
           "peak memory, 0 syncs per step", stage_resnet("finetune")),
-    Stage("imagefolder", 35, "a folder of JPEGs written here, through the cache pass (nvJPEG "
-          "on a GPU) and uncached, --deterministic: identical metrics both ways, finite, test "
-          "accuracy >= 0.75 of two classes (not at --dry's size)", stage_imagefolder),
+    Stage("imagefolder", 35, "JPEGs written here, cached (nvJPEG on a GPU) and uncached, "
+          "--deterministic: identical metrics, finite, accuracy >= 0.75 of 2 classes (not "
+          "--dry)", stage_imagefolder),
     Stage("gpu-tests", 75, "pytest -m gpu tests/test_gpu.py: every test passes (without CUDA: "
           "every test skipped, each with its reason)", stage_gpu_tests),
     Stage("benchmark", 90, "bench/throughput.py, every case at small sizes: a row each with "
