@@ -5,6 +5,7 @@
 # make setup TORCH=cu126          the environment of locks/cu126.txt, once make lock made it
 # make lock [TORCH=...]           re-resolve locks/$(TORCH).txt from pyproject.toml
 # make compare ARGS="..."         train both models with the same settings, then the report
+# make gpu-check OUT=dir [DRY=1]  every GPU path in timed stages (bench/gpu_check.py); DRY=1: CPU
 VENV ?= .venv
 PYTHON ?= python3
 BIN = $(VENV)/bin
@@ -30,7 +31,7 @@ LAUNCH = $(BIN)/accelerate launch --multi_gpu --num_processes $(PROCESSES) --num
 	--mixed_precision no --dynamo_backend no
 endif
 
-.PHONY: setup train test test-fast lint lock compare system-deps cluster
+.PHONY: setup train test test-fast lint lock compare system-deps cluster gpu-check
 
 setup: $(VENV)/.project-$(TORCH)
 
@@ -98,6 +99,14 @@ test-fast: setup
 
 compare: setup
 	PATH=$(abspath $(BIN)):$$PATH bash slurm/compare.sh $(ARGS)
+
+# The GPU check runs from the checkout with the python at hand, installing nothing: .venv's where
+# there is one, else $(PYTHON) (a GPU machine's own torch).
+OUT ?= gpu-check
+DRY ?=
+CHECK_PYTHON ?= $(if $(wildcard $(BIN)/python),$(BIN)/python,$(PYTHON))
+gpu-check:
+	$(CHECK_PYTHON) bench/gpu_check.py --out $(OUT) $(if $(filter 1,$(DRY)),--dry)
 
 # Debian packages the Fashion-MNIST and SLURM tests and the shell lint use (run as root).
 system-deps:

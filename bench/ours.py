@@ -41,6 +41,7 @@ def train_on(config, accelerator, model, loader, to_input, args) -> tuple[float,
         scheduler=scheduler,
         loss_fn=loss_fn,
         to_input=to_input,
+        ema=None,
     )
 
     def run_epoch(epoch: int, limit: int | None = None) -> None:

@@ -19,6 +19,14 @@ from tests.helpers import SMOKE, item_starts_a_process, run_train
 IN_PROCESS_FIXTURES = ("refuse_processes_in_the_fast_tier",)
 
 
+def pytest_configure(config):
+    config.addinivalue_line(
+        "markers",
+        "gpu: needs CUDA (tests/test_gpu.py; `pytest -m gpu` runs them, each skipped with its "
+        "reason without CUDA)",
+    )
+
+
 def pytest_collection_modifyitems(config, items):
     for item in items:
         unmarked = isinstance(item, pytest.Function) and item.get_closest_marker("slow") is None

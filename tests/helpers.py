@@ -60,6 +60,34 @@ def launcher(kind: str, processes: int = 1) -> list[str]:
     raise ValueError(kind)
 
 
+def cuda_devices() -> int:
+    """GPUs torch sees here (0 without CUDA); counted without initialising CUDA."""
+    import torch
+
+    return torch.cuda.device_count() if torch.cuda.is_available() else 0
+
+
+def on_cuda() -> bool:
+    return cuda_devices() > 0
+
+
+_NOTED = set()
+
+
+def devices_for(processes: int) -> dict:
+    """The environment of a run of `processes` processes: where this machine has GPUs, but fewer
+    than that, every rank would share cuda:0, so the run goes to the CPU (gloo) instead, which a
+    one-line note says. A single-process run compared with such a run takes it too."""
+    gpus = cuda_devices()
+    if processes <= 1 or gpus == 0 or gpus >= processes:
+        return {}
+    if processes not in _NOTED:
+        _NOTED.add(processes)
+        print(f"note: {processes} processes and {gpus} GPU(s) here: those runs use gloo on the "
+              "CPU (CUDA_VISIBLE_DEVICES='')", file=sys.stderr)  # fmt: skip
+    return {"CUDA_VISIBLE_DEVICES": ""}
+
+
 def train_env(**extra) -> dict:
     env = {k: v for k, v in os.environ.items() if not k.startswith(("WANDB_", "SLURM_"))}
     env.update({"CIFAR_OFFLINE": "1", "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"})
@@ -82,7 +110,7 @@ def run_train(
     result = subprocess.run(
         command,
         cwd=ROOT,
-        env=train_env(**(env or {})),
+        env=train_env(**{**devices_for(processes), **(env or {})}),
         text=True,
         capture_output=True,
         timeout=timeout,
@@ -100,7 +128,12 @@ def train_to_log(args, log, *, kind: str = "python", processes: int = 1) -> str:
     command = launcher(kind, processes) + [str(ROOT / "train.py"), *map(str, args)]
     with open(log, "w") as out:
         code = subprocess.run(
-            command, cwd=ROOT, env=train_env(), stdout=out, stderr=subprocess.STDOUT, timeout=600
+            command,
+            cwd=ROOT,
+            env=train_env(**devices_for(processes)),
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            timeout=600,
         ).returncode
     text = Path(log).read_text()
     if code != 0:
@@ -114,7 +147,7 @@ def start_train(args, kind="python", processes=1) -> subprocess.Popen:
     return subprocess.Popen(
         command,
         cwd=ROOT,
-        env=train_env(),
+        env=train_env(**devices_for(processes)),
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
         text=True,
@@ -569,11 +602,12 @@ _RUNS = {}
 
 
 def fashion_run(tmp_path_factory) -> Path:
-    """The finished Fashion-MNIST run of this session (trained on first use)."""
+    """The finished Fashion-MNIST run of this session (trained on first use), on the device
+    that two processes get: evaluate's tests score it on one and on two to the last bit."""
     if "fashion" not in _RUNS:
         require(os.path.isdir(FASHION_DIR), f"Fashion-MNIST is not in {FASHION_DIR}")
         run_dir = tmp_path_factory.mktemp("use") / "fashion-run"
-        run_train([*FASHION_RUN, "--output-dir", run_dir])
+        run_train([*FASHION_RUN, "--output-dir", run_dir], env=devices_for(2))
         _RUNS["fashion"] = run_dir
     return _RUNS["fashion"]
 
@@ -583,7 +617,7 @@ def run_module(module: str, args, *, kind="python", processes=1, check=True, env
     result = subprocess.run(
         [*launcher(kind, processes), "-m", module, *map(str, args)],
         cwd=ROOT,
-        env=train_env(PYTHONPATH=str(ROOT), **(env or {})),
+        env=train_env(PYTHONPATH=str(ROOT), **{**devices_for(processes), **(env or {})}),
         text=True,
         capture_output=True,
         timeout=600,

@@ -13,6 +13,7 @@ from cifar.evaluation import classify, eval_model
 from cifar.models import SimpleCNN
 from tests.helpers import (
     comparable_metrics,
+    devices_for,
     final_weights,
     kill_run,
     max_difference,
@@ -149,7 +150,7 @@ def test_an_ema_run_killed_mid_epoch_and_resumed_ends_bit_equal_to_an_uninterrup
 def test_two_processes_keep_the_average_of_one_process_with_the_doubled_batch(tmp_path):
     exact = tiny_run("--no-batch-norm", "--no-shuffle", "--ema", "0.9", test=257, batch=None)
     one, two = tmp_path / "one", tmp_path / "two"
-    run_train([*exact, "--batch-size", "64", "--output-dir", one])
+    run_train([*exact, "--batch-size", "64", "--output-dir", one], env=devices_for(2))
     run_train([*exact, "--batch-size", "32", "--output-dir", two], kind="torchrun", processes=2)
     ema_one, ema_two = (
         load_file(sorted(glob.glob(f"{run}/checkpoints/*/ema.safetensors"))[-1])

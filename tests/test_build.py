@@ -1,7 +1,7 @@
 """cifar/build.py: the Accelerator a run trains with: bf16 on the CPU trains, fp16 there is
 refused in one paragraph."""
 
-from tests.helpers import SMOKE, read_json, run_train
+from tests.helpers import SMOKE, on_cuda, read_json, run_train
 
 
 def test_bf16_on_cpu_trains(tmp_path):
@@ -11,7 +11,11 @@ def test_bf16_on_cpu_trains(tmp_path):
 
 
 def test_fp16_on_cpu_is_refused_clearly(tmp_path):
-    result = run_train([*SMOKE, "--mixed-precision", "fp16", "--output-dir", tmp_path], check=False)
+    # A CUDA machine's CPU run: the refusal is of the CPU, which --allow-cpu does not lift.
+    cpu = {"CUDA_VISIBLE_DEVICES": ""} if on_cuda() else {}
+    result = run_train(
+        [*SMOKE, "--mixed-precision", "fp16", "--output-dir", tmp_path], check=False, env=cpu
+    )
     assert result.returncode == 2
     assert "fp16 mixed precision needs a GPU" in result.stderr and "bf16" in result.stderr
     assert "Traceback" not in result.stderr

@@ -13,8 +13,10 @@ from tests.helpers import (
     ROOT,
     SMOKE,
     comparable_metrics,
+    devices_for,
     final_weights,
     max_difference,
+    on_cuda,
     read_json,
     run_train,
     tiny_run,
@@ -28,7 +30,8 @@ EXACT = tiny_run("--no-batch-norm", test=257, batch=None)
 
 def test_two_processes_with_batch_b_equal_one_process_with_batch_2b(tmp_path):
     one, two = tmp_path / "one", tmp_path / "two"
-    run_train([*EXACT, "--no-shuffle", "--batch-size", "64", "--output-dir", one])
+    one_side = devices_for(2)  # on the device the two processes get
+    run_train([*EXACT, "--no-shuffle", "--batch-size", "64", "--output-dir", one], env=one_side)
     run_train(
         [*EXACT, "--no-shuffle", "--batch-size", "32", "--output-dir", two],
         kind="torchrun",
@@ -79,7 +82,9 @@ def test_evaluation_counts_every_test_image_once(tmp_path, processes):
 
 
 def test_same_seed_gives_identical_metrics(tmp_path):
-    args = [*SMOKE, "--epochs", "2", "--dropout", "0.2", "--seed", "7"]
+    # On a GPU only deterministic kernels (no cudnn autotuning) repeat a run bit for bit.
+    exact = ["--deterministic"] if on_cuda() else []
+    args = [*SMOKE, *exact, "--epochs", "2", "--dropout", "0.2", "--seed", "7"]
     run_train([*args, "--output-dir", tmp_path / "a"])
     run_train([*args, "--output-dir", tmp_path / "b"])
     run_train([*args[:-1], "8", "--output-dir", tmp_path / "c"])

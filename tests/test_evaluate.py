@@ -17,6 +17,7 @@ from tests.helpers import (
     call_main,
     copy_of,
     damage,
+    devices_for,
     fashion_run,
     folder_hashes,
     read_json,
@@ -36,7 +37,8 @@ def run_dir(tmp_path_factory) -> Path:
 def test_evaluate_reproduces_the_summary_to_the_last_bit(run_dir, tmp_path, kind, processes):
     before = folder_hashes(run_dir)
     out = tmp_path / "eval.json"
-    result = run_module("cifar.evaluate", [run_dir, "--out", out], kind=kind, processes=processes)
+    result = run_module("cifar.evaluate", [run_dir, "--out", out], kind=kind, processes=processes,
+                        env=devices_for(2))  # fmt: skip
 
     summary, scored = read_json(run_dir / "summary.json"), read_json(out)
     assert scored["world_size"] == processes
@@ -58,7 +60,7 @@ def test_shards_that_split_a_batch_count_every_image_once_and_agree_to_rounding(
     for kind, processes in (("python", 1), ("torchrun", 2)):
         out = tmp_path / f"eval-{processes}.json"
         run_module("cifar.evaluate", [run_dir, "--test-subset", 500, "--out", out],
-                   kind=kind, processes=processes)  # fmt: skip
+                   kind=kind, processes=processes, env=devices_for(2))  # fmt: skip
         scored.append(read_json(out))
     one, two = scored
     assert one["num_test_samples"] == two["num_test_samples"] == 500

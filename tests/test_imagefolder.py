@@ -23,6 +23,7 @@ from tests.helpers import (
     EXAMPLES,
     SMOKE,
     assert_refused,
+    devices_for,
     final_weights,
     folder_hashes,
     make_image_folders,
@@ -81,7 +82,8 @@ def test_a_folder_trains_equally_on_two_processes_and_one_cached_or_not(tmp_path
     cached = ["--cache-images", "always", "--num-workers", "0"]
     env = {"XDG_CACHE_HOME": str(cache_home)}
     one, two, files = tmp_path / "one", tmp_path / "two", tmp_path / "files"
-    run_train([*args, *cached, "--batch-size", "16", "--output-dir", one], env=env)
+    one_side = {**env, **devices_for(2)}  # on the device the two processes get
+    run_train([*args, *cached, "--batch-size", "16", "--output-dir", one], env=one_side)
     two_processes = {"kind": "torchrun", "processes": 2, "env": env}
     run_train([*args, *cached, "--batch-size", "8", "--output-dir", two], **two_processes)
     from_files = ["--cache-images", "never", "--num-workers", "1"]  # decoded in a worker

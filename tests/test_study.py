@@ -31,6 +31,7 @@ from cifar.study.runner import resolve_launcher
 from cifar.study.statistics import compare_paired, describe
 from tests.helpers import (
     ROOT,
+    devices_for,
     folder_hashes,
     isolated_home,
     offline_logs,
@@ -53,11 +54,13 @@ METRICS = ("test_accuracy", "best_test_accuracy", "test_loss", "wall_seconds")
 
 
 def study(*args, env=None, check=True, timeout=600) -> subprocess.CompletedProcess:
-    """python -m cifar.study ARGS, as users run it."""
+    """python -m cifar.study ARGS, as users run it (a launcher of two processes: on the device
+    two processes get, devices_for)."""
+    processes = 2 if any("--nproc_per_node 2" in str(a) for a in args) else 1
     result = subprocess.run(
         [sys.executable, "-m", "cifar.study", *map(str, args)],
         cwd=ROOT,
-        env=train_env(**(env or {})),
+        env=train_env(**{**devices_for(processes), **(env or {})}),
         capture_output=True,
         text=True,
         timeout=timeout,
