@@ -37,7 +37,9 @@ def eval_model(accelerator, model, loader, to_input, num_classes: int, tta: bool
         for buffer in model.buffers():
             torch.distributed.broadcast(buffer, src=0)
     model.eval()
-    confusion = MulticlassConfusionMatrix(num_classes).to(accelerator.device)
+    # Its input checks read the device every batch (torch.unique); argmax and the loader's
+    # labels are in range by construction.
+    confusion = MulticlassConfusionMatrix(num_classes, validate_args=False).to(accelerator.device)
     loss_sum = torch.zeros((), dtype=sum_dtype(accelerator.device), device=accelerator.device)
     for images, labels in loader:
         with accelerator.autocast():  # a model never prepared (an EMA) in the run's precision

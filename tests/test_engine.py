@@ -13,6 +13,7 @@ from safetensors.torch import load_file
 from tests.helpers import (
     SMALL,
     SMOKE,
+    HostReads,
     comparable_metrics,
     final_weights,
     folder_hashes,
@@ -241,3 +242,16 @@ def test_a_training_log_in_a_file_shows_progress_inside_each_epoch_from_the_main
         assert {3, 5, 8, 10, 12, 15, 17, 20, 22} <= set(done), text
         assert done == sorted(set(done)), text  # once each: the main process alone
     assert "Traceback" not in text
+
+
+def test_the_finite_weights_check_of_a_checkpoint_reads_the_device_once(monkeypatch):
+    from cifar.engine import weights_finite
+
+    model = torch.nn.Sequential(*(torch.nn.Linear(4, 4) for _ in range(8)))  # 16 parameters
+    reads = HostReads(monkeypatch)
+    assert weights_finite(model)
+    assert reads.count == 1
+    with torch.no_grad():
+        model[5].bias[2] = float("nan")
+    assert not weights_finite(model)
+    assert reads.count == 2

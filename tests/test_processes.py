@@ -8,6 +8,7 @@ import signal
 import time
 
 import pytest
+import torch
 
 from tests.helpers import (
     SMALL,
@@ -46,6 +47,53 @@ def test_a_second_ctrl_c_stops_at_once_without_a_traceback():
     assert stop.should_stop(1) and stop.signal_name == "SIGINT"
     with pytest.raises(KeyboardInterrupt):
         stop.handle(signal.SIGINT, None)
+
+
+@pytest.fixture
+def one_rank_group(tmp_path):
+    """A gloo process group of this process alone, for StopRequest's collectives."""
+    store = f"file://{tmp_path}/store"
+    torch.distributed.init_process_group("gloo", init_method=store, rank=0, world_size=1)
+    yield
+    torch.distributed.destroy_process_group()
+
+
+def test_the_stop_check_of_several_processes_never_waits_on_the_way(one_rank_group, monkeypatch):
+    from cifar.processes import StopRequest
+
+    class SeveralProcesses:  # what StopRequest reads of a run of several processes
+        num_processes = 2
+
+        def reduce(self, *args, **kwargs):
+            raise AssertionError("a blocking collective on the device")
+
+    started, waited = [], []
+    all_reduce = torch.distributed.all_reduce
+
+    class Work:
+        def __init__(self, work):
+            self.work = work
+
+        def wait(self):
+            waited.append(len(started))
+            return self.work.wait()
+
+    def counting(tensor, *args, **kwargs):
+        started.append((tensor.device.type, kwargs.get("async_op")))
+        return Work(all_reduce(tensor, *args, **kwargs))
+
+    monkeypatch.setattr(torch.distributed, "all_reduce", counting)
+    stop = StopRequest(SeveralProcesses(), check_every=10)
+    assert not any(stop.should_stop(step) for step in range(1, 101))
+    # One sum of a CPU flag per 10 steps, never waited for where it starts: each is read at the
+    # next check step, 10 steps later.
+    assert started == [("cpu", True)] * 10
+    assert waited == list(range(1, 10))
+
+    stop.handle(signal.SIGTERM, None)  # during step 103
+    stops = [step for step in range(101, 141) if stop.should_stop(step)]
+    assert stops[0] == 120  # started at step 110, read at step 120: within 2 x check_every
+    assert stop.should_stop(0, force_check=True)  # between epochs: the flag as it is now
 
 
 def resumable(batch: int) -> list[str]:
@@ -109,6 +157,35 @@ def test_sigkill_in_epoch_two_then_resume_equals_an_uninterrupted_run(tmp_path, 
     assert [r["epoch"] for r in resumed] == [1, 2, 3]
     for a, b in zip(expected, resumed, strict=True):
         assert a == pytest.approx(b, rel=1e-12, abs=0)
+
+
+def rank_of(pid: int) -> int:
+    with open(f"/proc/{pid}/environ", "rb") as f:
+        environ = dict(v.split(b"=", 1) for v in f.read().split(b"\0") if b"=" in v)
+    return int(environ[b"RANK"])
+
+
+def test_sigterm_to_one_of_two_processes_stops_both_at_one_step_and_the_resume_is_exact(tmp_path):
+    # 64 steps an epoch, so that the stop (within 20 steps of the signal) comes inside it.
+    args = tiny_run("--checkpoint-every", "5", "--deterministic", train=4096, batch=32, epochs=2)
+    whole, stopped = tmp_path / "whole", tmp_path / "stopped"
+    run_train([*args, "--output-dir", whole], kind="torchrun", processes=2)
+    process = start_train([*args, "--output-dir", stopped], "torchrun", 2)
+    wait_for_checkpoint(stopped, after_step=5, process=process)
+    (second,) = [pid for pid in children(process.pid) if rank_of(pid) == 1]
+    os.kill(second, signal.SIGTERM)  # not the main process: it learns of it from the flag
+    output = process.communicate(timeout=120)[0]
+    # torchrun reports each process's exit code (and a traceback of its own).
+    assert output.count("exitcode  : 75") == 2, output
+    assert "stop request: checkpoint saved at step" in output, output
+    assert "/cifar/" not in output and "another process" not in output, output
+    step = int(output.split("checkpoint saved at step ")[1].split(";")[0])
+    latest = sorted(glob.glob(f"{stopped}/checkpoints/step-*"))[-1]
+    assert read_json(f"{latest}/progress.json")["global_step"] == step
+    assert step % 10 == 0 and step < 64  # a check step, inside epoch 1
+    run_train([*args, "--output-dir", stopped, "--resume", "auto"], kind="torchrun", processes=2)
+    assert max_difference(final_weights(whole), final_weights(stopped)) == 0.0
+    assert [r["epoch"] for r in read_metrics(stopped)] == [1, 2]
 
 
 def wait_gone(pid: int, timeout: float) -> bool:
