@@ -76,6 +76,12 @@ def main(argv: list[str] | None = None) -> int:
             print(f"error: {error.reason}", file=sys.stderr, flush=True)
             return USAGE_EXIT_CODE
         except RuntimeError as error:
+            from cifar.processes import nondeterministic_operation
+
+            refusal = nondeterministic_operation(error)
+            if refusal is not None:
+                report_user_error(refusal)
+                return USAGE_EXIT_CODE
             failure = peer_failure(error)
             if failure is None:
                 raise

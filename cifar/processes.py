@@ -15,6 +15,7 @@ import torch
 
 from cifar.allocator import reuse_freed_memory
 from cifar.devices import check_gpus_usable
+from cifar.errors import UserError
 
 # cuBLAS's deterministic workspace; it must be set before CUDA starts.
 CUBLAS_WORKSPACE = ":4096:8"
@@ -29,7 +30,9 @@ def apply_process_settings(config) -> dict:
     - the launcher's death stops the run (stop_with_launcher);
     - glibc's malloc reuses freed memory (allocator.py): measured on CPU training only, so
       only there;
-    - --deterministic: cuBLAS's workspace and torch's deterministic algorithms.
+    - --deterministic: cuBLAS's workspace and torch's deterministic algorithms, strictly: an
+      operation without a deterministic kernel raises (nondeterministic_operation);
+    - --tf32/--no-tf32: TF32 for fp32 matmuls and cuDNN convolutions, as read back from torch.
     """
     check_gpus_usable(config.allow_cpu)
     applied = {
@@ -41,9 +44,44 @@ def apply_process_settings(config) -> dict:
         applied["malloc_reuses_freed_memory"] = reuse_freed_memory()
     if config.deterministic:
         os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", CUBLAS_WORKSPACE)
-        torch.use_deterministic_algorithms(True, warn_only=True)
+        torch.use_deterministic_algorithms(True)
         applied["cublas_workspace_config"] = os.environ["CUBLAS_WORKSPACE_CONFIG"]
+    applied.update(apply_tf32(config.tf32))
     return applied
+
+
+def apply_tf32(allowed: bool) -> dict:
+    """TF32 for fp32 matmuls and cuDNN convolutions, or neither: PyTorch's own defaults differ
+    (matmuls off, convolutions on). Returns the flags as torch reads them back."""
+    torch.backends.cuda.matmul.allow_tf32 = bool(allowed)
+    torch.backends.cudnn.allow_tf32 = bool(allowed)
+    return {
+        "tf32_matmul": torch.backends.cuda.matmul.allow_tf32,
+        "tf32_cudnn": torch.backends.cudnn.allow_tf32,
+    }
+
+
+# How torch's error for an operation without a deterministic kernel goes on after its name.
+NOT_DETERMINISTIC = (
+    " does not have a deterministic implementation, but you set "
+    "'torch.use_deterministic_algorithms(True)'"
+)
+
+
+def nondeterministic_operation(error: BaseException) -> UserError | None:
+    """The paragraph for torch's error under --deterministic for an operation that has no
+    deterministic kernel on this device; None for any other error."""
+    head, found, _ = str(error).partition(NOT_DETERMINISTIC)
+    if not found or not head.split():
+        return None
+    operation = head.split()[-1]
+    return UserError(
+        f"--deterministic: the operation {operation} has no deterministic implementation on "
+        f"this device in torch {torch.__version__}, so the run could not be bit-identical and "
+        f"was stopped. Start it anew without --deterministic (the same --seed then gives "
+        f"close but not bit-identical runs; a run's settings do not change on resume), or with "
+        f"settings whose model does not use that operation."
+    )
 
 
 # SIGINT too: Ctrl-C saves a checkpoint like a scheduler's SIGTERM; a second Ctrl-C stops at once.

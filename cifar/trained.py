@@ -29,6 +29,7 @@ from cifar.data.transforms import (
 )
 from cifar.errors import INTERRUPTED_EXIT_CODE, USAGE_EXIT_CODE, UserError, report_user_error
 from cifar.models import TrainedClassifier, build_model, load_trained, model_spec
+from cifar.processes import nondeterministic_operation
 from cifar.record import (
     CHECKPOINTS,
     CONFIG_FILE,
@@ -232,6 +233,12 @@ def run_command(task) -> int:
         return USAGE_EXIT_CODE
     except UnreadableImage as error:  # maybe in this process's shard alone: say it here
         print(f"error: {error.reason}", file=sys.stderr, flush=True)
+        return USAGE_EXIT_CODE
+    except RuntimeError as error:  # a run trained with --deterministic, scored the same way
+        refusal = nondeterministic_operation(error)
+        if refusal is None:
+            raise
+        report_user_error(refusal)
         return USAGE_EXIT_CODE
     except KeyboardInterrupt:
         report_user_error(UserError("interrupted; nothing was written."))

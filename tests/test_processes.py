@@ -23,6 +23,7 @@ from tests.helpers import (
     run_train,
     start_train,
     tiny_run,
+    train_in_process,
     wait_for_checkpoint,
 )
 
@@ -33,6 +34,7 @@ def test_config_json_records_the_process_settings_the_run_applied(tmp_path):
     assert applied["stop_with_launcher"] is False  # plain python: no launcher to outlive
     assert applied["deterministic_algorithms"] is True
     assert applied["cublas_workspace_config"] == ":4096:8"
+    assert applied["tf32_matmul"] is True and applied["tf32_cudnn"] is True  # --tf32's default
     assert isinstance(applied["malloc_reuses_freed_memory"], bool)  # True with glibc, on a CPU
 
 
@@ -241,3 +243,50 @@ def test_a_signal_to_the_whole_job_checkpoints_and_the_resume_is_exact(tmp_path,
     assert f"{stop.name}: checkpoint saved at step" in output and "Traceback" not in output
     run_train([*args, "--output-dir", stopped, "--resume", "auto"])
     assert max_difference(final_weights(whole), final_weights(stopped)) == 0.0
+
+
+def test_an_operation_without_a_deterministic_kernel_stops_a_deterministic_run_naming_it(
+    monkeypatch, tmp_path
+):
+    import cifar.assemble
+
+    build_model = cifar.assemble.build_model
+
+    def scatter_first(module, inputs):  # put_ has no deterministic kernel, on CPUs too
+        (x,) = inputs
+        x.new_zeros(4).put_(torch.tensor([0, 0], device=x.device), x.new_ones(2))
+
+    def scattering_model(*args):
+        model = build_model(*args)
+        model.register_forward_pre_hook(scatter_first)
+        return model
+
+    monkeypatch.setattr(cifar.assemble, "build_model", scattering_model)
+    args = [*SMALL, "--output-dir", str(tmp_path / "run")]
+    code, _, err = train_in_process([*args, "--deterministic"])
+    assert code == 2 and "Traceback" not in err, err
+    (line,) = err.splitlines()
+    assert line.startswith(
+        "error: --deterministic: the operation put_ has no deterministic implementation on this "
+        f"device in torch {torch.__version__}, so the run could not be bit-identical"
+    ), line
+    assert "Start it anew without --deterministic" in line
+    code, _, err = train_in_process([*SMALL, "--output-dir", str(tmp_path / "other")])
+    assert code == 0, err  # without --deterministic the same model trains
+
+
+def test_tf32_is_a_choice_of_the_config_applied_to_matmuls_and_convolutions():
+    from cifar.config import parse_config
+    from cifar.processes import apply_tf32
+
+    before = torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32
+    try:
+        for flags, expected in (([], True), (["--no-tf32"], False), (["--tf32"], True)):
+            config = parse_config(["--dataset", "synthetic", "--tracker", "none", *flags])
+            assert config.to_dict()["tf32"] is expected  # in config.json and the run's settings
+            applied = apply_tf32(config.tf32)
+            assert applied == {"tf32_matmul": expected, "tf32_cudnn": expected}
+            assert torch.backends.cuda.matmul.allow_tf32 is expected
+            assert torch.backends.cudnn.allow_tf32 is expected
+    finally:
+        torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = before
