@@ -43,3 +43,15 @@ def test_scoring_reads_the_device_a_fixed_number_of_times_whatever_the_batches(m
         AcceleratorState._reset_state(True)
         GradientState._reset_state()
     assert reads[6] == reads[1], reads  # none per batch: the confusion matrix checks no input
+
+
+def test_a_smaller_last_batch_is_padded_with_zeros_in_its_memory_format():
+    from cifar.evaluation import padded
+
+    inputs = torch.randn(5, 3, 4, 4).contiguous(memory_format=torch.channels_last)
+    out = padded(inputs, 8)
+    assert out.shape == (8, 3, 4, 4)
+    assert out.is_contiguous(memory_format=torch.channels_last)
+    assert torch.equal(out[:5], inputs) and not out[5:].any()
+    features = torch.randn(3, 2048)  # cached backbone features
+    assert torch.equal(padded(features, 4)[:3], features) and padded(features, 3) is features
