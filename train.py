@@ -76,14 +76,16 @@ def main(argv: list[str] | None = None) -> int:
             print(f"error: {error.reason}", file=sys.stderr, flush=True)
             return USAGE_EXIT_CODE
         except RuntimeError as error:
-            if not peer_stopped(error):
+            from cifar.processes import nondeterministic_operation
+
+            refusal = nondeterministic_operation(error)
+            if refusal is not None:
+                report_user_error(refusal)
+                return USAGE_EXIT_CODE
+            failure = peer_failure(error)
+            if failure is None:
                 raise
-            print(
-                "error: another process of this run stopped (its message is above); this one "
-                "stops too.",
-                file=sys.stderr,
-                flush=True,
-            )
+            print(f"error: {failure}", file=sys.stderr, flush=True)
             return 1
     except UserError as error:
         report_user_error(error)
@@ -101,11 +103,40 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
-def peer_stopped(error: RuntimeError) -> bool:
-    """A collective failed because another process of the run exited (gloo and NCCL say so)."""
+# What a collective raises when another process of the run exited: gloo's socket errors (and
+# the TCP store's), NCCL's remote error and the abort of its communicator that follows.
+PEER_GONE = (
+    "Connection closed by peer",
+    "Connection reset by peer",
+    "Broken pipe",
+    "ncclRemoteError",
+    "remote process exiting prematurely",
+    "NCCL communicator was aborted",
+)
+# A collective that waited longer than the process group's timeout: NCCL's watchdog, gloo.
+PEER_LATE = ("collective operation timeout", "before timing out", "Timed out waiting")
+
+
+def peer_failure(error: RuntimeError) -> str | None:
+    """The paragraph for a collective that failed because of another process of the run (it
+    exited, or never came), under gloo or NCCL; None for any other error."""
+    if int(os.environ.get("WORLD_SIZE", "1")) <= 1:
+        return None
     text = str(error)
-    gone = ("Connection closed by peer", "Connection reset by peer", "Broken pipe")
-    return int(os.environ.get("WORLD_SIZE", "1")) > 1 and any(g in text for g in gone)
+    if any(g in text for g in PEER_GONE):
+        return "another process of this run stopped (its message is above); this one stops too."
+    if any(g in text for g in PEER_LATE):
+        from cifar.build import COLLECTIVE_TIMEOUT_VARIABLE, collective_timeout
+
+        minutes = collective_timeout().total_seconds() / 60
+        return (
+            f"another process of this run did not reach a collective within {minutes:g} "
+            f"minutes (it hung, or is still busy with work of its own); this one stops. Look "
+            f"at that process's messages above; for longer work of the main process alone "
+            f"set {COLLECTIVE_TIMEOUT_VARIABLE}. Continue from the last checkpoint with --resume "
+            f"auto."
+        )
+    return None
 
 
 def leave_process_group() -> None:

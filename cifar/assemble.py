@@ -25,7 +25,13 @@ from cifar.data import build_datasets, dataset_spec
 from cifar.data.loaders import build_loaders, feature_loaders
 from cifar.data.manifest import MANIFEST_SETTING, up_to_date
 from cifar.data.transforms import input_transform
-from cifar.distributed import broadcast, decide_on_main, on_main_first, run_on_main
+from cifar.distributed import (
+    bare_module,
+    broadcast,
+    decide_on_main,
+    on_main_first,
+    run_on_main,
+)
 from cifar.errors import UserError, say
 from cifar.models import build_model, load_pretrained_state, model_spec
 from cifar.processes import apply_process_settings
@@ -206,13 +212,18 @@ def assemble_run(config, accelerator, run_dir: str, folder, process_settings: di
         to_input = nn.Identity()  # the loaders now yield backbone features
         model = model.head
     if config.compile:
+        # Before prepare, as PyTorch advises (compile the module DDP wraps): its first call runs
+        # inside DDP's forward, where Dynamo splits the graph at DDP's gradient buckets, so the
+        # all-reduce still overlaps the backward. Accelerate compiles after wrapping, but its
+        # unwrap_model (each evaluation) then puts the bare module into the compiled one, which
+        # would go on training without DDP.
         model = torch.compile(model)
     optimizer = build_optimizer(config, model)
     accumulation = accelerator.gradient_accumulation_steps
     shape = Shape(config.epochs, len(train_loader), accumulation, len(classes))
     scheduler = build_scheduler(config, optimizer, config.epochs * shape.steps_per_epoch)
     model, optimizer, scheduler = accelerator.prepare(model, optimizer, scheduler)
-    ema = weight_average(config, accelerator.unwrap_model(model, keep_torch_compile=False))
+    ema = weight_average(config, bare_module(accelerator, model))
     # Per process, as device_specific would seed, but wrapped into the range every rank accepts.
     set_seed((config.seed + accelerator.process_index) % 2**32)
 

@@ -2,20 +2,46 @@
 schedule, from a Config."""
 
 import os
+from datetime import timedelta
 
 import torch
 from accelerate import Accelerator
-from accelerate.utils import GradientAccumulationPlugin
+from accelerate.utils import GradientAccumulationPlugin, InitProcessGroupKwargs
 
 from cifar.data.transforms import uses_channels_last
 from cifar.errors import UserError
 from cifar.trackers import tracker_named
 
+# How long a process waits in a collective for the others. The other processes wait in one
+# while the main process alone downloads a dataset, decodes an image cache or checks images,
+# which can take far longer than NCCL's default of 10 minutes (gloo's: 30).
+COLLECTIVE_TIMEOUT_VARIABLE = "CIFAR_COLLECTIVE_TIMEOUT_MINUTES"
+COLLECTIVE_TIMEOUT_MINUTES = 180
+
+
+def collective_timeout() -> timedelta:
+    """COLLECTIVE_TIMEOUT_MINUTES, or the environment's CIFAR_COLLECTIVE_TIMEOUT_MINUTES."""
+    text = os.environ.get(COLLECTIVE_TIMEOUT_VARIABLE, str(COLLECTIVE_TIMEOUT_MINUTES))
+    try:
+        minutes = float(text)
+    except ValueError:
+        minutes = 0.0
+    if not minutes > 0:
+        raise UserError(
+            f"{COLLECTIVE_TIMEOUT_VARIABLE}={text!r} is not a number of minutes above 0; unset "
+            f"it for the default ({COLLECTIVE_TIMEOUT_MINUTES})."
+        )
+    return timedelta(minutes=minutes)
+
 
 def make_accelerator(config, project_dir: str | None = None) -> Accelerator:
     """The one Accelerator of a run; precision and accumulation from flags or accelerate config.
     The process-wide settings come first, from processes.apply_process_settings."""
-    kwargs = {"step_scheduler_with_optimizer": False, "project_dir": project_dir}
+    kwargs = {
+        "step_scheduler_with_optimizer": False,
+        "project_dir": project_dir,
+        "kwargs_handlers": [InitProcessGroupKwargs(timeout=collective_timeout())],
+    }
     if config.mixed_precision:
         kwargs["mixed_precision"] = config.mixed_precision
     if config.gradient_accumulation_steps:

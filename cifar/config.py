@@ -102,7 +102,15 @@ class Config:
         "", "no/fp16/bf16 (empty: from accelerate launch --mixed_precision or its config)", None
     )
     seed: int = knob(0, "random seed: same seed and process count give the same run")
-    deterministic: bool = knob(False, "use deterministic algorithms only (slower)")
+    deterministic: bool = knob(
+        False,
+        "deterministic algorithms only (slower); an operation without one stops the run, naming it",
+    )
+    tf32: bool = knob(
+        True,
+        "fp32 matmuls and convolutions in TF32 on GPUs that have it (Ampere and newer): "
+        "faster, 10-bit mantissa inputs; --no-tf32 for full fp32",
+    )
     # Speed.
     num_workers: int = knob(
         default_workers(),

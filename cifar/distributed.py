@@ -57,3 +57,10 @@ def all_processes_agree(accelerator, flag: float) -> bool:
         return bool(flag)
     value = torch.tensor([flag], device=accelerator.device)
     return bool(accelerator.reduce(value, reduction="sum").item() == accelerator.num_processes)
+
+
+def bare_module(accelerator, model: torch.nn.Module) -> torch.nn.Module:
+    """The module a run trains, out of DDP's wrapper and torch.compile's: under DDP
+    unwrap_model(keep_torch_compile=False) leaves the compiled module it wraps as it is."""
+    model = accelerator.unwrap_model(model, keep_torch_compile=False)
+    return getattr(model, "_orig_mod", model)

@@ -220,7 +220,7 @@ class RunLoop:
 
     def checkpoint(self, partial: dict) -> None:
         run, progress = self.run, self.progress
-        if not all(torch.isfinite(p).all() for p in run.model.parameters()):
+        if not weights_finite(run.model):
             raise NonFiniteLoss(progress.global_step, what="weights")
         progress.partial = partial
         progress.wall_seconds = time.perf_counter() - self.started
@@ -321,6 +321,12 @@ class RunLoop:
             {f"epoch/{k}": v for k, v in metric_values(record).items()}, step=progress.global_step
         )
         self.say(format_epoch(record, self.config.epochs))
+
+
+def weights_finite(model: torch.nn.Module) -> bool:
+    """Whether every parameter is finite, read from the device once (not once per parameter)."""
+    checks = [torch.isfinite(p).all() for p in model.parameters()]
+    return bool(torch.stack(checks).all().item()) if checks else True
 
 
 class NonFiniteLoss(Exception):

@@ -3,6 +3,7 @@ summarize turns a run's last evaluation into summary.json."""
 
 import torch
 import torch.nn.functional as F
+from accelerate.utils import is_compiled_module
 from torchmetrics.classification import MulticlassConfusionMatrix
 
 
@@ -37,11 +38,20 @@ def eval_model(accelerator, model, loader, to_input, num_classes: int, tta: bool
         for buffer in model.buffers():
             torch.distributed.broadcast(buffer, src=0)
     model.eval()
-    confusion = MulticlassConfusionMatrix(num_classes).to(accelerator.device)
+    # Its input checks read the device every batch (torch.unique); argmax and the loader's
+    # labels are in range by construction.
+    confusion = MulticlassConfusionMatrix(num_classes, validate_args=False).to(accelerator.device)
     loss_sum = torch.zeros((), dtype=sum_dtype(accelerator.device), device=accelerator.device)
+    # A compiled model compiles again for each new batch size: the smaller last batch is scored
+    # padded to the first one's size, and the padding's logits dropped.
+    padded_size = None
     for images, labels in loader:
+        inputs = to_input(images)
+        if is_compiled_module(model):
+            padded_size = padded_size or labels.shape[0]
+            inputs = padded(inputs, padded_size)
         with accelerator.autocast():  # a model never prepared (an EMA) in the run's precision
-            logits = classify(model, to_input(images), tta)
+            logits = classify(model, inputs, tta)[: labels.shape[0]]
         loss_sum += F.cross_entropy(logits.float(), labels, reduction="sum")
         confusion.update(logits.argmax(dim=1), labels)
     matrix = confusion.compute()  # torchmetrics sums the matrices of all processes
@@ -53,6 +63,18 @@ def eval_model(accelerator, model, loader, to_input, num_classes: int, tta: bool
         "confusion_matrix": matrix.tolist(),
         "num_test_samples": count,
     }
+
+
+def padded(inputs: torch.Tensor, size: int) -> torch.Tensor:
+    """inputs with zeros after them up to size along the batch, in the same memory format (a
+    compiled model guards on the strides too)."""
+    if inputs.shape[0] >= size:
+        return inputs
+    out = inputs.new_zeros((size, *inputs.shape[1:]))
+    if inputs.dim() == 4 and not inputs.is_contiguous():
+        out = out.contiguous(memory_format=torch.channels_last)
+    out[: inputs.shape[0]] = inputs
+    return out
 
 
 def summarize(config, run, wall_seconds: float) -> dict:

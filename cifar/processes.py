@@ -15,6 +15,7 @@ import torch
 
 from cifar.allocator import reuse_freed_memory
 from cifar.devices import check_gpus_usable
+from cifar.errors import UserError
 
 # cuBLAS's deterministic workspace; it must be set before CUDA starts.
 CUBLAS_WORKSPACE = ":4096:8"
@@ -29,7 +30,9 @@ def apply_process_settings(config) -> dict:
     - the launcher's death stops the run (stop_with_launcher);
     - glibc's malloc reuses freed memory (allocator.py): measured on CPU training only, so
       only there;
-    - --deterministic: cuBLAS's workspace and torch's deterministic algorithms.
+    - --deterministic: cuBLAS's workspace and torch's deterministic algorithms, strictly: an
+      operation without a deterministic kernel raises (nondeterministic_operation);
+    - --tf32/--no-tf32: TF32 for fp32 matmuls and cuDNN convolutions, as read back from torch.
     """
     check_gpus_usable(config.allow_cpu)
     applied = {
@@ -41,9 +44,44 @@ def apply_process_settings(config) -> dict:
         applied["malloc_reuses_freed_memory"] = reuse_freed_memory()
     if config.deterministic:
         os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", CUBLAS_WORKSPACE)
-        torch.use_deterministic_algorithms(True, warn_only=True)
+        torch.use_deterministic_algorithms(True)
         applied["cublas_workspace_config"] = os.environ["CUBLAS_WORKSPACE_CONFIG"]
+    applied.update(apply_tf32(config.tf32))
     return applied
+
+
+def apply_tf32(allowed: bool) -> dict:
+    """TF32 for fp32 matmuls and cuDNN convolutions, or neither: PyTorch's own defaults differ
+    (matmuls off, convolutions on). Returns the flags as torch reads them back."""
+    torch.backends.cuda.matmul.allow_tf32 = bool(allowed)
+    torch.backends.cudnn.allow_tf32 = bool(allowed)
+    return {
+        "tf32_matmul": torch.backends.cuda.matmul.allow_tf32,
+        "tf32_cudnn": torch.backends.cudnn.allow_tf32,
+    }
+
+
+# How torch's error for an operation without a deterministic kernel goes on after its name.
+NOT_DETERMINISTIC = (
+    " does not have a deterministic implementation, but you set "
+    "'torch.use_deterministic_algorithms(True)'"
+)
+
+
+def nondeterministic_operation(error: BaseException) -> UserError | None:
+    """The paragraph for torch's error under --deterministic for an operation that has no
+    deterministic kernel on this device; None for any other error."""
+    head, found, _ = str(error).partition(NOT_DETERMINISTIC)
+    if not found or not head.split():
+        return None
+    operation = head.split()[-1]
+    return UserError(
+        f"--deterministic: the operation {operation} has no deterministic implementation on "
+        f"this device in torch {torch.__version__}, so the run could not be bit-identical and "
+        f"was stopped. Start it anew without --deterministic (the same --seed then gives "
+        f"close but not bit-identical runs; a run's settings do not change on resume), or with "
+        f"settings whose model does not use that operation."
+    )
 
 
 # SIGINT too: Ctrl-C saves a checkpoint like a scheduler's SIGTERM; a second Ctrl-C stops at once.
@@ -54,8 +92,12 @@ class StopRequest:
     """Turns SIGTERM/SIGUSR1 (pre-emption, time limit) and SIGINT (Ctrl-C) into a flag the loop
     checks per step.
 
-    All processes agree on when to stop (an all-reduce of the flag), so they checkpoint at the
-    same step.
+    All processes agree on when to stop, so they checkpoint at the same step. The flag is a CPU
+    tensor summed over a gloo group of its own, started without waiting every check_every steps
+    and read at the next of those steps, when it has long arrived: every process reads the same
+    sum at the same step, and no check waits for the device (a device tensor's .item() would
+    drain the queue of kernels on a GPU) or for the other processes. A signal therefore stops
+    the run within 2 x check_every steps.
     """
 
     def __init__(self, accelerator, check_every: int = 10):
@@ -63,6 +105,11 @@ class StopRequest:
         self.requested = False
         self.signal_name = ""
         self.previous = {}
+        self.group = None
+        self.pending = None  # (work, flag) of the sum started at the last check step
+        if accelerator.num_processes > 1:
+            # Every process makes it here, at the same point: new_group is a collective.
+            self.group = torch.distributed.new_group(backend="gloo")
 
     def install(self) -> "StopRequest":
         for sig in STOP_SIGNALS:
@@ -84,13 +131,34 @@ class StopRequest:
         self.signal_name = signal.Signals(signum).name
 
     def should_stop(self, step: int, force_check: bool = False) -> bool:
-        """Checked after each optimizer step; collective every check_every steps."""
+        """Checked after each optimizer step; with several processes it reads, every
+        check_every steps, the sum started check_every steps before and starts the next.
+        force_check (between epochs) waits for a sum of the flag as it is now."""
         if self.accelerator.num_processes == 1:
             return self.requested
-        if not force_check and step % self.check_every:
+        if force_check:
+            stop = self.collect()
+            self.start()
+            return self.collect() or stop
+        if step % self.check_every:
             return False
-        flag = torch.tensor([1.0 if self.requested else 0.0], device=self.accelerator.device)
-        return bool(self.accelerator.reduce(flag, reduction="sum").item() > 0)
+        stop = self.collect()
+        self.start()
+        return stop
+
+    def start(self) -> None:
+        flag = torch.tensor([1.0 if self.requested else 0.0])
+        work = torch.distributed.all_reduce(flag, group=self.group, async_op=True)
+        self.pending = (work, flag)
+
+    def collect(self) -> bool:
+        """Whether any process had asked to stop when the pending sum started."""
+        if self.pending is None:
+            return False
+        work, flag = self.pending
+        self.pending = None
+        work.wait()
+        return bool(flag.item() > 0)  # a CPU tensor: no device sync
 
 
 def stop_with_launcher() -> bool:

@@ -14,6 +14,7 @@ import uuid
 import torch
 from accelerate.tracking import TensorBoardTracker
 
+from cifar.distributed import bare_module
 from cifar.errors import UserError, warn
 from cifar.record import write_json
 
@@ -395,7 +396,7 @@ def per_class_rows(summary: dict) -> list[list]:
 def predict_samples(accelerator, run, count: int) -> dict | None:
     """The first `count` images of this process's test shard with label, prediction and its
     softmax probability; None when the loader yields cached features instead of images."""
-    model = accelerator.unwrap_model(run.model, keep_torch_compile=False)
+    model = bare_module(accelerator, run.model)  # eager: compiled, it would compile again
     was_training = model.training
     model.eval()
     images, labels, predictions, confidences = [], [], [], []

@@ -27,8 +27,10 @@ from cifar.data.transforms import (
     fixed_normalisation,
     uses_channels_last,
 )
+from cifar.distributed import bare_module
 from cifar.errors import INTERRUPTED_EXIT_CODE, USAGE_EXIT_CODE, UserError, report_user_error
 from cifar.models import TrainedClassifier, build_model, load_trained, model_spec
+from cifar.processes import nondeterministic_operation
 from cifar.record import (
     CHECKPOINTS,
     CONFIG_FILE,
@@ -176,7 +178,7 @@ def write_portable_model(config, run, summary: dict) -> None:
     the weights its last evaluation scored."""
     if not run.files.is_main:
         return
-    model = run.accelerator.unwrap_model(run.scored_model, keep_torch_compile=False)
+    model = bare_module(run.accelerator, run.scored_model)
     images = getattr(run.train_loader, "images", None)  # the uint8 set a device loader holds
     normalisation = fixed_normalisation(config) or dataset_statistics(images.cpu())
     side = image_side(config, getattr(run.test_loader, "images", None))
@@ -232,6 +234,12 @@ def run_command(task) -> int:
         return USAGE_EXIT_CODE
     except UnreadableImage as error:  # maybe in this process's shard alone: say it here
         print(f"error: {error.reason}", file=sys.stderr, flush=True)
+        return USAGE_EXIT_CODE
+    except RuntimeError as error:  # a run trained with --deterministic, scored the same way
+        refusal = nondeterministic_operation(error)
+        if refusal is None:
+            raise
+        report_user_error(refusal)
         return USAGE_EXIT_CODE
     except KeyboardInterrupt:
         report_user_error(UserError("interrupted; nothing was written."))

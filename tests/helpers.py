@@ -706,3 +706,23 @@ def kill_run(process: subprocess.Popen, run_dir) -> None:
         except (OSError, ValueError):
             pass
     process.wait()
+
+
+class HostReads:
+    """Counts the reads of a tensor's value into Python (a device sync on a GPU) while active:
+    .item(), .tolist(), bool() and torch.unique (which sizes its result from the values)."""
+
+    def __init__(self, monkeypatch):
+        import torch
+
+        self.count = 0
+        for owner, name in ((torch.Tensor, "item"), (torch.Tensor, "tolist"),
+                            (torch.Tensor, "__bool__"), (torch, "unique")):  # fmt: skip
+            monkeypatch.setattr(owner, name, self.counted(getattr(owner, name)))
+
+    def counted(self, function):
+        def read(*args, **kwargs):
+            self.count += 1
+            return function(*args, **kwargs)
+
+        return read

@@ -1,5 +1,10 @@
 """cifar/build.py: the Accelerator a run trains with: bf16 on the CPU trains, fp16 there is
-refused in one paragraph."""
+refused in one paragraph; collectives wait long enough for work of the main process alone."""
+
+import contextlib
+from datetime import timedelta
+
+import pytest
 
 from tests.helpers import SMOKE, on_cuda, read_json, run_train
 
@@ -19,3 +24,29 @@ def test_fp16_on_cpu_is_refused_clearly(tmp_path):
     assert result.returncode == 2
     assert "fp16 mixed precision needs a GPU" in result.stderr and "bf16" in result.stderr
     assert "Traceback" not in result.stderr
+
+
+def test_collectives_wait_three_hours_for_the_main_process_or_as_the_environment_says(
+    monkeypatch,
+):
+    import cifar.build
+    from cifar.config import parse_config
+    from cifar.errors import UserError
+
+    made = []
+    monkeypatch.setattr(cifar.build, "Accelerator", lambda **kwargs: made.append(kwargs))
+    config = parse_config(["--dataset", "synthetic", "--tracker", "none"])
+
+    def timeout_given() -> timedelta:
+        with contextlib.suppress(AttributeError):  # the stand-in returns None
+            cifar.build.make_accelerator(config)
+        (handler,) = made.pop()["kwargs_handlers"]
+        return handler.timeout
+
+    monkeypatch.delenv("CIFAR_COLLECTIVE_TIMEOUT_MINUTES", raising=False)
+    assert timeout_given() == timedelta(hours=3)
+    monkeypatch.setenv("CIFAR_COLLECTIVE_TIMEOUT_MINUTES", "600")
+    assert timeout_given() == timedelta(hours=10)
+    monkeypatch.setenv("CIFAR_COLLECTIVE_TIMEOUT_MINUTES", "soon")
+    with pytest.raises(UserError, match="CIFAR_COLLECTIVE_TIMEOUT_MINUTES='soon' is not"):
+        timeout_given()

@@ -119,3 +119,32 @@ def test_cpu_multi_process_config_launches_two_processes(tmp_path):
     assert result.returncode == 0, result.stderr
     assert read_json(tmp_path / "summary.json")["world_size"] == 2
     assert torch.tensor(read_json(tmp_path / "summary.json")["confusion_matrix"]).sum() == 256
+
+
+def test_the_bare_module_comes_out_of_ddp_and_torch_compile_in_either_order(tmp_path):
+    from accelerate.utils import extract_model_from_parallel
+    from torch.nn.parallel import DistributedDataParallel
+
+    from cifar.distributed import bare_module
+
+    class Unwrapping:  # Accelerator.unwrap_model, without an Accelerator's process-wide state
+        def unwrap_model(self, model, keep_torch_compile=True):
+            return extract_model_from_parallel(model, keep_torch_compile=keep_torch_compile)
+
+    store = f"file://{tmp_path}/store"
+    torch.distributed.init_process_group("gloo", init_method=store, rank=0, world_size=1)
+    try:
+        model = torch.nn.Linear(3, 2)
+        compiled = torch.compile(model)  # compiles only when called: not here
+        for wrapped in (
+            compiled,
+            DistributedDataParallel(compiled),
+            DistributedDataParallel(model),
+        ):
+            assert bare_module(Unwrapping(), wrapped) is model
+        assert list(bare_module(Unwrapping(), DistributedDataParallel(compiled)).state_dict()) == [
+            "weight",
+            "bias",
+        ]
+    finally:
+        torch.distributed.destroy_process_group()

@@ -13,14 +13,18 @@ from safetensors.torch import load_file
 from tests.helpers import (
     SMALL,
     SMOKE,
+    HostReads,
     comparable_metrics,
     final_weights,
     folder_hashes,
     max_difference,
     read_json,
     read_metrics,
+    require,
+    require_package,
     run_train,
     tiny_run,
+    train_in_process,
     train_to_log,
 )
 
@@ -241,3 +245,36 @@ def test_a_training_log_in_a_file_shows_progress_inside_each_epoch_from_the_main
         assert {3, 5, 8, 10, 12, 15, 17, 20, 22} <= set(done), text
         assert done == sorted(set(done)), text  # once each: the main process alone
     assert "Traceback" not in text
+
+
+def test_the_finite_weights_check_of_a_checkpoint_reads_the_device_once(monkeypatch):
+    from cifar.engine import weights_finite
+
+    model = torch.nn.Sequential(*(torch.nn.Linear(4, 4) for _ in range(8)))  # 16 parameters
+    reads = HostReads(monkeypatch)
+    assert weights_finite(model)
+    assert reads.count == 1
+    with torch.no_grad():
+        model[5].bias[2] = float("nan")
+    assert not weights_finite(model)
+    assert reads.count == 2
+
+
+@pytest.mark.slow  # about a minute of compiling on a 2-core CPU
+def test_a_compiled_run_compiles_once_for_training_and_once_for_scoring(tmp_path):
+    import torch._dynamo
+    from torch._dynamo.utils import counters
+
+    require(shutil.which("cc") is not None, "torch.compile needs a C compiler")
+    require_package("tensorboard")  # a tracker, so that the run's sample predictions are made
+    torch._dynamo.reset()
+    counters.clear()
+    # 4 steps an epoch; 80 test images: a batch of 64 and a smaller last one of 16.
+    args = tiny_run("--width", "8", "--head-hidden", "32", "--compile", train=256, test=80,
+                    epochs=2, tracker="tensorboard")  # fmt: skip
+    code, _, err = train_in_process([*args, "--output-dir", str(tmp_path / "run")])
+    assert code == 0, err
+    assert read_json(tmp_path / "run" / "summary.json")["num_test_samples"] == 80
+    # Training; scoring (no gradients). Not the smaller last batch, nor the sample predictions.
+    assert counters["stats"]["unique_graphs"] == 2, dict(counters["stats"])
+    torch._dynamo.reset()

@@ -155,3 +155,20 @@ def test_ci_and_the_readme_run_the_same_test_command():
     readme = (ROOT / "README.md").read_text()
     assert re.search(r"^make test\b", readme, re.M)
     assert re.search(r"^make train\b", readme, re.M)
+
+
+def test_the_lowest_versions_pyproject_allows_are_those_install_md_says_passed():
+    project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
+    floors = {}
+    for line in project["dependencies"]:
+        requirement = Requirement(line)
+        (floor,) = [s.version for s in requirement.specifier if s.operator == ">="]
+        floors[requirement.name] = floor
+    text = (ROOT / "docs" / "install.md").read_text()
+    checked = text.split("## Requirements and how they were checked")[1].split("\n## ")[0]
+    checked = " ".join(checked.split())
+    for name, floor in floors.items():
+        named = rf"\b{re.escape(name)} {re.escape(floor)}(\.0)*(?!\.?\d)"  # 1.3 as 1.3.0
+        assert re.search(named, checked, re.I), (
+            f"pyproject.toml allows {name} {floor}, which docs/install.md does not say passed"
+        )

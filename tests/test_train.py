@@ -16,6 +16,7 @@ import tempfile
 from pathlib import Path
 
 import pytest
+import torch
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -397,3 +398,64 @@ def test_each_bad_input_gives_its_message_exit_2_and_touches_nothing(
         assert "Traceback" not in err, flags
         assert folder_hashes(earlier_run) == before, flags
         assert not fresh.exists(), flags
+
+
+PEER_ERRORS = {
+    "gloo": "[../third_party/gloo/gloo/transport/tcp/pair.cc:534] Connection closed by peer "
+    "[127.0.0.1]:4711",
+    "nccl remote": "NCCL error in: /pytorch/torch/csrc/distributed/c10d/NCCLUtils.cpp:77, remote "
+    "process exited or there was a network error, NCCL version 2.27.5\nncclRemoteError: A call "
+    "failed possibly due to a network error or a remote process exiting prematurely.",
+    "nccl aborted": "NCCL communicator was aborted on rank 1.",
+}
+
+
+@pytest.mark.parametrize("backend", PEER_ERRORS)
+def test_a_collective_failed_by_a_stopped_peer_is_one_paragraph_under_gloo_and_nccl(
+    monkeypatch, backend
+):
+    import cifar.engine
+
+    def fail(config):
+        raise torch.distributed.DistBackendError(PEER_ERRORS[backend])
+
+    monkeypatch.setattr(cifar.engine, "run_experiment", fail)
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    code, _, err = train_in_process(["--dataset", "synthetic", "--tracker", "none"])
+    assert code == 1 and "Traceback" not in err, err
+    assert err == (
+        "error: another process of this run stopped (its message is above); this one stops too.\n"
+    )
+
+
+def test_a_collective_that_timed_out_under_nccl_names_the_timeout_and_its_variable(monkeypatch):
+    import cifar.engine
+
+    def fail(config):
+        raise torch.distributed.DistBackendError(
+            "[Rank 1] Watchdog caught collective operation timeout: WorkNCCL(SeqNum=7, "
+            "OpType=BROADCAST, NumelIn=1, NumelOut=1, Timeout(ms)=10800000) ran for 10800017 "
+            "milliseconds before timing out."
+        )
+
+    monkeypatch.setattr(cifar.engine, "run_experiment", fail)
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    monkeypatch.setenv("CIFAR_COLLECTIVE_TIMEOUT_MINUTES", "240")
+    code, _, err = train_in_process(["--dataset", "synthetic", "--tracker", "none"])
+    assert code == 1 and "Traceback" not in err, err
+    (line,) = err.splitlines()
+    assert line.startswith("error: another process of this run did not reach a collective within "
+                           "240 minutes"), line  # fmt: skip
+    assert "set CIFAR_COLLECTIVE_TIMEOUT_MINUTES" in line
+
+
+def test_other_runtime_errors_of_several_processes_keep_their_traceback(monkeypatch):
+    import cifar.engine
+
+    def fail(config):
+        raise RuntimeError("CUDA error: an illegal memory access was encountered")
+
+    monkeypatch.setattr(cifar.engine, "run_experiment", fail)
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    with pytest.raises(RuntimeError, match="illegal memory access"):
+        train_in_process(["--dataset", "synthetic", "--tracker", "none"])
