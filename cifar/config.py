@@ -13,7 +13,7 @@ from dataclasses import MISSING, asdict, dataclass, field, fields
 
 import yaml
 
-from cifar.data import DATASETS, auto_augment, dataset_spec
+from cifar.data import DATASETS, auto_augment, dataset_spec, default_tta
 from cifar.errors import UserError
 from cifar.models import REGISTRY, model_spec
 from cifar.record.schema import CONFIG_RECORD_KEYS
@@ -91,9 +91,9 @@ class Config:
         "DECAY",
     )
     tta: bool = knob(
-        False,
-        "test-time augmentation: score each test image by the mean of its logits and "
-        "its horizontal mirror's",
+        None,
+        "test-time augmentation: score each test image by the mean of its logits and its "
+        f"horizontal mirror's (default: on for {default_tta()}, where it gains, else off)",
     )
     gradient_accumulation_steps: int = knob(
         0, "batches per optimizer step (0: from the accelerate config, else 1)"
@@ -182,10 +182,11 @@ RESUME_MAY_CHANGE = frozenset(
         "allow_cpu",
     }
 )
-# What a run recorded before a setting existed is read as that setting's default.
+# What a run recorded before a setting existed is read as that setting's default; runs from
+# before --tta were scored without it.
 SETTING_DEFAULTS = {
     f.name: f.default if f.default is not MISSING else f.default_factory() for f in fields(Config)
-}
+} | {"tta": False}
 
 # Inclusive bounds of the numeric settings; beyond them a run cannot work or fit in memory.
 LIMITS = {
@@ -311,6 +312,8 @@ def read_config_file(path: str) -> dict:
                 f"config file {path!r} has an unknown setting {key!r}. "
                 f"Known settings are the flags of `python train.py --help`."
             )
+        if value is None and known[name].default is None:  # null: as the dataset says (--tta)
+            continue
         settings[name] = coerce(name, value, known[name].type, path)
     return settings
 
@@ -369,6 +372,9 @@ def parse_config(argv: list[str] | None = None) -> Config:
     config = Config(**settings)
     if config.augment == "auto" and config.dataset in DATASETS:
         config.augment = dataset_spec(config.dataset).augment
+    if config.tta is None:  # cached features are of the unflipped images: no flips then
+        spec = dataset_spec(config.dataset) if config.dataset in DATASETS else None
+        config.tta = bool(spec and spec.tta and not config.cache_features)
     if config.freeze == "auto":  # cached features are of a fixed backbone, random or not
         config.freeze = "backbone" if config.pretrained or config.cache_features else "none"
     elif config.freeze != "none" and not config.pretrained and model_spec(config.model).weights:

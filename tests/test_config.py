@@ -13,7 +13,7 @@ from tests.helpers import EXAMPLES, SMOKE, read_json, run_train, train_in_proces
 
 
 def test_defaults_without_flags():
-    assert parse_config([]) == Config(augment="crop-flip", freeze="backbone")
+    assert parse_config([]) == Config(augment="crop-flip", freeze="backbone", tta=False)
 
 
 def test_auto_augmentation_follows_the_dataset():
@@ -304,3 +304,17 @@ def test_an_integer_beyond_a_floats_range_for_an_integer_setting_is_one_paragrap
     argv = ["--config", str(path)] if where == "file" else ["--train-subset", huge]
     with pytest.raises(UserError, match="--train-subset must be in"):
         parse_config(argv)
+
+
+def test_tta_is_on_by_default_only_where_the_study_showed_it_gains():
+    from cifar.config import SETTING_DEFAULTS
+
+    def tta(*flags):
+        return parse_config([*flags, "--tracker", "none"]).tta
+
+    assert tta("--dataset", "fashion-mnist") is True
+    assert tta("--dataset", "fashion-mnist", "--no-tta") is False
+    assert tta("--dataset", "cifar10") is False and tta("--dataset", "cifar10", "--tta") is True
+    cached = ("--dataset", "fashion-mnist", "--model", "resnet50", "--cache-features")
+    assert tta(*cached, "--augment", "none") is False  # features of the unflipped images
+    assert SETTING_DEFAULTS["tta"] is False  # a run from before --tta was scored without it
