@@ -676,19 +676,22 @@ def fashion_test_set():
     return build_datasets(config)[1]
 
 
-def eval_path_scores(run_dir: Path, images):
-    """Softmax of the logits the evaluation computes for images, in its batches."""
+def eval_path_scores(run_dir: Path, images, tta: bool = False):
+    """Softmax of the logits the evaluation computes for images, in its batches; with tta, as
+    the run's own evaluation scored them (with test-time flips if it used them)."""
     import torch
     from accelerate import Accelerator
     from accelerate.state import AcceleratorState
 
+    from cifar.evaluation import classify
     from cifar.trained import evaluation_model, load_portable, open_finished_run
 
     run = open_finished_run(str(run_dir))
     try:
         model, to_input = evaluation_model(load_portable(run), run.config, Accelerator(cpu=True))
+        flips = tta and run.config.tta
         with torch.no_grad():
-            logits = [model(to_input(batch)) for batch in images.split(BATCH)]
+            logits = [classify(model, to_input(batch), flips) for batch in images.split(BATCH)]
     finally:
         AcceleratorState._reset_state(True)
     return torch.cat(logits).softmax(dim=1)

@@ -47,7 +47,7 @@ def test_pngs_of_the_test_images_get_the_labels_of_the_evaluation(run_dir, tmp_p
         matrix[truth][label] += 1
     assert matrix == summary["confusion_matrix"]
     # ...and image by image they are the evaluation's labels, with its probabilities.
-    scores = eval_path_scores(run_dir, test.images)
+    scores = eval_path_scores(run_dir, test.images, tta=True)
     assert predicted == scores.argmax(dim=1).tolist()
     top = scores.topk(3, dim=1)
     for row, values, indices in zip(rows, top.values, top.indices, strict=True):

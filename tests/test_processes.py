@@ -4,6 +4,7 @@ from which the resume is exact; SIGKILL loses only the steps since the last chec
 
 import glob
 import os
+import re
 import signal
 import time
 
@@ -177,8 +178,11 @@ def test_sigterm_to_one_of_two_processes_stops_both_at_one_step_and_the_resume_i
     (second,) = [pid for pid in children(process.pid) if rank_of(pid) == 1]
     os.kill(second, signal.SIGTERM)  # not the main process: it learns of it from the flag
     output = process.communicate(timeout=120)[0]
-    # torchrun reports each process's exit code (and a traceback of its own).
-    assert output.count("exitcode  : 75") == 2, output
+    # torchrun reports each process's exit code (and a traceback of its own). Both ranks exit
+    # 75 after the checkpoint; when rank 0 is out first, torchrun may SIGTERM rank 1 as it
+    # leaves (its handler already gone), which then reads -15.
+    codes = re.findall(r"exitcode  : (-?\d+)", output)
+    assert "75" in codes and set(codes) <= {"75", "-15"} and len(codes) == 2, output
     assert "stop request: checkpoint saved at step" in output, output
     assert "/cifar/" not in output and "another process" not in output, output
     step = int(output.split("checkpoint saved at step ")[1].split(";")[0])
