@@ -5,6 +5,7 @@ import re
 import shutil
 import subprocess
 import sys
+import sysconfig
 import tomllib
 from importlib import metadata
 from pathlib import Path
@@ -33,7 +34,14 @@ def read_lock(path: Path) -> dict[str, str]:
 
 
 def installed() -> dict[str, str]:
-    return {canonicalize_name(d.metadata["Name"]): d.version for d in metadata.distributions()}
+    """{package: version} installed in this venv's site-packages. Only there: once anything has
+    imported setuptools, its vendored copies (packaging, platformdirs, ...) sit on sys.path too,
+    and a plain `metadata.distributions()` would list them as installed."""
+    site = {sysconfig.get_paths()[key] for key in ("purelib", "platlib")}
+    return {
+        canonicalize_name(d.metadata["Name"]): d.version
+        for d in metadata.distributions(path=sorted(site))
+    }
 
 
 def lock_of_this_venv() -> Path:
