@@ -1,19 +1,23 @@
 """An exponential moving average of a model's weights (--ema DECAY), kept beside the trained
 model, updated after every optimizer step, scored instead of it, and checkpointed with it.
 
-torch's own AveragedModel with get_ema_multi_avg_fn does the averaging (one fused lerp per
-device and dtype). Its BatchNorm running statistics are averaged too (use_buffers=True), as
-timm's ModelEma does: statistics copied from the trained model belong to the trained weights,
-not to their average. It is saved in the checkpoint as ema.safetensors, not through
-Accelerate's register_for_checkpointing, which pickles custom state and loads it with
-weights_only=False: every file of a checkpoint is loaded without running pickled code.
+torch's AveragedModel holds the average (its copy of the network and its n_averaged counter,
+the state saved). The update is get_ema_multi_avg_fn's arithmetic, one fused lerp, written
+here: AveragedModel.update_parameters copies its CPU counter to each device and dtype group on
+every step, which on a GPU is a blocking copy that drains the stream twice a step (floats and
+BatchNorm's int64 step count). BatchNorm running statistics are averaged too, as timm's
+ModelEma does: statistics copied from the trained model belong to the trained weights, not to
+their average; its num_batches_tracked, a count, is copied. It is saved in the checkpoint as
+ema.safetensors, not through Accelerate's register_for_checkpointing, which pickles custom
+state and loads it with weights_only=False: every file of a checkpoint is loaded without
+running pickled code.
 """
 
 import os
 
 import torch
 from safetensors.torch import load_file, save_file
-from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
+from torch.optim.swa_utils import AveragedModel
 
 from cifar.record import EMA_WEIGHTS
 
@@ -26,9 +30,8 @@ class WeightAverage:
 
     def __init__(self, model: torch.nn.Module, decay: float):
         self.source = model
-        self.averaged = AveragedModel(
-            model, multi_avg_fn=get_ema_multi_avg_fn(decay), use_buffers=True
-        )
+        self.decay = decay
+        self.averaged = AveragedModel(model, use_buffers=True)
         self.averaged.eval()  # never trained; evaluation sets eval mode anyway
 
     @property
@@ -39,8 +42,19 @@ class WeightAverage:
     @torch.no_grad()
     def update(self) -> None:
         """After an optimizer step: the first copies the weights, each later one moves the
-        average (1 - decay) of the way to them."""
-        self.averaged.update_parameters(self.source)
+        average (1 - decay) of the way to them. No host sync: the counter stays on the CPU."""
+        averaged = [*self.module.parameters(), *self.module.buffers()]
+        current = [t.detach() for t in (*self.source.parameters(), *self.source.buffers())]
+        if int(self.averaged.n_averaged) == 0:
+            torch._foreach_copy_(averaged, current)
+        else:
+            pairs = list(zip(averaged, current, strict=True))
+            floats = [(a, c) for a, c in pairs if a.is_floating_point()]
+            counts = [(a, c) for a, c in pairs if not a.is_floating_point()]
+            torch._foreach_lerp_([a for a, _ in floats], [c for _, c in floats], 1.0 - self.decay)
+            if counts:
+                torch._foreach_copy_([a for a, _ in counts], [c for _, c in counts])
+        self.averaged.n_averaged += 1
 
     def save(self, folder: str) -> None:
         state = {k: v.detach().cpu().contiguous() for k, v in self.averaged.state_dict().items()}

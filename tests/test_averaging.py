@@ -7,6 +7,7 @@ import pytest
 import torch
 from accelerate import Accelerator
 from safetensors.torch import load_file
+from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 
 from cifar.averaging import WeightAverage
 from cifar.evaluation import classify, eval_model
@@ -46,6 +47,28 @@ def test_the_average_copies_the_first_weights_then_moves_by_one_minus_decay():
         if value.is_floating_point():  # parameters and BatchNorm statistics alike
             expected = torch.lerp(first[name], first[name] + 1.0, 0.25)
             assert torch.allclose(value, expected, rtol=0, atol=1e-6), name
+
+
+def test_the_average_is_torchs_ema_arithmetic_bit_for_bit_and_copies_step_counts():
+    model = small_cnn()
+    ours = WeightAverage(model, decay=0.9)
+    torchs = AveragedModel(model, multi_avg_fn=get_ema_multi_avg_fn(0.9), use_buffers=True)
+    for step in range(4):
+        with torch.no_grad():
+            for p in model.parameters():
+                p.mul_(1.1).add_(0.01 * step)
+            model(torch.randn(2, 3, 32, 32))  # BatchNorm statistics and step counts move
+        ours.update()
+        torchs.update_parameters(model)
+    mine, theirs = ours.averaged.state_dict(), torchs.state_dict()
+    floats = [k for k, v in mine.items() if v.is_floating_point()]
+    assert floats and all(torch.equal(mine[k], theirs[k]) for k in floats)
+    counts = [k for k in mine if k.endswith("num_batches_tracked")]
+    model_state = model.state_dict()
+    assert counts and all(
+        torch.equal(mine[k], model_state[k.removeprefix("module.")]) for k in counts
+    )
+    assert int(mine["n_averaged"]) == int(theirs["n_averaged"]) == 4
 
 
 def test_the_average_saved_and_loaded_is_the_same_bit_for_bit(tmp_path):
