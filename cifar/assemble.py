@@ -16,6 +16,7 @@ from cifar.build import build_optimizer, build_scheduler, make_accelerator, plac
 from cifar.checkpoint import (
     ACCUMULATION_TAIL,
     DATA_FILE_SETTINGS,
+    UNRECORDED_BEFORE,
     load_checkpoint,
     refuse_other_settings,
     resolve_resume,
@@ -248,7 +249,7 @@ def assemble_run(config, accelerator, run_dir: str, folder, process_settings: di
         if not os.path.exists(files.path(CONFIG_FILE)):
             files.write_config(record)
         run_on_main(accelerator, lambda: log_resume(run_dir, resumed_from, progress, settings))
-        for name in DATA_FILE_SETTINGS:  # a checkpoint from before they were recorded: from now on
+        for name in UNRECORDED_BEFORE:  # a checkpoint from before they were recorded: from now on
             if name in settings:
                 progress.settings.setdefault(name, settings[name])
     files.write_metrics(progress.history)

@@ -10,6 +10,7 @@ from accelerate.utils import GradientAccumulationPlugin, InitProcessGroupKwargs
 
 from cifar.data.transforms import uses_channels_last
 from cifar.errors import UserError
+from cifar.processes import apply_tf32
 from cifar.trackers import tracker_named
 
 # How long a process waits in a collective for the others. The other processes wait in one
@@ -17,6 +18,7 @@ from cifar.trackers import tracker_named
 # which can take far longer than NCCL's default of 10 minutes (gloo's: 30).
 COLLECTIVE_TIMEOUT_VARIABLE = "CIFAR_COLLECTIVE_TIMEOUT_MINUTES"
 COLLECTIVE_TIMEOUT_MINUTES = 180
+COLLECTIVE_TIMEOUT_LIMIT = 7 * 24 * 60
 
 
 def collective_timeout() -> timedelta:
@@ -26,10 +28,11 @@ def collective_timeout() -> timedelta:
         minutes = float(text)
     except ValueError:
         minutes = 0.0
-    if not minutes > 0:
+    if not 1 <= minutes <= COLLECTIVE_TIMEOUT_LIMIT:  # NaN too; below a minute, nothing starts
         raise UserError(
-            f"{COLLECTIVE_TIMEOUT_VARIABLE}={text!r} is not a number of minutes above 0; unset "
-            f"it for the default ({COLLECTIVE_TIMEOUT_MINUTES})."
+            f"{COLLECTIVE_TIMEOUT_VARIABLE}={text!r} is not a number of minutes from 1 to "
+            f"{COLLECTIVE_TIMEOUT_LIMIT} (a week); unset it for the default "
+            f"({COLLECTIVE_TIMEOUT_MINUTES})."
         )
     return timedelta(minutes=minutes)
 
@@ -57,6 +60,8 @@ def make_accelerator(config, project_dir: str | None = None) -> Accelerator:
         accelerator = Accelerator(**kwargs)
     except ValueError as error:  # e.g. bf16 asked of a device without it
         raise UserError(f"Accelerate refused the settings: {error}") from None
+    # Accelerate turns TF32 matmuls on for a dynamo backend in fp32 on CUDA; --tf32 decides.
+    apply_tf32(config.tf32)
     if accelerator.mixed_precision == "fp16" and accelerator.device.type == "cpu":
         raise UserError(
             "fp16 mixed precision needs a GPU; on the CPU Accelerate would silently train in "

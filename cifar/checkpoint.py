@@ -35,6 +35,10 @@ from cifar.record.schema import is_count
 # What the data's files are (a digest of their manifest), recorded in checkpoints since it was
 # added: a checkpoint without one is not compared on it, and the resumed run records it.
 DATA_FILE_SETTINGS = frozenset({MANIFEST_SETTING})
+# Settings a checkpoint from before them lacks and whose old behaviour no value of them now
+# repeats (before --tf32, PyTorch's defaults: TF32 convolutions, full-fp32 matmuls): not
+# compared then, recorded from then on.
+UNRECORDED_BEFORE = DATA_FILE_SETTINGS | {"tf32"}
 # Settings whose difference is told in words of its own: (recorded, now, checkpoint) -> text.
 EXPLAINED = {MANIFEST_SETTING: describe_change}
 # ... and the settings such words already tell (the files' manifest tells their numbers).
@@ -150,20 +154,27 @@ def settings_differences(saved: dict, current: dict) -> dict:
 
     A setting the checkpoint does not record came after it was written: the run was trained as
     that setting's default does (a new setting's default keeps the old behaviour). What the
-    files were (DATA_FILE_SETTINGS) was not known then: such a setting is not compared."""
+    files were (DATA_FILE_SETTINGS), or TF32, was not known then: such a setting is not
+    compared (UNRECORDED_BEFORE)."""
     recorded = {name: saved.get(name, SETTING_DEFAULTS.get(name, NOT_RECORDED)) for name in current}
     return {
         name: (recorded[name], value)
         for name, value in current.items()
         if name not in RESUME_MAY_CHANGE
         and recorded[name] != value
-        and not (name in DATA_FILE_SETTINGS and name not in saved)
+        and not (name in UNRECORDED_BEFORE and name not in saved)
     }
 
 
 def refuse_other_settings(differences: dict, folder: str) -> None:
     if not differences:
         return
+    older_tail = differences.get(ACCUMULATION_TAIL, ("",))[0] == NOT_RECORDED
+    if older_tail and len(differences) > 1:
+        # The tail follows from the other changes (batch size, processes, accumulation); with
+        # the same settings this version records the same tail, so the run is not of an older one.
+        differences = {k: v for k, v in differences.items() if k != ACCUMULATION_TAIL}
+        older_tail = False
     explained = {
         name: EXPLAINED[name](old, new, folder)
         for name, (old, new) in differences.items()
@@ -175,7 +186,12 @@ def refuse_other_settings(differences: dict, folder: str) -> None:
     problems = [f"these settings differ from the ones it was trained with ({details})"]
     problems = problems[: bool(plain)] + list(explained.values())
     fix = "Resume with the run's own settings (see its config.json)"
-    if differences.get(ACCUMULATION_TAIL, ("",))[0] == NOT_RECORDED:
+    if differences.get("tta") == (False, True):
+        fix += (
+            " (--no-tta scores it without test-time flips, as it was begun; they are on by "
+            "default for fashion-mnist)"
+        )
+    if older_tail:
         fix = (
             f"This version of cifar-accelerate trains the {differences[ACCUMULATION_TAIL][1]} "
             f"batches after the last whole accumulation group of each epoch as one smaller "

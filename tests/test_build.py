@@ -50,3 +50,30 @@ def test_collectives_wait_three_hours_for_the_main_process_or_as_the_environment
     monkeypatch.setenv("CIFAR_COLLECTIVE_TIMEOUT_MINUTES", "soon")
     with pytest.raises(UserError, match="CIFAR_COLLECTIVE_TIMEOUT_MINUTES='soon' is not"):
         timeout_given()
+    for text in ["inf", "nan", "1e13", "1e-9", "0", "-5", ""]:
+        monkeypatch.setenv("CIFAR_COLLECTIVE_TIMEOUT_MINUTES", text)
+        with pytest.raises(UserError, match="is not a number of minutes from 1 to 10080"):
+            timeout_given()
+
+
+def test_tf32_is_as_the_flag_says_after_accelerate_sets_it(monkeypatch):
+    """Accelerate turns TF32 matmuls on for a dynamo backend in fp32 on CUDA."""
+    import torch
+
+    import cifar.build
+    from cifar.config import parse_config
+
+    def accelerate_with_dynamo(**kwargs):
+        torch.backends.cuda.matmul.allow_tf32 = True
+
+    monkeypatch.setattr(cifar.build, "Accelerator", accelerate_with_dynamo)
+    before = torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32
+    try:
+        for flag, allowed in [("--no-tf32", False), ("--tf32", True)]:
+            config = parse_config(["--dataset", "synthetic", "--tracker", "none", flag])
+            with contextlib.suppress(AttributeError):  # the stand-in returns None
+                cifar.build.make_accelerator(config)
+            assert torch.backends.cuda.matmul.allow_tf32 is allowed
+            assert torch.backends.cudnn.allow_tf32 is allowed
+    finally:
+        torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = before

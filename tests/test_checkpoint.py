@@ -291,3 +291,36 @@ def test_only_step_folders_are_checkpoints_a_backup_is_neither_loaded_nor_pruned
     (root / "step-000000010").write_text("a file, not a checkpoint")
     found = [os.path.basename(p) for p in list_checkpoints(str(root))]
     assert found == ["step-000000003", "step-000000009"]
+
+
+def test_a_tail_that_follows_from_other_changed_settings_is_not_blamed_on_an_older_version():
+    from cifar.checkpoint import ACCUMULATION_TAIL, refuse_other_settings, settings_differences
+    from cifar.errors import UserError
+
+    before = {"batch_size": 32, "gradient_accumulation_steps": 2, "train_images": 256}
+    now = {**before, "batch_size": 16, ACCUMULATION_TAIL: 1}  # this version, a new batch size
+    with pytest.raises(UserError) as error:
+        refuse_other_settings(settings_differences(before, now), "runs/x/checkpoints/step-4")
+    message = str(error.value)
+    assert "(batch_size: 32 -> 16)" in message and ACCUMULATION_TAIL not in message
+    assert "older" not in message and "that version" not in message
+    assert "Resume with the run's own settings" in message
+
+
+def test_tf32_is_compared_once_recorded_and_not_before():
+    from cifar.checkpoint import settings_differences
+
+    now = {"batch_size": 32, "tf32": False}
+    assert settings_differences({"batch_size": 32}, now) == {}  # before --tf32: neither value
+    assert settings_differences({"batch_size": 32, "tf32": True}, now) == {"tf32": (True, False)}
+
+
+def test_a_run_begun_without_test_time_flips_is_told_of_no_tta():
+    from cifar.checkpoint import refuse_other_settings, settings_differences
+    from cifar.errors import UserError
+
+    before = {"dataset": "fashion-mnist"}  # before --tta: read as without it
+    differences = settings_differences(before, {**before, "tta": True})
+    assert differences == {"tta": (False, True)}
+    with pytest.raises(UserError, match="--no-tta scores it without test-time flips"):
+        refuse_other_settings(differences, "runs/x/checkpoints/step-4")
