@@ -16,6 +16,7 @@ from accelerate.tracking import TensorBoardTracker
 
 from cifar.distributed import bare_module
 from cifar.errors import UserError, warn
+from cifar.evaluation import classify
 from cifar.record import write_json
 
 TRACKER_FILE = "tracker.json"
@@ -56,7 +57,8 @@ class Tracker:
         """
         if not accelerator.is_main_process:
             return
-        samples = predict_samples(accelerator, run, SAMPLE_IMAGES)
+        tta = summary.get("test_time_augmentation") == "flip"
+        samples = predict_samples(accelerator, run, SAMPLE_IMAGES, tta)
         tracker = accelerator.get_tracker(self.name, unwrap=True)
         self.log_end(tracker, summary, samples, run.progress.global_step)
 
@@ -393,10 +395,11 @@ def per_class_rows(summary: dict) -> list[list]:
 
 
 @torch.no_grad()
-def predict_samples(accelerator, run, count: int) -> dict | None:
+def predict_samples(accelerator, run, count: int, tta: bool = False) -> dict | None:
     """The first `count` images of this process's test shard with label, prediction and its
-    softmax probability; None when the loader yields cached features instead of images."""
-    model = bare_module(accelerator, run.model)  # eager: compiled, it would compile again
+    softmax probability, scored as the summary is (the EMA's weights with --ema, flips with
+    --tta); None when the loader yields cached features instead of images."""
+    model = bare_module(accelerator, run.scored_model)  # eager: compiled, it would compile again
     was_training = model.training
     model.eval()
     images, labels, predictions, confidences = [], [], [], []
@@ -406,7 +409,7 @@ def predict_samples(accelerator, run, count: int) -> dict | None:
             return None
         batch, batch_labels = batch[: count - seen], batch_labels[: count - seen]
         with accelerator.autocast():
-            logits = model(run.to_input(batch))
+            logits = classify(model, run.to_input(batch), tta)
         confidence, prediction = logits.float().softmax(dim=1).max(dim=1)
         images.append(batch.permute(0, 2, 3, 1).cpu())  # N x H x W x C, as image libraries want
         labels += batch_labels.tolist()

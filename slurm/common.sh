@@ -27,6 +27,13 @@
 #   CIFAR_ALLOW_CPU=1      train on the CPU even where the job's partition has GPUs
 #   CIFAR_DRY_RUN=1        print the commands instead of running them
 
+# Empty arrays ("${a[@]}") under `set -u` need bash 4.4 or newer; 4.2 (RHEL 7) stops on them.
+if ((BASH_VERSINFO[0] * 100 + BASH_VERSINFO[1] < 404)); then
+    echo "cifar-accelerate's SLURM scripts need bash 4.4 or newer; this is bash $BASH_VERSION." \
+        "Load a newer bash (for example \`module load bash\`) or run train.py directly." >&2
+    exit 2
+fi
+
 # Run folders, logs and train.py are named relative to the repository.
 cd "$(dirname "${BASH_SOURCE[0]}")/.." || exit 2
 

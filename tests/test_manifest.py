@@ -209,6 +209,19 @@ def test_changes_are_counted_with_a_few_examples_each():
     assert "1 changed size or mtime (train/a/2.png (10 -> 11 bytes))" in text
     assert "6 added (train/a/new0.png, train/a/new1.png, train/a/new2.png, and 3 more)" in text
     assert "2 removed (train/a/4.png, train/a/5.png)" in text
+    assert "rsync -a" not in text
+
+
+def test_a_copy_that_lost_the_modification_times_is_told_how_to_stage_one():
+    paths = [f"train/a/{i}.png" for i in range(4)]
+    before = Manifest({"train": entries(*paths), "test": []})
+    text = changes(before, Manifest({"train": entries(*paths, mtime=5), "test": []}))
+    assert text.startswith("4 changed size or mtime (train/a/0.png (modified since)")
+    assert "only modification times changed" in text and "rsync -a or cp -p" in text
+    resized = Manifest(
+        {"train": entries(*paths[:3], mtime=5) + entries(paths[3], size=9), "test": []}
+    )
+    assert "rsync" not in changes(before, resized)
 
 
 # Image caches: used only when they are the files they claim to be.

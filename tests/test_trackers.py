@@ -432,3 +432,44 @@ def test_a_class_without_test_image_is_logged_by_no_tracker(tmp_path):
     logged = sorted(t for t in accumulator.Tags()["scalars"] if "per_class" in t)
     assert logged == ["summary/per_class_accuracy/cat", "summary/per_class_accuracy/emu"]
     assert "test/per_class_accuracy" in accumulator.Tags()["images"]
+
+
+def test_sample_predictions_are_scored_as_the_summary_is_with_the_ema_and_flips():
+    """The logged sample table comes from the weights and inputs summary.json scores."""
+    from types import SimpleNamespace
+
+    import torch
+    from accelerate import Accelerator
+
+    from cifar.trackers import predict_samples
+
+    class LeftAgainstRight(torch.nn.Module):
+        """Class 0's logit: the left half's mean; class 1's: the right half's, plus bias."""
+
+        def __init__(self, bias: float):
+            super().__init__()
+            self.bias = bias
+
+        def forward(self, x):
+            half = x.shape[-1] // 2
+            left, right = x[..., :half].mean((1, 2, 3)), x[..., half:].mean((1, 2, 3))
+            return torch.stack([left, right + self.bias], dim=1)
+
+    images = torch.zeros(4, 3, 8, 8, dtype=torch.uint8)
+    images[..., :4] = 2  # brighter on the left: class 0, unless flipped and averaged
+    trained, average = LeftAgainstRight(bias=0.0), LeftAgainstRight(bias=5.0)
+    run = SimpleNamespace(
+        model=trained,
+        scored_model=average,
+        test_loader=[(images, torch.zeros(4, dtype=torch.long))],
+        to_input=lambda batch: batch.float(),
+        classes=["left", "right"],
+    )
+    accelerator = Accelerator(cpu=True)
+    plain = predict_samples(accelerator, run, 4)
+    assert plain["predictions"] == ["right"] * 4  # the average's bias, not the trained model
+    flipped = predict_samples(accelerator, run, 4, tta=True)
+    # With flips the halves' means are equal: only the bias decides, by exactly 5 logits.
+    expected = torch.tensor([0.0, 5.0]).softmax(0)[1].item()
+    assert flipped["confidences"] == pytest.approx([expected] * 4, abs=1e-6)
+    assert plain["confidences"][0] < expected

@@ -171,6 +171,12 @@ def changes(before: Manifest, after: Manifest) -> str:
         if examples:
             more = f", and {len(examples) - EXAMPLES} more" if len(examples) > EXAMPLES else ""
             parts.append(f"{len(examples)} {kind} ({', '.join(examples[:EXAMPLES])}{more})")
+    touched = kinds["changed size or mtime"]
+    if touched and len(parts) == 1 and all(e.endswith("(modified since)") for e in touched):
+        parts[0] += (
+            "; only modification times changed, as a copy that does not keep them makes "
+            "(stage the folder with rsync -a or cp -p)"
+        )
     return "; ".join(parts) or "the same files in another order"
 
 
