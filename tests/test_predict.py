@@ -112,3 +112,22 @@ def test_inputs_that_name_no_image_are_refused(run_dir, tmp_path, case):
     code, out, err = call_main(main, [run_dir, *args])
     assert_one_paragraph(code, err, phrase)
     assert out == ""
+
+
+def test_a_folder_lists_regular_image_files_only_and_names_what_it_leaves_out(tmp_path, capsys):
+    """A FIFO named like an image would block the decoding forever; a dangling link has no image:
+    both are left out, named on stderr (stdout is the predictions)."""
+    import os
+
+    from cifar.predict import list_images
+
+    folder = tmp_path / "photos"
+    folder.mkdir()
+    torchvision.io.write_png(fashion_test_set().images[0], str(folder / "good.png"))
+    os.mkfifo(folder / "pipe.png")
+    (folder / "dangling.png").symlink_to(tmp_path / "nowhere.png")
+    assert list_images([str(folder)]) == [str(folder / "good.png")]
+    out, err = capsys.readouterr()
+    assert out == ""
+    assert f"{folder / 'dangling.png'} (not a regular file)" in err
+    assert f"{folder / 'pipe.png'} (not a regular file)" in err
