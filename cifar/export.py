@@ -210,7 +210,11 @@ def export_file(run, fmt: str, out: str) -> None:
     # ending in .pt2), checked, then copied to out through atomic_write.
     with tempfile.TemporaryDirectory(dir=os.path.dirname(out)) as scratch:
         candidate = os.path.join(scratch, os.path.basename(out))
-        write(candidate)
+        try:
+            write(candidate)
+        except OSError as error:
+            error.filename = out  # not the scratch file, which goes with its folder
+            raise
         logits = runner(candidate, check)
         if logits is not None:
             difference = (logits - trained(check)).abs().max().item()

@@ -134,6 +134,7 @@ def write_rows(rows: list[dict], form: str, out=None) -> None:
     if form == "json":
         json.dump(rows, out, indent=1)
         out.write("\n")
+        out.flush()
         return
     k = len(rows[0]["predictions"])
     writer = csv.writer(out)
@@ -144,6 +145,7 @@ def write_rows(rows: list[dict], form: str, out=None) -> None:
         for prediction in row["predictions"]:
             cells += [prediction["label"], repr(prediction["probability"])]
         writer.writerow(cells)
+    out.flush()  # here, where a full disk is reported, rather than at exit
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -13,6 +13,7 @@ import pytest
 from tests.helpers import (
     FASHION_DIR,
     TEST_IMAGES,
+    assert_disk_error,
     assert_one_paragraph,
     call_main,
     copy_of,
@@ -20,6 +21,7 @@ from tests.helpers import (
     devices_for,
     fashion_run,
     folder_hashes,
+    full_disk,
     read_json,
     run_module,
 )
@@ -160,3 +162,15 @@ def test_another_dataset_defaults_to_all_its_test_images_in_the_default_folder(t
     other = test_config(run, parse_args([str(tmp_path), "--dataset", "cifar10"]))
     assert (own.dataset, own.data_dir, own.test_subset) == ("fashion-mnist", FASHION_DIR, 512)
     assert (other.dataset, other.data_dir, other.test_subset) == ("cifar10", "data", 0)
+
+
+@pytest.mark.slow
+def test_out_on_a_full_disk_is_one_paragraph_and_leaves_nothing_behind(run_dir, tmp_path):
+    before = folder_hashes(run_dir)
+    with full_disk(tmp_path) as disk:
+        out = disk / "eval.json"
+        result = run_module("cifar.evaluate", [run_dir, "--out", out], check=False)
+        left = sorted(p.name for p in disk.iterdir())
+    assert_disk_error(result.returncode, result.stderr, f"could not write {out}", "MiB free")
+    assert left == ["filler"]
+    assert folder_hashes(run_dir) == before
