@@ -289,7 +289,9 @@ def test_a_cache_features_run_gets_its_whole_network_backbone_and_head(tmp_path)
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("fmt, suffix", [("onnx", "onnx")])
+@pytest.mark.parametrize(
+    "fmt, suffix", [("onnx", "onnx"), ("torchscript", "pt"), ("exported", "pt2")]
+)
 def test_an_export_to_a_full_disk_is_one_paragraph_and_leaves_nothing_behind(
     run_dir, tmp_path, fmt, suffix
 ):
