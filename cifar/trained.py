@@ -216,6 +216,13 @@ def out_path(out: str | None, run_dir: str) -> str | None:
     folder = os.path.dirname(path)
     if not os.path.isdir(folder):
         raise UserError(f"--out {out}: the folder {folder} does not exist. Create it first.")
+    special = os.path.exists(path) and not (os.path.isfile(path) or os.path.isdir(path))
+    if os.path.islink(path) or special:
+        # /dev/stdout (a link), a FIFO, a device: the atomic rename would replace it.
+        raise UserError(
+            f"--out {out} is not a regular file (a link, a device or a FIFO), which the file "
+            f"written would replace. Name a file."
+        )
     in_run = os.path.commonpath([path, run_dir]) == run_dir
     if os.path.isdir(path) or (in_run and (os.path.exists(path) or folder != run_dir)):
         raise UserError(

@@ -174,3 +174,27 @@ def test_out_on_a_full_disk_is_one_paragraph_and_leaves_nothing_behind(run_dir, 
     assert_disk_error(result.returncode, result.stderr, f"could not write {out}", "MiB free")
     assert left == ["filler"]
     assert folder_hashes(run_dir) == before
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("kind", ["fifo", "link"])
+def test_out_that_is_not_a_regular_file_is_refused_and_left_as_it_is(run_dir, tmp_path, kind):
+    """--out /dev/stdout (a link, to a regular file when stdout goes to one), a FIFO, a device:
+    the atomic rename would replace it by a plain file, as root even /dev's own nodes."""
+    import os
+    import stat
+
+    from cifar.evaluate import main
+
+    out = tmp_path / "results.json"
+    if kind == "fifo":
+        os.mkfifo(out)
+    else:
+        (tmp_path / "log.txt").write_text("the terminal's log\n")
+        out.symlink_to(tmp_path / "log.txt")
+    before = folder_hashes(run_dir)
+    code, printed, err = call_main(main, [run_dir, "--out", out])
+    assert_one_paragraph(code, err, f"--out {out} is not a regular file", "Name a file")
+    mode = os.lstat(out).st_mode
+    assert stat.S_ISFIFO(mode) if kind == "fifo" else stat.S_ISLNK(mode)
+    assert printed == "" and folder_hashes(run_dir) == before
