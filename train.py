@@ -11,11 +11,11 @@ it); 75 stopped by SIGTERM/SIGUSR1/SIGINT after saving a checkpoint (resume with
 second Ctrl-C without a checkpoint; 1 anything else.
 """
 
-import errno
 import os
 import sys
 
 from cifar.errors import (
+    DISK_ERRORS,
     INTERRUPTED_EXIT_CODE,
     IO_ERROR_EXIT_CODE,
     REQUEUE_EXIT_CODE,
@@ -24,9 +24,6 @@ from cifar.errors import (
     one_line_warnings,
     report_user_error,
 )
-
-# Errors of the disk rather than of the program: exit 74, not a traceback.
-DISK_ERRORS = (errno.ENOSPC, errno.EDQUOT, errno.EIO, errno.EROFS, errno.EFBIG)
 
 
 def main(argv: list[str] | None = None) -> int:

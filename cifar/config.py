@@ -266,6 +266,38 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+class SettingTwice(Exception):
+    """A config file gives one key twice."""
+
+
+def unique_pairs(pairs: list) -> dict:
+    """json's object_pairs_hook: the object, refusing a key given twice."""
+    keys = [key for key, _ in pairs]
+    twice = next((key for key in keys if keys.count(key) > 1), None)
+    if twice is not None:
+        raise SettingTwice(twice)
+    return dict(pairs)
+
+
+class UniqueKeyLoader(yaml.SafeLoader):
+    """PyYAML's safe loader, refusing a mapping key given twice (it keeps the last one); a key
+    after a merge (<<) overrides the merged one, as YAML means it."""
+
+    def construct_mapping(self, node, deep=False):
+        if isinstance(node, yaml.MappingNode):
+            seen = set()
+            for key_node, _ in node.value:
+                if key_node.tag == "tag:yaml.org,2002:merge":
+                    continue
+                key = self.construct_object(key_node, deep=True)
+                if not isinstance(key, (str, int, float, bool)):
+                    continue  # a list or a map as a key: refused later as no setting
+                if key in seen:
+                    raise SettingTwice(key)
+                seen.add(key)
+        return super().construct_mapping(node, deep)
+
+
 def read_config_file(path: str) -> dict:
     """Settings from a YAML or JSON file; keys may use dashes or underscores."""
     if not os.path.isfile(path):
@@ -280,7 +312,15 @@ def read_config_file(path: str) -> dict:
             f"the settings as flags."
         ) from None
     try:
-        data = json.loads(text) if path.endswith(".json") else yaml.safe_load(text)
+        if path.endswith(".json"):
+            data = json.loads(text, object_pairs_hook=unique_pairs)
+        else:
+            data = yaml.load(text, Loader=UniqueKeyLoader)  # safe_load, refusing keys twice
+    except SettingTwice as twice:
+        raise UserError(
+            f"config file {path!r} gives {twice.args[0]!r} twice. Keep the value you mean and "
+            f"delete the other."
+        ) from None
     except RecursionError:
         raise UserError(
             f"config file {path!r} is nested too deeply to read. A config file is a flat "
@@ -311,6 +351,11 @@ def read_config_file(path: str) -> dict:
             raise UserError(
                 f"config file {path!r} has an unknown setting {key!r}. "
                 f"Known settings are the flags of `python train.py --help`."
+            )
+        if name in settings or (name in known and name != key and name in data):
+            raise UserError(
+                f"config file {path!r} gives {name!r} twice ({key!r} is the same setting). "
+                f"Keep the value you mean and delete the other."
             )
         if value is None and known[name].default is None:  # null: as the dataset says (--tta)
             continue

@@ -1,6 +1,7 @@
 """User mistakes: one clear paragraph and exit code 2, never a traceback; and warnings, one
 line each."""
 
+import errno
 import os
 import sys
 import warnings
@@ -10,6 +11,8 @@ USAGE_EXIT_CODE = 2
 REQUEUE_EXIT_CODE = 75
 # EX_IOERR: a checkpoint or result file could not be written (disk full, I/O error).
 IO_ERROR_EXIT_CODE = 74
+# Errors of the disk rather than of the program: exit 74, not a traceback.
+DISK_ERRORS = (errno.ENOSPC, errno.EDQUOT, errno.EIO, errno.EROFS, errno.EFBIG)
 # 128 + SIGINT, as shells report a process stopped by Ctrl-C.
 INTERRUPTED_EXIT_CODE = 130
 

@@ -13,6 +13,7 @@ a ResNet's resize) is inside. Each file is loaded back and must give PyTorch's l
 """
 
 import contextlib
+import io
 import os
 import shutil
 import sys
@@ -170,9 +171,23 @@ def quiet_torchscript():
         yield
 
 
-def save_torchscript(traced, path: str) -> None:
+def written_from_memory(save):
+    """write(path) of a torch writer, save(obj, file): into memory first, then to path with
+    Python's file, whose full disk is an OSError. Torch's own file writer meets a full disk
+    in a destructor, where it aborts the process (TorchScript) or raises a RuntimeError."""
+
+    def write(path: str) -> None:
+        buffer = io.BytesIO()
+        save(buffer)
+        with open(path, "wb") as f:
+            f.write(buffer.getbuffer())
+
+    return write
+
+
+def save_torchscript(traced, file) -> None:
     with quiet_torchscript():
-        torch.jit.save(traced, path)
+        torch.jit.save(traced, file)
 
 
 def run_torchscript(path: str, images: torch.Tensor) -> torch.Tensor:
@@ -188,9 +203,9 @@ def writer_and_runner(fmt: str, module, example):
     if fmt == "torchscript":
         with quiet_torchscript():
             traced = torch.jit.trace(module, example)
-        return (lambda path: save_torchscript(traced, path)), run_torchscript
+        return written_from_memory(lambda f: save_torchscript(traced, f)), run_torchscript
     program = torch.export.export(module, (example,), dynamic_shapes=({0: batch},))
-    return (lambda path: torch.export.save(program, path)), (
+    return written_from_memory(lambda f: torch.export.save(program, f)), (
         lambda path, images: torch.export.load(path).module()(images)
     )
 
@@ -210,7 +225,11 @@ def export_file(run, fmt: str, out: str) -> None:
     # ending in .pt2), checked, then copied to out through atomic_write.
     with tempfile.TemporaryDirectory(dir=os.path.dirname(out)) as scratch:
         candidate = os.path.join(scratch, os.path.basename(out))
-        write(candidate)
+        try:
+            write(candidate)
+        except OSError as error:
+            error.filename = out  # not the scratch file, which goes with its folder
+            raise
         logits = runner(candidate, check)
         if logits is not None:
             difference = (logits - trained(check)).abs().max().item()

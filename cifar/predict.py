@@ -20,7 +20,7 @@ from torch.utils.data import DataLoader
 
 from cifar.build import make_accelerator
 from cifar.config import LIMITS, check_range, default_workers
-from cifar.data.decode import IMAGE_SUFFIXES
+from cifar.data.decode import IMAGE_SUFFIXES, shown
 from cifar.data.imagefolder import Resized, one_pass
 from cifar.errors import UserError
 from cifar.evaluation import classify
@@ -56,12 +56,19 @@ def list_images(inputs: list[str]) -> list[str]:
         if os.path.isfile(given):
             paths.append(given)
         elif os.path.isdir(given):
-            found = [
+            named = [
                 os.path.join(folder, name)
                 for folder, _, names in os.walk(given)
                 for name in names
                 if name.lower().endswith(IMAGE_SUFFIXES)
             ]
+            # A FIFO named like an image would block the decoding forever, a dangling link
+            # holds none: regular files only (through links), as an image folder lists them.
+            found = [path for path in named if os.path.isfile(path)]
+            left_out = sorted(set(named) - set(found))
+            if left_out:
+                listed = "; ".join(f"{shown(path)} (not a regular file)" for path in left_out)
+                print(f"note: left out of {shown(given)}: {listed}", file=sys.stderr, flush=True)
             if not found:
                 raise UserError(
                     f"the folder {given} holds no image files ({', '.join(IMAGE_SUFFIXES)}). "
@@ -127,6 +134,7 @@ def write_rows(rows: list[dict], form: str, out=None) -> None:
     if form == "json":
         json.dump(rows, out, indent=1)
         out.write("\n")
+        out.flush()
         return
     k = len(rows[0]["predictions"])
     writer = csv.writer(out)
@@ -137,6 +145,7 @@ def write_rows(rows: list[dict], form: str, out=None) -> None:
         for prediction in row["predictions"]:
             cells += [prediction["label"], repr(prediction["probability"])]
         writer.writerow(cells)
+    out.flush()  # here, where a full disk is reported, rather than at exit
 
 
 def main(argv: list[str] | None = None) -> int:

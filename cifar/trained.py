@@ -7,7 +7,9 @@ came from and everything needed to build and feed them (cifar.models.load_traine
 """
 
 import argparse
+import contextlib
 import hashlib
+import io
 import os
 import sys
 from dataclasses import dataclass, fields, replace
@@ -28,7 +30,14 @@ from cifar.data.transforms import (
     uses_channels_last,
 )
 from cifar.distributed import bare_module
-from cifar.errors import INTERRUPTED_EXIT_CODE, USAGE_EXIT_CODE, UserError, report_user_error
+from cifar.errors import (
+    DISK_ERRORS,
+    INTERRUPTED_EXIT_CODE,
+    IO_ERROR_EXIT_CODE,
+    USAGE_EXIT_CODE,
+    UserError,
+    report_user_error,
+)
 from cifar.models import TrainedClassifier, build_model, load_trained, model_spec
 from cifar.processes import nondeterministic_operation
 from cifar.record import (
@@ -207,6 +216,13 @@ def out_path(out: str | None, run_dir: str) -> str | None:
     folder = os.path.dirname(path)
     if not os.path.isdir(folder):
         raise UserError(f"--out {out}: the folder {folder} does not exist. Create it first.")
+    special = os.path.exists(path) and not (os.path.isfile(path) or os.path.isdir(path))
+    if os.path.islink(path) or special:
+        # /dev/stdout (a link), a FIFO, a device: the atomic rename would replace it.
+        raise UserError(
+            f"--out {out} is not a regular file (a link, a device or a FIFO), which the file "
+            f"written would replace. Name a file."
+        )
     in_run = os.path.commonpath([path, run_dir]) == run_dir
     if os.path.isdir(path) or (in_run and (os.path.exists(path) or folder != run_dir)):
         raise UserError(
@@ -222,6 +238,26 @@ class ArgumentParser(argparse.ArgumentParser):
 
     def error(self, message: str):
         self.exit(USAGE_EXIT_CODE, f"error: {message}. See `python -m {self.prog} --help`.\n")
+
+
+def disk_failure(error: OSError) -> str:
+    """The paragraph for a file (or stdout, an error without a file name) the disk refused."""
+    from cifar.checkpoint import write_failure
+
+    if error.filename is None:  # the output printed, to a file on a full disk
+        with contextlib.suppress(OSError, ValueError, io.UnsupportedOperation):
+            # What is still buffered for stdout would fail again, at exit, with a traceback.
+            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        reason = f"{type(error).__name__}: {error.strerror}"
+        return (
+            f"could not write to stdout ({reason}): the output is incomplete. Free some space "
+            f"where it goes, or send it elsewhere. The run folder was not changed."
+        )
+    path = os.fsdecode(error.filename)
+    return (
+        f"could not write {path} ({write_failure(path, error)}); nothing was left there. Free "
+        f"some space, or name a file on another disk. The run folder was not changed."
+    )
 
 
 def run_command(task) -> int:
@@ -241,6 +277,11 @@ def run_command(task) -> int:
             raise
         report_user_error(refusal)
         return USAGE_EXIT_CODE
+    except OSError as error:  # --out or stdout on a full or failing disk
+        if error.errno not in DISK_ERRORS:
+            raise
+        report_user_error(UserError(disk_failure(error)))
+        return IO_ERROR_EXIT_CODE
     except KeyboardInterrupt:
         report_user_error(UserError("interrupted; nothing was written."))
         return INTERRUPTED_EXIT_CODE

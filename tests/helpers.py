@@ -653,6 +653,33 @@ def assert_one_paragraph(code: int, err: str, *phrases: str) -> None:
         assert phrase in lines[0], (phrase, lines[0])
 
 
+def assert_disk_error(code: int, err: str, *phrases: str) -> None:
+    """Exit 74 (a file could not be written), one 'error:' paragraph on one line, no traceback,
+    and the phrases in it."""
+    assert code == 74, err
+    assert "Traceback" not in err and "terminate called" not in err, err
+    lines = err.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: "), err
+    for phrase in phrases:
+        assert phrase in lines[0], (phrase, lines[0])
+
+
+@contextlib.contextmanager
+def full_disk(tmp_path: Path):
+    """A tmpfs mounted at tmp_path/disk, filled to the last byte (needs root); unmounted after."""
+    require(os.geteuid() == 0 and shutil.which("mount") is not None, "mounting a tmpfs needs root")
+    disk = tmp_path / "disk"
+    disk.mkdir()
+    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=256k", "tmpfs", disk], check=True)
+    try:
+        with open(disk / "filler", "wb", buffering=0) as f, contextlib.suppress(OSError):
+            while f.write(b"\0" * 4096):
+                pass
+        yield disk
+    finally:
+        subprocess.run(["umount", disk], check=True)
+
+
 def copy_of(run_dir: Path, tmp_path: Path, edit=None) -> Path:
     copy = tmp_path / "copy"
     shutil.copytree(run_dir, copy)

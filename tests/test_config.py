@@ -318,3 +318,28 @@ def test_tta_is_on_by_default_only_where_the_study_showed_it_gains():
     cached = ("--dataset", "fashion-mnist", "--model", "resnet50", "--cache-features")
     assert tta(*cached, "--augment", "none") is False  # features of the unflipped images
     assert SETTING_DEFAULTS["tta"] is False  # a run from before --tta was scored without it
+
+
+@pytest.mark.parametrize(
+    "name, text, key",
+    [
+        ("run.yaml", "epochs: 1\nlr: 0.1\nepochs: 50\n", "epochs"),
+        ("run.json", '{"epochs": 1, "lr": 0.1, "epochs": 50}', "epochs"),
+        ("run.yaml", "batch-size: 1\nbatch_size: 64\n", "batch_size"),  # one setting, two spellings
+    ],
+)
+def test_a_setting_given_twice_in_a_config_file_is_refused_naming_it(tmp_path, name, text, key):
+    """Which of the two values a run used would be the parser's choice (the last one),
+    recorded in config.json as if the file had said it once."""
+    path = tmp_path / name
+    path.write_text(text)
+    with pytest.raises(UserError, match=f"'{key}'.*twice") as refused:
+        parse_config(["--config", str(path)])
+    assert str(path) in str(refused.value) and path.read_text() == text
+
+
+def test_a_yaml_merge_key_may_be_overridden_once(tmp_path):
+    path = tmp_path / "run.yaml"
+    path.write_text("<<: {epochs: 1, lr: 0.1}\nepochs: 3\n")  # a merge, then the value that wins
+    config = parse_config(["--config", str(path)])
+    assert (config.epochs, config.lr) == (3, 0.1)

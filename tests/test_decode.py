@@ -73,3 +73,15 @@ def test_any_jpeg_decodes_to_rgb_no_smaller_than_it_will_be_resized_to(
     scales = [s for s in (1, 2, 4, 8) if (-(-height // s), -(-width // s)) == (h, w)]
     assert scales, (h, w)  # the full size, or a DCT scale of it
     assert scales[0] == 1 or min(h, w) >= min_side
+
+
+@pytest.mark.parametrize("suffix", ["gif", "png"])  # a GIF, and one named like a PNG
+def test_an_animated_gif_decodes_to_its_first_frame_as_pil_reads_it(tmp_path, suffix):
+    path = tmp_path / f"animated.{suffix}"
+    first, second = (Image.effect_noise((21, 13), sigma).convert("RGB") for sigma in (70, 20))
+    first.save(path, format="GIF", save_all=True, append_images=[second])
+    with Image.open(path) as image:  # PIL opens an animated GIF at its first frame
+        expected = torch.from_numpy(np.asarray(image.convert("RGB")).copy())
+    decoded = load_rgb(str(path))
+    assert decoded.shape == (3, 13, 21)
+    assert torch.equal(decoded.permute(1, 2, 0), expected)

@@ -13,6 +13,7 @@ import pytest
 from tests.helpers import (
     FASHION_DIR,
     TEST_IMAGES,
+    assert_disk_error,
     assert_one_paragraph,
     call_main,
     copy_of,
@@ -20,6 +21,7 @@ from tests.helpers import (
     devices_for,
     fashion_run,
     folder_hashes,
+    full_disk,
     read_json,
     run_module,
 )
@@ -160,3 +162,39 @@ def test_another_dataset_defaults_to_all_its_test_images_in_the_default_folder(t
     other = test_config(run, parse_args([str(tmp_path), "--dataset", "cifar10"]))
     assert (own.dataset, own.data_dir, own.test_subset) == ("fashion-mnist", FASHION_DIR, 512)
     assert (other.dataset, other.data_dir, other.test_subset) == ("cifar10", "data", 0)
+
+
+@pytest.mark.slow
+def test_out_on_a_full_disk_is_one_paragraph_and_leaves_nothing_behind(run_dir, tmp_path):
+    before = folder_hashes(run_dir)
+    with full_disk(tmp_path) as disk:
+        out = disk / "eval.json"
+        result = run_module("cifar.evaluate", [run_dir, "--out", out], check=False)
+        left = sorted(p.name for p in disk.iterdir())
+    assert_disk_error(result.returncode, result.stderr, f"could not write {out}", "MiB free")
+    assert left == ["filler"]
+    assert folder_hashes(run_dir) == before
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("kind", ["fifo", "link"])
+def test_out_that_is_not_a_regular_file_is_refused_and_left_as_it_is(run_dir, tmp_path, kind):
+    """--out /dev/stdout (a link, to a regular file when stdout goes to one), a FIFO, a device:
+    the atomic rename would replace it by a plain file, as root even /dev's own nodes."""
+    import os
+    import stat
+
+    from cifar.evaluate import main
+
+    out = tmp_path / "results.json"
+    if kind == "fifo":
+        os.mkfifo(out)
+    else:
+        (tmp_path / "log.txt").write_text("the terminal's log\n")
+        out.symlink_to(tmp_path / "log.txt")
+    before = folder_hashes(run_dir)
+    code, printed, err = call_main(main, [run_dir, "--out", out])
+    assert_one_paragraph(code, err, f"--out {out} is not a regular file", "Name a file")
+    mode = os.lstat(out).st_mode
+    assert stat.S_ISFIFO(mode) if kind == "fifo" else stat.S_ISLNK(mode)
+    assert printed == "" and folder_hashes(run_dir) == before

@@ -13,6 +13,7 @@ import torch
 from tests.helpers import (
     ROOT,
     SMOKE,
+    assert_disk_error,
     assert_one_paragraph,
     call_main,
     copy_of,
@@ -21,6 +22,7 @@ from tests.helpers import (
     fashion_run,
     fashion_test_set,
     folder_hashes,
+    full_disk,
     offline_logs,
     read_json,
     read_wandb_records,
@@ -284,3 +286,22 @@ def test_a_cache_features_run_gets_its_whole_network_backbone_and_head(tmp_path)
     assert call_main(export, [older])[0] == 0
     for name in names:
         assert (older / name).read_bytes() == (run_dir / name).read_bytes(), name
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(
+    "fmt, suffix", [("onnx", "onnx"), ("torchscript", "pt"), ("exported", "pt2")]
+)
+def test_an_export_to_a_full_disk_is_one_paragraph_and_leaves_nothing_behind(
+    run_dir, tmp_path, fmt, suffix
+):
+    if fmt == "onnx":
+        require_package("onnxscript")
+    before = folder_hashes(run_dir)
+    with full_disk(tmp_path) as disk:
+        out = disk / f"model.{suffix}"
+        result = run_module("cifar.export", [run_dir, "--format", fmt, "--out", out], check=False)
+        left = sorted(p.name for p in disk.iterdir())
+    assert_disk_error(result.returncode, result.stderr, "could not write", "MiB free")
+    assert left == ["filler"]  # neither the file nor its scratch folder
+    assert folder_hashes(run_dir) == before

@@ -4,18 +4,21 @@ image as the evaluation scores them; files that are not images stop it before an
 import csv
 import io
 import json
+import sys
 from pathlib import Path
 
 import pytest
 import torchvision
 
 from tests.helpers import (
+    assert_disk_error,
     assert_one_paragraph,
     call_main,
     eval_path_scores,
     fashion_run,
     fashion_test_set,
     folder_hashes,
+    full_disk,
     read_json,
     run_module,
 )
@@ -112,3 +115,45 @@ def test_inputs_that_name_no_image_are_refused(run_dir, tmp_path, case):
     code, out, err = call_main(main, [run_dir, *args])
     assert_one_paragraph(code, err, phrase)
     assert out == ""
+
+
+def test_a_folder_lists_regular_image_files_only_and_names_what_it_leaves_out(tmp_path, capsys):
+    """A FIFO named like an image would block the decoding forever; a dangling link has no image:
+    both are left out, named on stderr (stdout is the predictions)."""
+    import os
+
+    from cifar.predict import list_images
+
+    folder = tmp_path / "photos"
+    folder.mkdir()
+    torchvision.io.write_png(fashion_test_set().images[0], str(folder / "good.png"))
+    os.mkfifo(folder / "pipe.png")
+    (folder / "dangling.png").symlink_to(tmp_path / "nowhere.png")
+    assert list_images([str(folder)]) == [str(folder / "good.png")]
+    out, err = capsys.readouterr()
+    assert out == ""
+    assert f"{folder / 'dangling.png'} (not a regular file)" in err
+    assert f"{folder / 'pipe.png'} (not a regular file)" in err
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("form", ["csv", "json"])
+def test_predictions_to_a_full_disk_are_one_paragraph(run_dir, tmp_path, form):
+    import subprocess
+
+    from tests.helpers import ROOT, train_env
+
+    image = tmp_path / "good.png"
+    torchvision.io.write_png(fashion_test_set().images[0], str(image))
+    # stdout on a full disk (/dev/full may not exist)
+    with full_disk(tmp_path) as disk, open(disk / "filler", "ab") as stdout:
+        result = subprocess.run(
+            [sys.executable, "-m", "cifar.predict", str(run_dir), str(image), "--format", form],
+            cwd=ROOT,
+            env=train_env(PYTHONPATH=str(ROOT)),
+            stdout=stdout,
+            stderr=subprocess.PIPE,
+            text=True,
+            timeout=300,
+        )
+    assert_disk_error(result.returncode, result.stderr, "could not write to stdout", "incomplete")

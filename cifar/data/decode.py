@@ -62,6 +62,8 @@ def decode_rgb(path: str, min_side: int = 0) -> torch.Tensor:
             return reduced
     try:
         image = decode_image(read_file(path), mode=ImageReadMode.RGB)
+        if image.ndim == 4:  # an animated GIF, frames first: its first frame, as PIL opens it
+            image = image[0]
         return image if image.dtype == torch.uint8 else to_dtype(image, torch.uint8, scale=True)
     except RuntimeError:
         pass

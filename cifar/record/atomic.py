@@ -28,9 +28,11 @@ def atomic_write(path: str, data, *, mode: int | None = None) -> None:
         if mode is not None:
             os.chmod(temporary, mode)
         os.replace(temporary, path)
-    except BaseException:
+    except BaseException as error:
         with contextlib.suppress(OSError):
             os.unlink(temporary)
+        if isinstance(error, OSError) and error.filename is None:
+            error.filename = path  # a write to the temporary file: name the file it was for
         raise
     fsync_folder(folder)
 
