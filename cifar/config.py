@@ -301,7 +301,11 @@ class UniqueKeyLoader(yaml.SafeLoader):
 def read_config_file(path: str) -> dict:
     """Settings from a YAML or JSON file; keys may use dashes or underscores."""
     if not os.path.isfile(path):
-        raise UserError(f"config file {path!r} does not exist. Pass an existing YAML or JSON file.")
+        what = "is a folder" if os.path.isdir(path) else "is not a regular file"
+        raise UserError(
+            f"config file {path!r} {what if os.path.exists(path) else 'does not exist'}. Pass "
+            f"an existing YAML or JSON file."
+        )
     try:
         with open(path, encoding="utf-8") as f:
             text = f.read()
@@ -356,6 +360,11 @@ def read_config_file(path: str) -> dict:
             raise UserError(
                 f"config file {path!r} gives {name!r} twice ({key!r} is the same setting). "
                 f"Keep the value you mean and delete the other."
+            )
+        if name == "config":
+            raise UserError(
+                f"config file {path!r} names another config file ({key}: {value!r}); one does "
+                f"not include another. Copy its settings in, or pass them as flags."
             )
         if value is None and known[name].default is None:  # null: as the dataset says (--tta)
             continue

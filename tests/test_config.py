@@ -87,6 +87,7 @@ def test_json_config(tmp_path):
         ("lr: true", "should be a number"),
         ("model: vgg", "unknown model 'vgg'"),
         ("- just\n- a list", "must hold a mapping"),
+        ("config: other.yaml", "names another config file .config: 'other.yaml'.; one does not"),
     ],
 )
 def test_bad_config_files_are_refused_clearly(tmp_path, text, fragment):
@@ -94,6 +95,13 @@ def test_bad_config_files_are_refused_clearly(tmp_path, text, fragment):
     path.write_text(text)
     with pytest.raises(UserError, match=fragment.replace("[", r"\[")):
         parse_config(["--config", str(path)])
+
+
+def test_a_config_path_that_is_not_a_file_is_named_for_what_it_is(tmp_path):
+    for path, what in [(tmp_path, "is a folder"), ("/dev/null", "is not a regular file"),
+                       (tmp_path / "gone.yaml", "does not exist")]:  # fmt: skip
+        with pytest.raises(UserError, match=f"config file '{path}' {what}. Pass an existing"):
+            parse_config(["--config", str(path)])
 
 
 def test_cache_features_requires_a_fixed_backbone_input():
