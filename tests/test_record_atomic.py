@@ -33,3 +33,14 @@ def test_every_record_and_cache_is_written_through_atomic_write():
         if "os.replace(" in text and path.name != "checkpoint.py":
             offenders.append(str(path.relative_to(ROOT)))
     assert offenders == []
+
+
+def test_a_record_is_readable_as_a_file_open_makes_it_not_private_as_mkstemp(tmp_path):
+    """mkstemp makes 0600 files: a run folder shared on a cluster would be unreadable to the
+    group. A record gets the mode open() gives a new file under the same umask."""
+    plain = tmp_path / "plain.json"
+    plain.write_text("{}")
+    atomic_write(str(tmp_path / "record.json"), "{}")
+    assert (tmp_path / "record.json").stat().st_mode & 0o777 == plain.stat().st_mode & 0o777
+    atomic_write(str(tmp_path / "private.json"), "{}", mode=0o600)
+    assert (tmp_path / "private.json").stat().st_mode & 0o777 == 0o600

@@ -4,9 +4,17 @@ import contextlib
 import os
 import tempfile
 
+# The process's umask, read once at import: os.umask can only be read by setting it, which
+# would race files other threads create later. mkstemp makes its files 0600; a record is made
+# as open() makes a file (0666 less the umask), so that others sharing the run folder read it.
+_UMASK = os.umask(0o022)
+os.umask(_UMASK)
+FILE_MODE = 0o666 & ~_UMASK
+
 
 def atomic_write(path: str, data, *, mode: int | None = None) -> None:
-    """Write data (str, bytes, or a callable given the open binary file) to path atomically.
+    """Write data (str, bytes, or a callable given the open binary file) to path atomically,
+    with mode (default: as open() would make it, FILE_MODE).
 
     A reader sees the old file or the new one, never half of one: the data goes to a temporary
     file in the same folder, which is flushed and fsynced, then renamed over path, and the
@@ -25,8 +33,7 @@ def atomic_write(path: str, data, *, mode: int | None = None) -> None:
                 f.write(data.encode("utf-8") if isinstance(data, str) else data)
             f.flush()
             os.fsync(f.fileno())
-        if mode is not None:
-            os.chmod(temporary, mode)
+        os.chmod(temporary, FILE_MODE if mode is None else mode)
         os.replace(temporary, path)
     except BaseException as error:
         with contextlib.suppress(OSError):
