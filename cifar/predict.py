@@ -21,7 +21,7 @@ from torch.utils.data import DataLoader
 from cifar.build import make_accelerator
 from cifar.config import LIMITS, check_range, default_workers
 from cifar.data.decode import IMAGE_SUFFIXES, shown
-from cifar.data.imagefolder import Resized, one_pass
+from cifar.data.image_cache import Resized, one_pass
 from cifar.errors import UserError
 from cifar.evaluation import classify
 from cifar.trained import (

@@ -12,6 +12,7 @@ from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
 from PIL import Image
 
+import cifar.data.image_cache as image_cache
 import cifar.data.imagefolder as imagefolder
 from cifar.config import Config, default_workers
 from cifar.data import build_datasets
@@ -118,8 +119,8 @@ def test_the_cache_is_reused_and_rebuilt_when_a_file_changes(tmp_path, monkeypat
     def no_decoding(*args):
         raise AssertionError("decoded although the cache holds these files")
 
-    real_decode_all = imagefolder.decode_all
-    monkeypatch.setattr(imagefolder, "decode_all", no_decoding)
+    real_decode_all = image_cache.decode_all
+    monkeypatch.setattr(image_cache, "decode_all", no_decoding)
     again, _ = build_datasets(folder_config(root))
     assert torch.equal(first.images, again.images)
 
@@ -127,7 +128,7 @@ def test_the_cache_is_reused_and_rebuilt_when_a_file_changes(tmp_path, monkeypat
     Image.new("RGB", (40, 30), (0, 255, 0)).save(changed)
     with pytest.raises(AssertionError, match="decoded although"):
         build_datasets(folder_config(root))
-    monkeypatch.setattr(imagefolder, "decode_all", real_decode_all)
+    monkeypatch.setattr(image_cache, "decode_all", real_decode_all)
     rebuilt, _ = build_datasets(folder_config(root))
     assert rebuilt.images[0, 1].float().mean() > 200  # now green
     assert torch.equal(rebuilt.images[1:], first.images[1:])
@@ -147,7 +148,7 @@ def test_a_cache_that_cannot_be_written_leaves_no_file_and_costs_only_the_decodi
 
     monkeypatch.setattr(torch, "save", disk_full)
     decoded, _ = build_datasets(folder_config(root, cache_images="always"))
-    assert "could not be written ([Errno 28] No space left on device)" in capsys.readouterr().out
+    assert "could not be written ([Errno 28] No space left on device: " in capsys.readouterr().out
     assert os.listdir(cache_home / "cifar-accelerate" / "imagefolder") == []
     monkeypatch.setattr(torch, "save", real_save)
     cached, _ = build_datasets(folder_config(root, cache_images="always"))
@@ -228,7 +229,7 @@ def test_the_cache_pass_decodes_as_the_uncached_epochs_do_even_where_cuda_is_the
         return decode_jpeg(data, *args, device=device, **kwargs)
 
     monkeypatch.setattr(torchvision.io, "decode_jpeg", cpu_only)
-    cached, failures = imagefolder.decode_all(samples, 32, workers=0)
+    cached, failures = image_cache.decode_all(samples, 32, workers=0)
     files = ImageFiles(samples, ["a", "b"], size=32)
     assert failures == []
     for i in range(2):

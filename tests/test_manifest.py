@@ -11,7 +11,7 @@ import pytest
 import torch
 from PIL import Image
 
-import cifar.data.imagefolder as imagefolder
+import cifar.data.image_cache as image_cache
 from cifar.config import Config
 from cifar.data import build_datasets
 from cifar.data.manifest import MANIFEST_SETTING, Manifest, changes
@@ -311,8 +311,8 @@ def test_a_cache_is_named_by_the_manifest_of_its_files(tmp_path, cache_home, mon
     names = [p.name for p in cache_files(cache_home)]
     (root / "train" / "red" / "0.png").touch()  # a new mtime: another manifest
     decoded = []
-    real = imagefolder.decode_all
-    monkeypatch.setattr(imagefolder, "decode_all", lambda *a: decoded.append(1) or real(*a))
+    real = image_cache.decode_all
+    monkeypatch.setattr(image_cache, "decode_all", lambda *a: decoded.append(1) or real(*a))
     build_datasets(folder_config(root, cache_images="always"))
     assert decoded == [1]  # the train split only
     assert len(set(names) & {p.name for p in cache_files(cache_home)}) == 1

@@ -3,7 +3,8 @@ asks of it (DatasetSpec): how to load it, whether it is read from the user's fil
 its normalisation and its default augmentation. Adding a dataset is one entry of REGISTRY.
 
 Modules: tensors.py (the sets held in memory), imagefolder.py and decode.py (your own images),
-plan.py (each epoch's order, crops and flips), loaders.py (batches on the device), transforms.py
+image_cache.py (their decoded cache), manifest.py (what their files were), plan.py (each
+epoch's order, crops and flips), loaders.py (batches on the device), transforms.py
 (augmentation and the model's input).
 """
 
