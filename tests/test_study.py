@@ -26,7 +26,7 @@ from cifar.errors import UserError
 from cifar.study.cli import main
 from cifar.study.figures import curves_figure
 from cifar.study.grid import STUDY_FILES, parse_arms
-from cifar.study.results import pooling_refusal
+from cifar.study.results import check_run, pooling_refusal
 from cifar.study.runner import resolve_launcher
 from cifar.study.statistics import compare_paired, describe
 from tests.helpers import (
@@ -744,6 +744,26 @@ def test_runs_of_one_arm_pool_only_when_they_resolved_to_the_same_settings(tmp_p
 def fake_run(folder: str, **settings) -> dict:
     """A finished run as collect_runs reads it, with config.json holding settings."""
     return {"dir": folder, "config": {"width": 8, "batch_size": 64, "seed": 0, **settings}}
+
+
+def test_a_run_from_before_a_setting_existed_reads_as_its_default_not_as_agreeing():
+    """A run from before --tta records no tta: it was scored without flips, so it is neither
+    the study's run of an arm that flips nor averaged with runs that flip."""
+    old = fake_run("/s/a/seed0", world_size=1)  # no tta, no ema recorded
+    flips = fake_run("/s/a/seed1", world_size=1, seed=1, tta=True, ema=0.0)
+    assert pooling_refusal("a", {0: old, 1: flips}).startswith(
+        "arm a holds runs that resolved to different settings, so the study does not average "
+        "them: tta false (seed 0) vs true (seed 1)."
+    )
+    plain = fake_run("/s/a/seed1", world_size=1, seed=1, tta=False, ema=0.0)
+    assert pooling_refusal("a", {0: old, 1: plain}) == ""
+    with pytest.raises(UserError) as refusal:
+        check_run("/s/a/seed0", old["config"], {**old["config"], "tta": True}, 0)
+    assert (
+        "holds a run made with other settings than this study's: tta False (the study's: "
+        "True)" in str(refusal.value)
+    )
+    check_run("/s/a/seed0", old["config"], {**old["config"], "tta": False}, 0)
 
 
 @settings(max_examples=EXAMPLES, deadline=None)
