@@ -44,6 +44,7 @@ from tests.helpers import (
     train_env,
     wandb_history,
     wandb_summary,
+    warning_lines,
 )
 from tests.slurm_helpers import cluster_available, submit, wait_for_job
 
@@ -383,6 +384,8 @@ def test_a_study_without_wandb_credentials_logs_offline_and_online_is_refused(tm
     )
     assert result.stderr.count(warning) == 1, result.stderr
     assert result.stderr.count("no W&B credentials found") == 2  # the run's, the summary run's
+    # The summary run's warning is one line, as the run's: not Python's file, line and source.
+    assert warning_lines(result.stderr).count(f"warning: {warning}") == 1, result.stderr
     assert len(offline_logs(out / "w8" / "seed0")) == 1
     (log,) = offline_logs(out)
     records = read_wandb_records(log)
