@@ -49,6 +49,7 @@ from cifar.record import (
     default_run_dir,
     holds_a_run,
     log_resume,
+    new_folder_each_start,
     read_json,
 )
 from cifar.record.schema import check_epoch_records
@@ -174,7 +175,9 @@ def setup_run(config) -> Run:
     process_settings = apply_process_settings(config)
     accelerator = make_accelerator(config)
     run_dir = broadcast(accelerator, os.path.abspath(config.output_dir or default_run_dir(config)))
-    folder = run_on_main(accelerator, lambda: RunFolder.claim(run_dir, bool(config.resume)))
+    fresh = new_folder_each_start(config)  # another run may have taken this second's name
+    folder = run_on_main(accelerator, lambda: RunFolder.claim(run_dir, bool(config.resume), fresh))
+    run_dir = broadcast(accelerator, folder.path if folder is not None else run_dir)
     try:
         return assemble_run(config, accelerator, run_dir, folder, process_settings)
     except BaseException:
