@@ -261,11 +261,7 @@ def assemble_run(config, accelerator, run_dir: str, folder, process_settings: di
         f"{config.model} on {config.dataset}: {accelerator.num_processes} process(es), "
         f"{accelerator.device.type}, precision {accelerator.mixed_precision}, "
         f"{len(train_loader)} batches/epoch/process, run folder {run_dir}"
-        + (
-            f", resuming at epoch {progress.epoch + 1} step {progress.global_step}"
-            if progress.global_step
-            else ""
-        ),
+        + resume_note(config, progress),
     )
     return Run(
         accelerator,
@@ -283,6 +279,19 @@ def assemble_run(config, accelerator, run_dir: str, folder, process_settings: di
         progress,
         ema,
     )
+
+
+def resume_note(config, progress) -> str:
+    """Where the run goes on from, for its first line: nothing for a new run; for one whose
+    epochs are all trained (its summary was lost), that only its results are written."""
+    if not progress.global_step:
+        return ""
+    if progress.epoch >= config.epochs:
+        return (
+            f", all {config.epochs} epochs trained: writing its results again from the "
+            f"checkpoint of step {progress.global_step}"
+        )
+    return f", resuming at epoch {progress.epoch + 1} step {progress.global_step}"
 
 
 def describe_run(config, accelerator, run_dir: str, process_settings: dict, settings: dict) -> dict:
