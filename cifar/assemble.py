@@ -50,6 +50,7 @@ from cifar.record import (
     default_run_dir,
     holds_a_run,
     log_resume,
+    new_folder_each_start,
     read_json,
 )
 from cifar.record.schema import check_epoch_records
@@ -175,7 +176,9 @@ def setup_run(config) -> Run:
     process_settings = apply_process_settings(config)
     accelerator = make_accelerator(config)
     run_dir = broadcast(accelerator, os.path.abspath(config.output_dir or default_run_dir(config)))
-    folder = run_on_main(accelerator, lambda: RunFolder.claim(run_dir, bool(config.resume)))
+    fresh = new_folder_each_start(config)  # another run may have taken this second's name
+    folder = run_on_main(accelerator, lambda: RunFolder.claim(run_dir, bool(config.resume), fresh))
+    run_dir = broadcast(accelerator, folder.path if folder is not None else run_dir)
     try:
         return assemble_run(config, accelerator, run_dir, folder, process_settings)
     except BaseException:
@@ -259,11 +262,7 @@ def assemble_run(config, accelerator, run_dir: str, folder, process_settings: di
         f"{config.model} on {config.dataset}: {accelerator.num_processes} process(es), "
         f"{accelerator.device.type}, precision {accelerator.mixed_precision}, "
         f"{len(train_loader)} batches/epoch/process, run folder {run_dir}"
-        + (
-            f", resuming at epoch {progress.epoch + 1} step {progress.global_step}"
-            if progress.global_step
-            else ""
-        ),
+        + resume_note(config, progress),
     )
     return Run(
         accelerator,
@@ -281,6 +280,19 @@ def assemble_run(config, accelerator, run_dir: str, folder, process_settings: di
         progress,
         ema,
     )
+
+
+def resume_note(config, progress) -> str:
+    """Where the run goes on from, for its first line: nothing for a new run; for one whose
+    epochs are all trained (its summary was lost), that only its results are written."""
+    if not progress.global_step:
+        return ""
+    if progress.epoch >= config.epochs:
+        return (
+            f", all {config.epochs} epochs trained: writing its results again from the "
+            f"checkpoint of step {progress.global_step}"
+        )
+    return f", resuming at epoch {progress.epoch + 1} step {progress.global_step}"
 
 
 def describe_run(config, accelerator, run_dir: str, process_settings: dict, settings: dict) -> dict:

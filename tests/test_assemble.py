@@ -18,6 +18,22 @@ def test_resuming_a_finished_run_changes_no_file_and_says_so(tmp_path):
     assert folder_hashes(run_dir) == before
 
 
+def test_a_finished_run_whose_summary_was_lost_says_it_writes_it_not_that_it_resumes(tmp_path):
+    run_dir = tmp_path / "run"
+    run_train([*SMALL, "--output-dir", run_dir])  # 1 epoch of 4 steps
+    timing = ("wall_seconds", "train_images_per_second")
+    summary = {k: v for k, v in read_json(run_dir / "summary.json").items() if k not in timing}
+    os.remove(run_dir / "summary.json")
+    result = run_train([*SMALL, "--output-dir", run_dir, "--resume", "auto"])
+    assert "resuming at epoch" not in result.stdout, result.stdout
+    assert (
+        f"run folder {run_dir}, all 1 epochs trained: writing its results again from the "
+        f"checkpoint of step 4\n"
+    ) in result.stdout
+    again = read_json(run_dir / "summary.json")
+    assert {k: v for k, v in again.items() if k not in timing} == summary
+
+
 def test_resume_path_never_continues_another_run_over_a_folder_holding_one(tmp_path):
     kept, other = tmp_path / "kept", tmp_path / "other"
     run_train([*SMOKE, "--output-dir", kept])

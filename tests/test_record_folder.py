@@ -4,7 +4,9 @@ failed start leaves nothing behind."""
 
 import time
 
+from cifar.record import RunFolder
 from tests.helpers import (
+    SMALL,
     SMOKE,
     assert_refused,
     folder_hashes,
@@ -14,6 +16,7 @@ from tests.helpers import (
     run_train,
     start_train,
     tiny_run,
+    train_in_process,
 )
 
 
@@ -78,3 +81,23 @@ def test_three_runs_started_at_once_on_one_folder_exactly_one_trains(tmp_path):
     assert processes[winner].wait(timeout=300) == 0, processes[winner].stdout.read()
     assert read_json(run_dir / "config.json")["seed"] == winner
     assert len(read_metrics(run_dir)) == 3
+
+
+def test_runs_started_in_one_second_without_an_output_dir_get_a_folder_each(tmp_path, monkeypatch):
+    """The default folder is named by the second: another run started in it (another seed, a
+    script starting several) is a run of its own, not a clash with the first."""
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.delenv("SLURM_JOB_ID", raising=False)
+    monkeypatch.setattr(time, "strftime", lambda *args: "20260101-120000")
+    first = tmp_path / "runs" / "cnn-synthetic-20260101-120000"
+    running = RunFolder.claim(str(first), resume=False, fresh=True)  # a run training there
+    try:
+        assert running.path == str(first)
+        for seed, name in ((1, "-2"), (2, "-3")):  # -2 holds a finished run once the first ends
+            code, out, err = train_in_process([*SMALL, "--seed", str(seed)])
+            assert code == 0, err
+            assert f"run folder {first}{name}\n" in out, out
+            assert read_json(f"{first}{name}/config.json")["seed"] == seed
+        assert sorted(p.name for p in first.iterdir()) == ["run.lock"]
+    finally:
+        running.release()

@@ -381,6 +381,32 @@ def test_runs_of_two_datasets_get_a_section_and_figures_each(tmp_path):
 
 
 @pytest.mark.fast
+def test_the_report_says_when_the_runs_of_a_table_were_scored_differently(tmp_path):
+    """An EMA of the weights or test-time flips change the test figures: a table of runs
+    scored in different ways says so (a run from before these fields: trained, none)."""
+    runs = [
+        write_run(tmp_path / "plain"),
+        write_run(tmp_path / "flips", seed=1, summary={"test_time_augmentation": "flip"}),
+        write_run(
+            tmp_path / "ema",
+            seed=2,
+            summary={"scored_weights": "ema 0.998", "test_time_augmentation": "none"},
+        ),
+    ]
+    out = tmp_path / "report"
+    assert main([*map(str, runs), "--out", str(out)]) == 0
+    markdown = (out / "results.md").read_text()
+    assert (
+        "- These runs differ in what was scored (plain: weights trained, test-time "
+        "augmentation none; flips: weights trained, test-time augmentation flip; ema: weights "
+        "ema 0.998, test-time augmentation none): their test figures come from different "
+        "evaluations."
+    ) in markdown
+    same = [write_run(tmp_path / "a"), write_run(tmp_path / "b", seed=1)]
+    assert main([*map(str, same), "--out", str(tmp_path / "same")]) == 0
+    assert "what was scored" not in (tmp_path / "same" / "results.md").read_text()
+
+
 def test_the_report_names_the_images_each_run_trained_and_was_tested_on(tmp_path):
     runs = [
         write_run(tmp_path / "all", dataset="fashion-mnist"),

@@ -26,7 +26,7 @@ from cifar.errors import UserError
 from cifar.study.cli import main
 from cifar.study.figures import curves_figure
 from cifar.study.grid import STUDY_FILES, parse_arms
-from cifar.study.results import pooling_refusal
+from cifar.study.results import check_run, pooling_refusal
 from cifar.study.runner import resolve_launcher
 from cifar.study.statistics import compare_paired, describe
 from tests.helpers import (
@@ -44,6 +44,7 @@ from tests.helpers import (
     train_env,
     wandb_history,
     wandb_summary,
+    warning_lines,
 )
 from tests.slurm_helpers import cluster_available, submit, wait_for_job
 
@@ -383,6 +384,8 @@ def test_a_study_without_wandb_credentials_logs_offline_and_online_is_refused(tm
     )
     assert result.stderr.count(warning) == 1, result.stderr
     assert result.stderr.count("no W&B credentials found") == 2  # the run's, the summary run's
+    # The summary run's warning is one line, as the run's: not Python's file, line and source.
+    assert warning_lines(result.stderr).count(f"warning: {warning}") == 1, result.stderr
     assert len(offline_logs(out / "w8" / "seed0")) == 1
     (log,) = offline_logs(out)
     records = read_wandb_records(log)
@@ -744,6 +747,26 @@ def test_runs_of_one_arm_pool_only_when_they_resolved_to_the_same_settings(tmp_p
 def fake_run(folder: str, **settings) -> dict:
     """A finished run as collect_runs reads it, with config.json holding settings."""
     return {"dir": folder, "config": {"width": 8, "batch_size": 64, "seed": 0, **settings}}
+
+
+def test_a_run_from_before_a_setting_existed_reads_as_its_default_not_as_agreeing():
+    """A run from before --tta records no tta: it was scored without flips, so it is neither
+    the study's run of an arm that flips nor averaged with runs that flip."""
+    old = fake_run("/s/a/seed0", world_size=1)  # no tta, no ema recorded
+    flips = fake_run("/s/a/seed1", world_size=1, seed=1, tta=True, ema=0.0)
+    assert pooling_refusal("a", {0: old, 1: flips}).startswith(
+        "arm a holds runs that resolved to different settings, so the study does not average "
+        "them: tta false (seed 0) vs true (seed 1)."
+    )
+    plain = fake_run("/s/a/seed1", world_size=1, seed=1, tta=False, ema=0.0)
+    assert pooling_refusal("a", {0: old, 1: plain}) == ""
+    with pytest.raises(UserError) as refusal:
+        check_run("/s/a/seed0", old["config"], {**old["config"], "tta": True}, 0)
+    assert (
+        "holds a run made with other settings than this study's: tta False (the study's: "
+        "True)" in str(refusal.value)
+    )
+    check_run("/s/a/seed0", old["config"], {**old["config"], "tta": False}, 0)
 
 
 @settings(max_examples=EXAMPLES, deadline=None)

@@ -20,6 +20,7 @@ from cifar.record.folder import (
     default_run_dir,
     holds_a_run,
     log_resume,
+    new_folder_each_start,
 )
 from cifar.record.names import (
     CHECKPOINT_NAME,
@@ -84,6 +85,7 @@ __all__ = [
     "checkpoint_step",
     "checkpoints_dir",
     "default_run_dir",
+    "new_folder_each_start",
     "holds_a_run",
     "is_number",
     "list_checkpoints",

@@ -124,11 +124,15 @@ class RunFolder:
         self.lock = lock
 
     @classmethod
-    def claim(cls, path: str, resume: bool) -> "RunFolder":
+    def claim(cls, path: str, resume: bool, fresh: bool = False) -> "RunFolder":
         """Create or adopt the folder and lock it; refuse folders that are not ours or are in
-        use, and runs that would be overwritten (resume=False on a folder holding a run)."""
+        use, and runs that would be overwritten (resume=False on a folder holding a run).
+        fresh: path is a default name (new_folder_each_start), and a folder of it that exists
+        belongs to another run started in the same second: create path-2, path-3, ... instead."""
         path = os.path.abspath(path)
-        existed = os.path.isdir(path)
+        if fresh:
+            path = create_new_folder(path)
+        existed = os.path.isdir(path) and not fresh
         if existed:
             foreign = sorted(os.listdir(path))
             if foreign and LOCK_FILE not in foreign:
@@ -211,6 +215,37 @@ def log_resume(run_dir: str, checkpoint: str, progress, settings: dict) -> None:
         f.flush()
         os.fsync(f.fileno())
     fsync_folder(run_dir)
+
+
+def create_new_folder(path: str) -> str:
+    """Create path, or the first of path-2, path-3, ... that does not exist (os.mkdir: of runs
+    racing for a name, exactly one creates it); the folder created."""
+    try:
+        os.makedirs(os.path.dirname(path), exist_ok=True)
+    except OSError as error:
+        raise UserError(
+            f"cannot write to the run folder {path} ({error.strerror}). Choose a writable "
+            f"--output-dir."
+        ) from None
+    for count in range(1, 10_000):
+        candidate = path if count == 1 else f"{path}-{count}"
+        try:
+            os.mkdir(candidate)
+            return candidate
+        except FileExistsError:
+            continue
+        except OSError as error:
+            raise UserError(
+                f"cannot write to the run folder {candidate} ({error.strerror}). Choose a "
+                f"writable --output-dir."
+            ) from None
+    raise UserError(f"every run folder {path}-N is taken. Choose an --output-dir.")
+
+
+def new_folder_each_start(config) -> bool:
+    """Whether each start gets a new folder: the default one is named by the second (under
+    SLURM by the job, whose requeued run resumes in it)."""
+    return not config.output_dir and not os.environ.get("SLURM_JOB_ID")
 
 
 def default_run_dir(config) -> str:

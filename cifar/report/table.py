@@ -71,9 +71,18 @@ def results_table(runs: list[dict]) -> str:
     return "\n".join(lines)
 
 
+def scoring(run: dict) -> str:
+    """What the run's test figures come from (summary.json's fields; a run from before them
+    scored its trained weights without test-time flips)."""
+    summary = run["summary"]
+    weights = summary.get("scored_weights", "trained")
+    flips = summary.get("test_time_augmentation", "none")
+    return f"weights {cell(weights)}, test-time augmentation {cell(flips)}"
+
+
 def data_notes(runs: list[dict]) -> list[str]:
     """Sentences for what a reader could miss: runs of one table trained or tested on other
-    images, and classes a run had no test image of."""
+    images or scored differently, and classes a run had no test image of."""
     notes = []
     for what, describe, sets in (
         ("train", train_images, "training sets"),
@@ -85,6 +94,12 @@ def data_notes(runs: list[dict]) -> list[str]:
                 f"- These runs differ in their {what} images ({each}): their accuracies come "
                 f"from different {sets}."
             )
+    if len({scoring(run) for run in runs}) > 1:
+        each = "; ".join(f"{cell(run['label'])}: {scoring(run)}" for run in runs)
+        notes.append(
+            f"- These runs differ in what was scored ({each}): their test figures come from "
+            f"different evaluations."
+        )
     for run in runs:
         untested = untested_classes(run["summary"])
         if untested:

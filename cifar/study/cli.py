@@ -21,7 +21,7 @@ import os
 import sys
 from types import SimpleNamespace
 
-from cifar.errors import USAGE_EXIT_CODE, UserError, report_user_error
+from cifar.errors import USAGE_EXIT_CODE, UserError, one_line_warnings, report_user_error
 from cifar.record import FolderLock
 from cifar.study.grid import (
     DEFAULT_ARMS,
@@ -153,6 +153,7 @@ def run_study(args, common: list[str] | None) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
+    one_line_warnings()  # the summary run's, the lock's: `warning: ...`, as train.py's
     argv = sys.argv[1:] if argv is None else argv
     split = argv.index("--") if "--" in argv else len(argv)
     common = argv[split + 1 :] if split < len(argv) else None

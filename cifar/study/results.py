@@ -9,7 +9,7 @@ refused. Pairs compare later arms with earlier ones (a - b), paired by seed.
 import json
 import os
 
-from cifar.config import RESUME_MAY_CHANGE
+from cifar.config import RESUME_MAY_CHANGE, SETTING_DEFAULTS
 from cifar.errors import UserError
 from cifar.record import (
     PROGRESS_FILE,
@@ -51,10 +51,13 @@ def check_run(folder: str, config: dict, expected: dict, seed: int) -> None:
         f"Move {folder} away (the study then trains that run again) or restore it from the run "
         f"that made it."
     )
+    # A setting the run does not record (it was added later) is read as train.py reads it on
+    # resume: its default (tta: off, as such runs were scored).
+    recorded = {k: config.get(k, SETTING_DEFAULTS.get(k, v)) for k, v in expected.items()}
     differ = [
-        f"{k} {config[k]!r} (the study's: {v!r})"
+        f"{k} {recorded[k]!r} (the study's: {v!r})"
         for k, v in expected.items()
-        if k in config and k not in (*RUN_SETTINGS, *RESUME_MAY_CHANGE) and config[k] != v
+        if k not in (*RUN_SETTINGS, *RESUME_MAY_CHANGE) and recorded[k] != v
     ]
     if config.get("seed") != seed:
         differ.insert(0, f"seed {config.get('seed')!r} (the study's: {seed})")
@@ -82,11 +85,14 @@ def resolved_settings(run: dict) -> dict:
     """What a finished run resolved to, of the settings resume keeps fixed (the seed aside):
     config.json with the launcher's precision and accumulation, then its newest checkpoint's
     settings (the number of train and test images too), and the global batch (images per step
-    over all processes)."""
+    over all processes). A setting of the Config that neither records (a run from before it
+    existed) is its default, as resume reads it."""
     config = run["config"]
     settings = {k: v for k, v in config.items() if k not in (*RUN_DESCRIPTION, *RESOLVED_AS)}
     settings.update({name: config[used] for used, name in RESOLVED_AS.items() if used in config})
     settings.update(checkpoint_settings(run["dir"]))
+    for name, default in SETTING_DEFAULTS.items():  # recorded by neither: added later
+        settings.setdefault(name, default)
     settings = {k: v for k, v in settings.items() if k not in (*RUN_SETTINGS, *RESUME_MAY_CHANGE)}
     batch, world = settings.get("batch_size"), settings.get("world_size")
     if isinstance(batch, int) and isinstance(world, int):
