@@ -178,9 +178,20 @@ def run_experiment(config) -> Outcome:
 
     Resumes from a checkpoint when config.resume names one; a stop signal ends the run with a
     checkpoint, at the next optimizer step."""
-    run = setup_run(config)
-    stop = StopRequest(run.accelerator).install()
+    stop = StopRequest().install()  # a time-limit warning during setup is not lost
     try:
+        run = setup_run(config)
+    except BaseException:
+        stop.uninstall()
+        raise
+    try:
+        stop.attach(run.accelerator)
+        if stop.requested:
+            say(
+                run.accelerator,
+                f"{stop.signal_name} during setup: the run stops at its first check, with a "
+                f"checkpoint",
+            )
         return RunLoop(config, run, stop).run_epochs()
     finally:
         stop.uninstall()

@@ -98,18 +98,29 @@ class StopRequest:
     sum at the same step, and no check waits for the device (a device tensor's .item() would
     drain the queue of kernels on a GPU) or for the other processes. A signal therefore stops
     the run within 2 x check_every steps.
+
+    Installed before the run is assembled (accelerator None until attach): SIGTERM or SIGUSR1
+    during a long setup (a download, an image cache) is kept and stops the run at its first
+    check, with a checkpoint, instead of killing it without one; Ctrl-C then still stops at once.
     """
 
-    def __init__(self, accelerator, check_every: int = 10):
-        self.accelerator, self.check_every = accelerator, check_every
+    def __init__(self, accelerator=None, check_every: int = 10):
+        self.accelerator, self.check_every = None, check_every
         self.requested = False
         self.signal_name = ""
         self.previous = {}
         self.group = None
         self.pending = None  # (work, flag) of the sum started at the last check step
+        if accelerator is not None:
+            self.attach(accelerator)
+
+    def attach(self, accelerator) -> "StopRequest":
+        """The run's processes: from now on the flag is theirs to agree on."""
+        self.accelerator = accelerator
         if accelerator.num_processes > 1:
             # Every process makes it here, at the same point: new_group is a collective.
             self.group = torch.distributed.new_group(backend="gloo")
+        return self
 
     def install(self) -> "StopRequest":
         for sig in STOP_SIGNALS:
@@ -125,8 +136,10 @@ class StopRequest:
             signal.signal(sig, handler)
 
     def handle(self, signum, frame) -> None:
-        if signum == signal.SIGINT and self.requested and self.signal_name == "SIGINT":
-            raise KeyboardInterrupt  # a second Ctrl-C: stop now, without a checkpoint
+        if signum == signal.SIGINT and (
+            self.accelerator is None or (self.requested and self.signal_name == "SIGINT")
+        ):
+            raise KeyboardInterrupt  # during setup, or a second Ctrl-C: stop now, no checkpoint
         self.requested = True
         self.signal_name = signal.Signals(signum).name
 

@@ -6,12 +6,15 @@ import glob
 import os
 import re
 import signal
+import subprocess
+import sys
 import time
 
 import pytest
 import torch
 
 from tests.helpers import (
+    ROOT,
     SMALL,
     SMOKE,
     comparable_metrics,
@@ -24,6 +27,7 @@ from tests.helpers import (
     run_train,
     start_train,
     tiny_run,
+    train_env,
     train_in_process,
     wait_for_checkpoint,
 )
@@ -116,6 +120,37 @@ def test_sigterm_saves_a_checkpoint_and_exits_for_requeue(tmp_path):
     assert "SIGTERM: checkpoint saved" in output
     progress = read_json(sorted(glob.glob(f"{tmp_path}/checkpoints/step-*/progress.json"))[-1])
     assert progress["global_step"] > 5
+    run_train([*args, "--resume", "auto"])
+    assert [r["epoch"] for r in read_metrics(tmp_path)] == [1, 2, 3]
+
+
+# train.py with SIGUSR1 (SLURM's time-limit warning) sent to itself as the run is assembled.
+SIGNAL_IN_SETUP = """
+import os, runpy, signal, sys
+import cifar.engine as engine
+assemble = engine.setup_run
+def setup_with_a_signal(config):
+    os.kill(os.getpid(), signal.SIGUSR1)
+    return assemble(config)
+engine.setup_run = setup_with_a_signal
+sys.argv = sys.argv[1:]
+runpy.run_path(sys.argv[0], run_name="__main__")
+"""
+
+
+def test_a_time_limit_warning_during_setup_stops_at_the_first_step_with_a_checkpoint(tmp_path):
+    """Before, SIGUSR1 in a long setup killed the process (-10) silently: no exit 75, no requeue."""
+    args = [*resumable(batch=64), "--output-dir", tmp_path]
+    command = [sys.executable, "-c", SIGNAL_IN_SETUP, str(ROOT / "train.py"), *map(str, args)]
+    result = subprocess.run(
+        command, cwd=ROOT, env=train_env(), text=True, capture_output=True, timeout=600
+    )
+    output = result.stdout + result.stderr
+    assert result.returncode == 75, output
+    assert "SIGUSR1 during setup: the run stops at its first check" in output
+    assert "SIGUSR1: checkpoint saved at step 1" in output and "Traceback" not in output
+    (checkpoint,) = glob.glob(f"{tmp_path}/checkpoints/step-*/progress.json")
+    assert read_json(checkpoint)["global_step"] == 1
     run_train([*args, "--resume", "auto"])
     assert [r["epoch"] for r in read_metrics(tmp_path)] == [1, 2, 3]
 
