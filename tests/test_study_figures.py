@@ -272,3 +272,35 @@ def test_a_paired_difference_of_accuracies_lies_within_minus_1_and_1(pairs):
     assert cut["ci95"] == [max(raw["ci95"][0], -1.0), min(raw["ci95"][1], 1.0)]
     assert cut["clipped"] == (raw["ci95"][0] < -1 or raw["ci95"][1] > 1)
     assert (cut["mean_difference"], cut["p_value"]) == (raw["mean_difference"], raw["p_value"])
+
+
+def test_arms_that_score_other_test_images_are_not_paired_and_study_md_says_why(tmp_path):
+    out = tmp_path / "datasets"
+    study = made_up_study(
+        out,
+        {
+            "synthetic": {s: {} for s in range(3)},
+            "fashion": {s: {"dataset": "fashion-mnist"} for s in range(3)},
+            "synthetic2": {s: {} for s in range(3)},
+        },
+    )
+    assert {(p["a"], p["b"]) for p in study["pairs"]} == {("synthetic2", "synthetic")}
+    assert study["unpaired"] == [
+        {
+            "a": "fashion",
+            "b": "synthetic",
+            "test_sets_differ": "dataset 'fashion-mnist' vs 'synthetic'",
+        },
+        {
+            "a": "synthetic2",
+            "b": "fashion",
+            "test_sets_differ": "dataset 'synthetic' vs 'fashion-mnist'",
+        },
+    ]
+    text = (out / "study.md").read_text()
+    assert (
+        "- fashion and synthetic are not compared: they score other test images (dataset "
+        "'fashion-mnist' vs 'synthetic'), so their difference would not be the arms' alone."
+    ) in text
+    assert "| synthetic2 − synthetic |" in text and "fashion −" not in text
+    assert json.loads((out / "study.json").read_text())["unpaired"] == study["unpaired"]

@@ -144,8 +144,20 @@ def untested_note(study: dict) -> list[str]:
     ]
 
 
+def unpaired_sentences(study: dict) -> list[str]:
+    """One sentence per pair of arms that score other test images."""
+    return [
+        f"- {pair['a']} and {pair['b']} are not compared: they score other test images "
+        f"({pair['test_sets_differ']}), so their difference would not be the arms' alone."
+        for pair in study.get("unpaired", [])
+    ]
+
+
 def pair_sentences(study: dict) -> list[str]:
-    """One sentence per pair; with one arm, that there is no pair to compare."""
+    """One sentence per pair (and per pair not compared); with one arm, that there is no pair
+    to compare."""
+    if study.get("unpaired"):
+        return [f"- {pair_sentence(pair)}" for pair in study["pairs"]] + unpaired_sentences(study)
     if not study["pairs"]:
         names = ", ".join(study["arms"]) or "none"
         return [

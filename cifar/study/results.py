@@ -202,6 +202,21 @@ def per_class(runs: list[dict], seeds: list[int]) -> tuple[dict, dict]:
     return stats, {c: found for c, found in untested.items() if found}
 
 
+# What a run's test images are: arms that differ in one of these score other images, and their
+# difference would not be the arms' alone, so they are not paired.
+TEST_SET = ("dataset", "test_subset", "test_images")
+
+
+def test_set_difference(a: dict, b: dict) -> str:
+    """'dataset 'cifar10' vs 'fashion-mnist'' when the arms' shared settings a and b name other
+    test images; "" when they agree (or one does not record a setting)."""
+    return "; ".join(
+        f"{name} {a[name]!r} vs {b[name]!r}"
+        for name in TEST_SET
+        if name in a and name in b and a[name] != b[name]
+    )
+
+
 def aggregate(grid: dict, collected: dict) -> dict:
     """study.json's content (see docs/study.md for its schema)."""
     finished = collected["finished"]
@@ -223,6 +238,11 @@ def aggregate(grid: dict, collected: dict) -> dict:
             "curves": {key: curve(runs, key) for key in CURVE_KEYS},
         }
     names = list(grid["arms"])
+    differ = {
+        (a, b): test_set_difference(arms[a]["settings"], arms[b]["settings"])
+        for j, a in enumerate(names)
+        for b in names[:j]
+    }
     pairs = [
         {
             "a": a,
@@ -234,14 +254,17 @@ def aggregate(grid: dict, collected: dict) -> dict:
         }
         for j, a in enumerate(names)
         for b in names[:j]
+        if not differ[a, b]
         for metric in PAIR_METRICS
     ]
+    unpaired = [{"a": a, "b": b, "test_sets_differ": why} for (a, b), why in differ.items() if why]
     return {
         "name": grid["name"],
         "seeds": grid["seeds"],
         "common_flags": grid["common"],
         "arms": arms,
         "pairs": pairs,
+        "unpaired": unpaired,
         "missing": collected["missing"],
     }
 
