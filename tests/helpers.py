@@ -141,6 +141,13 @@ def train_to_log(args, log, *, kind: str = "python", processes: int = 1) -> str:
     return text
 
 
+def deliverable_ctrl_c() -> None:
+    """A child's start: SIGINT as a terminal's program gets it. A process started in the
+    background by a script inherits SIGINT ignored (and train.py keeps it so), which would make
+    every Ctrl-C test depend on how the suite was started."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 def start_train(args, kind="python", processes=1) -> subprocess.Popen:
     """train.py started in a session of its own, its output in one pipe (to signal it)."""
     command = launcher(kind, processes) + [str(ROOT / "train.py"), *map(str, args)]
@@ -152,6 +159,7 @@ def start_train(args, kind="python", processes=1) -> subprocess.Popen:
         stderr=subprocess.STDOUT,
         text=True,
         start_new_session=True,
+        preexec_fn=deliverable_ctrl_c,
     )
 
 
