@@ -1,128 +1,18 @@
-"""The experiment trackers (W&B, TensorBoard, none), one adapter class each, in a registry.
-
-An adapter owns everything a run asks of its tracker: whether its package is installed and its
-credentials are usable (`check`), its settings (`prepare`), how it joins the Accelerator
-(`log_with`, `start`), the end-of-run entries (`log_run_end`) and the upload hint
-(`sync_hint`). The live tracker is Accelerate's GeneralTracker; only the main process logs.
+"""--tracker wandb: a W&B run, online when it can be, else offline into the run folder; how
+wandb finds credentials and whether its server answers.
 """
 
-import importlib.util
-import json
 import os
-import uuid
 
-import torch
-from accelerate.tracking import TensorBoardTracker
-
-from cifar.distributed import bare_module
 from cifar.errors import UserError, warn
-from cifar.evaluation import classify
-from cifar.record import write_json
+from cifar.trackers.base import (
+    Tracker,
+    per_class_rows,
+    summary_scalars,
+    tracker_run_id,
+)
 
-TRACKER_FILE = "tracker.json"
-SAMPLE_IMAGES = 32  # test images in the end-of-run predictions table
 WANDB_PROBE_SECONDS = 10  # the longest a run waits to learn that the W&B server is unreachable
-
-
-class Tracker:
-    """The tracker `--tracker NAME` picks; subclasses override what their tracker does."""
-
-    name = ""
-    package = ""  # the module `--tracker NAME` needs installed
-    log_with = None  # Accelerator(log_with=...), for a tracker that joins as it is made
-    summarizes_studies = False  # whether a study logs its results as a run of this tracker
-
-    def check(self) -> None:
-        """A UserError, before any work, when the tracker cannot log: its package is missing."""
-        if importlib.util.find_spec(self.package) is None:
-            raise UserError(
-                f"--tracker {self.name} needs the {self.package} package, which is not "
-                f"installed. Run `pip install {self.package}`, or train without a tracker: "
-                f"--tracker none."
-            )
-
-    def prepare(self, config, run_dir: str, is_main: bool) -> dict:
-        """Accelerate's init_kwargs for this tracker, once the run folder is known."""
-        return {}
-
-    def start(self, accelerator, config, run_dir: str, init_kwargs: dict, flat_config: dict):
-        """Start the tracker's run on the main process, resuming it when there is one."""
-
-    def log_run_end(self, accelerator, run, summary: dict) -> None:
-        """Final tracker entries, from the main process: the summary values (equal to
-        summary.json), per-class accuracy, the confusion matrix and sample test predictions.
-
-        Nothing here is collective: only the main process runs the model, on its own first
-        test images, outside any DDP wrapper.
-        """
-        if not accelerator.is_main_process:
-            return
-        tta = summary.get("test_time_augmentation") == "flip"
-        samples = predict_samples(accelerator, run, SAMPLE_IMAGES, tta)
-        tracker = accelerator.get_tracker(self.name, unwrap=True)
-        self.log_end(tracker, summary, samples, run.progress.global_step)
-
-    def log_end(self, tracker, summary: dict, samples: dict | None, step: int) -> None:
-        """log_run_end's entries, written with the tracker's own object."""
-
-    def sync_hint(self, accelerator) -> str:
-        """What to run to upload a run logged offline; empty when there is nothing to do."""
-        return ""
-
-    def log_model(self, accelerator, run_dir: str) -> None:
-        """Log the run's portable model (model.safetensors + model.json) where the tracker keeps
-        files; nothing for a tracker without them."""
-
-
-class NoTracker(Tracker):
-    """--tracker none: the run folder only; nothing to install, start or log."""
-
-    name = "none"
-
-    def check(self) -> None:
-        pass
-
-    def log_run_end(self, accelerator, run, summary: dict) -> None:
-        pass
-
-
-class ConfigTensorBoardTracker(TensorBoardTracker):
-    """Accelerate's TensorBoard tracker, given the Config as HParams, which take scalars only:
-    lists (tags, arm flags) go in as their text."""
-
-    def store_init_configuration(self, values: dict):
-        scalars = (int, float, str, bool)
-        super().store_init_configuration(
-            {k: v if isinstance(v, scalars) else str(v) for k, v in values.items()}
-        )
-
-
-class TensorBoard(Tracker):
-    """--tracker tensorboard: event files in <run folder>/tensorboard."""
-
-    name = "tensorboard"
-    package = "tensorboard"
-
-    def start(self, accelerator, config, run_dir: str, init_kwargs: dict, flat_config: dict):
-        # TensorBoard needs its folder when the Accelerator is made, before the run folder is
-        # known, so it joins here instead of through Accelerator(log_with=...).
-        if not any(isinstance(t, ConfigTensorBoardTracker) for t in accelerator.log_with):
-            accelerator.log_with.append(ConfigTensorBoardTracker(self.name, run_dir))
-        accelerator.init_trackers(self.name, flat_config)
-
-    def log_end(self, writer, summary: dict, samples: dict | None, step: int) -> None:
-        from cifar.report.classes import confusion_figure, per_class_figure
-        from cifar.report.figures import samples_figure
-
-        for key, value in summary_scalars(summary).items():
-            writer.add_scalar(key, value, step)
-        run = {"summary": summary, "label": f"{summary['model']} on {summary['dataset']}"}
-        writer.add_figure("test/per_class_accuracy", per_class_figure([run]), step)
-        writer.add_figure("test/confusion_matrix", confusion_figure(summary), step)
-        if samples is not None:
-            writer.add_figure("test/samples", samples_figure(samples), step)
-        writer.add_text("summary", "```\n" + json.dumps(summary, indent=1) + "\n```", step)
-        writer.flush()
 
 
 class WandB(Tracker):
@@ -290,29 +180,6 @@ class WandB(Tracker):
         wandb_run.summary.update(summary)
 
 
-WANDB = WandB()
-# --tracker's choices, the default first.
-REGISTRY: dict[str, Tracker] = {t.name: t for t in (WANDB, TensorBoard(), NoTracker())}
-
-
-def tracker_named(name: str) -> Tracker:
-    """The adapter of --tracker NAME (config.py limits the names to the registry's)."""
-    return REGISTRY[name]
-
-
-def summarizes_studies(name) -> bool:
-    """Whether a study whose runs logged with --tracker NAME logs its results there too (a
-    name from a run's config.json, which may be anything)."""
-    tracker = REGISTRY.get(name)
-    return tracker is not None and tracker.summarizes_studies
-
-
-def check_trackers(names) -> None:
-    """check() every named tracker once: a UserError before any run starts."""
-    for name in dict.fromkeys(names):
-        tracker_named(name).check()
-
-
 def wandb_base_url() -> str:
     """The W&B server runs log to (WANDB_BASE_URL, `wandb login --host`, else W&B's own)."""
     from wandb.sdk import wandb_setup
@@ -362,68 +229,3 @@ def wandb_reachable(url: str, seconds: float = WANDB_PROBE_SECONDS) -> bool:
     thread.start()
     thread.join(seconds)
     return answered.is_set()
-
-
-def tracker_run_id(run_dir: str) -> str:
-    """The tracker run id of this run folder: made once, reused on resume."""
-    path = os.path.join(run_dir, TRACKER_FILE)
-    if os.path.exists(path):
-        with open(path) as f:
-            return json.load(f)["run_id"]
-    run_id = uuid.uuid4().hex[:8]
-    write_json(path, {"run_id": run_id})
-    return run_id
-
-
-def summary_scalars(summary: dict) -> dict:
-    """summary/<key> for every number of summary.json, per-class accuracy included."""
-    scalars = {
-        f"summary/{k}": v
-        for k, v in summary.items()
-        if isinstance(v, (int, float)) and not isinstance(v, bool)
-    }
-    for name, accuracy in per_class_rows(summary):
-        scalars[f"summary/per_class_accuracy/{name}"] = accuracy
-    return scalars
-
-
-def per_class_rows(summary: dict) -> list[list]:
-    """[class, accuracy] of each class the run had a test image of: a class with none has no
-    accuracy (null in summary.json), and a tracker logs nothing for it rather than a 0."""
-    accuracy = summary["per_class_accuracy"]
-    return [[c, accuracy[c]] for c in summary["classes"] if accuracy.get(c) is not None]
-
-
-@torch.no_grad()
-def predict_samples(accelerator, run, count: int, tta: bool = False) -> dict | None:
-    """The first `count` images of this process's test shard with label, prediction and its
-    softmax probability, scored as the summary is (the EMA's weights with --ema, flips with
-    --tta); None when the loader yields cached features instead of images."""
-    model = bare_module(accelerator, run.scored_model)  # eager: compiled, it would compile again
-    was_training = model.training
-    model.eval()
-    images, labels, predictions, confidences = [], [], [], []
-    seen = 0
-    for batch, batch_labels in run.test_loader:
-        if batch.dtype != torch.uint8 or batch.dim() != 4:
-            return None
-        batch, batch_labels = batch[: count - seen], batch_labels[: count - seen]
-        with accelerator.autocast():
-            logits = classify(model, run.to_input(batch), tta)
-        confidence, prediction = logits.float().softmax(dim=1).max(dim=1)
-        images.append(batch.permute(0, 2, 3, 1).cpu())  # N x H x W x C, as image libraries want
-        labels += batch_labels.tolist()
-        predictions += prediction.tolist()
-        confidences += confidence.tolist()
-        seen += len(batch)
-        if seen >= count:
-            break
-    model.train(was_training)
-    if not seen:
-        return None
-    return {
-        "images": torch.cat(images).numpy(),
-        "labels": [run.classes[i] for i in labels],
-        "predictions": [run.classes[i] for i in predictions],
-        "confidences": confidences,
-    }
