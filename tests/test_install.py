@@ -7,6 +7,7 @@ import subprocess
 import sys
 import sysconfig
 import tomllib
+import zipfile
 from importlib import metadata
 from pathlib import Path
 
@@ -180,3 +181,22 @@ def test_the_lowest_versions_pyproject_allows_are_those_install_md_says_passed()
         assert re.search(named, checked, re.I), (
             f"pyproject.toml allows {name} {floor}, which docs/install.md does not say passed"
         )
+
+
+def test_a_wheel_of_the_project_holds_every_package_of_cifar(tmp_path):
+    """`pip install .` (not editable) must bring every subpackage: a list of packages kept by
+    hand left cifar.report and cifar.trackers out, and the installed train.py failed to import."""
+    source = tmp_path / "source"
+    shutil.copytree(ROOT / "cifar", source / "cifar", ignore=shutil.ignore_patterns("__pycache__"))
+    for name in ("pyproject.toml", "README.md"):
+        shutil.copy(ROOT / name, source / name)
+    subprocess.run(
+        [sys.executable, "-m", "pip", "wheel", "-q", "--no-deps", "--no-build-isolation",
+         "-w", str(tmp_path / "wheel"), str(source)],
+        check=True, capture_output=True, timeout=300,
+    )  # fmt: skip
+    (wheel,) = (tmp_path / "wheel").glob("*.whl")
+    with zipfile.ZipFile(wheel) as archive:
+        packaged = {Path(n).parent.as_posix() for n in archive.namelist() if n.endswith(".py")}
+    packages = {p.parent.relative_to(ROOT).as_posix() for p in ROOT.glob("cifar/**/__init__.py")}
+    assert packages <= packaged and "cifar/trackers" in packages
