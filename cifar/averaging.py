@@ -29,10 +29,22 @@ class WeightAverage:
     the results are those of rank 0's average, which is the one saved."""
 
     def __init__(self, model: torch.nn.Module, decay: float):
-        self.source = model
         self.decay = decay
         self.averaged = AveragedModel(model, use_buffers=True)
         self.averaged.eval()  # never trained; evaluation sets eval mode anyway
+        # The tensors each update reads and writes, paired once: optimizer steps and
+        # load_state_dict change them in place, so the pairs hold for the whole run.
+        pairs = list(
+            zip(
+                [*self.module.parameters(), *self.module.buffers()],
+                [t.detach() for t in (*model.parameters(), *model.buffers())],
+                strict=True,
+            )
+        )
+        self.floats = ([a for a, _ in pairs if a.is_floating_point()],
+                       [c for a, c in pairs if a.is_floating_point()])  # fmt: skip
+        self.counts = ([a for a, _ in pairs if not a.is_floating_point()],
+                       [c for a, c in pairs if not a.is_floating_point()])  # fmt: skip
 
     @property
     def module(self) -> torch.nn.Module:
@@ -43,17 +55,12 @@ class WeightAverage:
     def update(self) -> None:
         """After an optimizer step: the first copies the weights, each later one moves the
         average (1 - decay) of the way to them. No host sync: the counter stays on the CPU."""
-        averaged = [*self.module.parameters(), *self.module.buffers()]
-        current = [t.detach() for t in (*self.source.parameters(), *self.source.buffers())]
         if int(self.averaged.n_averaged) == 0:
-            torch._foreach_copy_(averaged, current)
+            torch._foreach_copy_(*self.floats)
         else:
-            pairs = list(zip(averaged, current, strict=True))
-            floats = [(a, c) for a, c in pairs if a.is_floating_point()]
-            counts = [(a, c) for a, c in pairs if not a.is_floating_point()]
-            torch._foreach_lerp_([a for a, _ in floats], [c for _, c in floats], 1.0 - self.decay)
-            if counts:
-                torch._foreach_copy_([a for a, _ in counts], [c for _, c in counts])
+            torch._foreach_lerp_(*self.floats, 1.0 - self.decay)
+        if self.counts[0]:
+            torch._foreach_copy_(*self.counts)
         self.averaged.n_averaged += 1
 
     def save(self, folder: str) -> None:
